@@ -1,0 +1,1 @@
+"""Compiled kernels and (in later layers) the multi-worker driver."""

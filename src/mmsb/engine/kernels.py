@@ -1,0 +1,89 @@
+"""Compiled kernels over arrays and scalars only: no validation, no I/O, no Python objects.
+
+Callers validate first (``mmsb.storage.state``); these loops assume every index is in range.
+They release the GIL (``nogil``) so a later multi-worker driver can run them on threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def apply_rows(
+    arena: U8,
+    slots: I64,
+    page_ids: I64,
+    offsets: I64,
+    lengths: I64,
+    kinds: U8,
+    pstarts: I64,
+    mstarts: I64,
+    payload: U8,
+    mask: U8,
+) -> None:
+    """Apply batch rows in order; later rows overwrite earlier ones byte for byte.
+
+    kinds: 0 = range (copy), 1 = dense masked, 2 = sparse masked (payload holds only the
+    bytes at set mask positions, in order).
+    """
+    for i in range(page_ids.size):
+        base = slots[page_ids[i]] + offsets[i]
+        n = lengths[i]
+        ps = pstarts[i]
+        k = kinds[i]
+        if k == 0:
+            arena[base : base + n] = payload[ps : ps + n]
+        elif k == 1:
+            ms = mstarts[i]
+            for j in range(n):
+                if mask[ms + j]:
+                    arena[base + j] = payload[ps + j]
+        else:
+            ms = mstarts[i]
+            c = ps
+            for j in range(n):
+                if mask[ms + j]:
+                    arena[base + j] = payload[c]
+                    c += 1
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def assign_epochs(epoch: I64, page_ids: I64, out: I64) -> None:
+    """Give each row the next epoch of its page, bumping the page's epoch as it goes."""
+    for i in range(page_ids.size):
+        p = page_ids[i]
+        e = epoch[p] + 1
+        epoch[p] = e
+        out[i] = e
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def undo_epochs(epoch: I64, page_ids: I64, out: I64) -> None:
+    """Reverse :func:`assign_epochs` exactly (walk backwards restoring each page's value)."""
+    for i in range(page_ids.size - 1, -1, -1):
+        epoch[page_ids[i]] = out[i] - 1
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def fill_slots(arena: U8, starts: I64, lengths: I64, value: np.uint8) -> None:
+    """Set ``arena[starts[i] : starts[i] + lengths[i]]`` to ``value`` for every i."""
+    for i in range(starts.size):
+        s = starts[i]
+        arena[s : s + lengths[i]] = value
+
+
+@njit(cache=True, nogil=True)  # type: ignore[misc]
+def gather_slots(arena: U8, starts: I64, lengths: I64, out: U8) -> None:
+    """Concatenate the given arena slices into ``out`` (sized to their total)."""
+    c = 0
+    for i in range(starts.size):
+        s = starts[i]
+        n = lengths[i]
+        out[c : c + n] = arena[s : s + n]
+        c += n

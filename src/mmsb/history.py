@@ -1,0 +1,335 @@
+"""Time travel: snapshots at past LSNs, the per-page history index, and diffs.
+
+A snapshot is built from the newest usable checkpoint at or before the LSN plus the log
+frames in between, replayed through the same code as recovery, into process memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.delta import SHAPE_NAMES
+from mmsb.errors import (
+    CorruptCheckpointError,
+    HistoryUnavailableError,
+    InvalidArgumentError,
+    ReadOnlyError,
+)
+from mmsb.storage import codec
+from mmsb.storage.arena import MemoryArena
+from mmsb.storage.checkpoint import list_checkpoints, load_state
+from mmsb.storage.log import BATCH, CREATE, DELETE, LogReader, list_segments
+from mmsb.storage.recovery import apply_frame
+from mmsb.storage.state import State
+from mmsb.types import DeltaRecord, PageDiff
+from mmsb.view import StateView
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from mmsb.storage.log import Frame
+
+I64 = npt.NDArray[np.int64]
+
+
+class Snapshot(StateView):
+    """A detached, read-only view of the whole state as of one commit."""
+
+    def __init__(self, state: State, lsn: int, timestamp: int) -> None:
+        self._state = state
+        self._lsn = lsn
+        self.timestamp = timestamp
+
+    def __repr__(self) -> str:
+        return f"Snapshot(lsn={self._lsn}, pages={len(self)})"
+
+    def write(self, *args: object, **kwargs: object) -> None:
+        raise ReadOnlyError("snapshots are read-only")
+
+    def close(self) -> None:
+        self._state = None
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_state(directory: str, lsn: int) -> tuple[State, int]:
+    """The state as of ``lsn`` in process memory, and that commit's timestamp."""
+    log_dir = os.path.join(directory, "log")
+    segments = list_segments(log_dir)
+    first_log_lsn = segments[0][0] if segments else 1
+    state: State | None = None
+    base = 0
+    ts = 0
+    for ck_lsn, path in list_checkpoints(os.path.join(directory, "ckpt")):
+        if ck_lsn > lsn:
+            continue
+        if ck_lsn + 1 < first_log_lsn and ck_lsn != lsn:
+            break
+        try:
+            state, base, ts = load_state(path, MemoryArena())
+            break
+        except CorruptCheckpointError:
+            continue
+    if state is None:
+        if first_log_lsn > 1:
+            raise HistoryUnavailableError(
+                f"LSN {lsn} is older than the retained history (the log starts at LSN "
+                f"{first_log_lsn} and no checkpoint at or before {lsn} is left)"
+            )
+        state = State(MemoryArena())
+    if base == lsn:
+        return state, ts
+    reader = LogReader(log_dir)
+    for frame in reader.frames(after_lsn=base):
+        if frame.lsn > lsn:
+            break
+        apply_frame(state, frame)
+        ts = frame.timestamp
+        if frame.lsn == lsn:
+            return state, ts
+    raise HistoryUnavailableError(f"LSN {lsn} is not in the log")
+
+
+def copy_state(src: State) -> State:
+    """A deep copy of ``src`` into process memory (arena trimmed to the used end)."""
+    arena = MemoryArena(max(src.end, 1))
+    arena.buf[: src.end] = src.arena.buf[: src.end]
+    st = State(arena, capacity=max(src.next_page_id, 1024))
+    n = src.next_page_id
+    for name in ("slot", "size", "epoch", "dtype", "loc", "live"):
+        getattr(st, name)[:n] = getattr(src, name)[:n]
+    st.metadata = dict(src.metadata)
+    st.next_page_id, st.next_delta_id = src.next_page_id, src.next_delta_id
+    st.live_count, st.end = src.live_count, src.end
+    st.gap_start, st.gap_len = src.gap_start.copy(), src.gap_len.copy()
+    return st
+
+
+class LogIndex:
+    """Per-frame and per-delta index over the log, built on first use by one scan, then
+    kept current by the bus on every commit.
+
+    Frames: lsn, timestamp, type, segment, offset (all frames). Deltas: page id and delta id
+    (batch frames), sorted lazily by (page, delta id) so a page's history is a binary search.
+    """
+
+    def __init__(self) -> None:
+        self.f_lsn: list[int] = []
+        self.f_ts: list[int] = []
+        self.f_seg: list[str] = []
+        self.f_off: list[int] = []
+        self.f_first_did: list[int] = []  # 0 for non-batch frames
+        self._pages: list[I64] = []
+        self._dids: list[I64] = []
+        self._sorted: tuple[I64, I64] | None = None
+        self._decoded: OrderedDict[int, codec.DecodedBatch] = OrderedDict()
+
+    @classmethod
+    def build(cls, log_dir: str, upto_lsn: int) -> LogIndex:
+        idx = cls()
+        for frame in LogReader(log_dir).frames():
+            if frame.lsn > upto_lsn:
+                break
+            idx.add_frame(frame)
+        return idx
+
+    def add_frame(self, frame: Frame) -> None:
+        pages = None
+        first = 0
+        if frame.type == BATCH:
+            dec = codec.decode_batch(frame.payload)
+            pages, first = dec.batch.page_ids, dec.first_delta_id
+        self.add(frame.lsn, frame.timestamp, frame.segment, frame.offset, first, pages)
+
+    def add(
+        self, lsn: int, ts: int, segment: str, offset: int, first_did: int, pages: I64 | None
+    ) -> None:
+        self.f_lsn.append(lsn)
+        self.f_ts.append(ts)
+        self.f_seg.append(segment)
+        self.f_off.append(offset)
+        self.f_first_did.append(first_did)
+        if pages is not None and pages.size:
+            self._pages.append(pages.copy())
+            self._dids.append(np.arange(first_did, first_did + pages.size, dtype=np.int64))
+            self._sorted = None
+
+    def lsn_at_time(self, t: int) -> int:
+        """The last LSN whose commit timestamp is <= ``t`` (0 if none)."""
+        i = int(np.searchsorted(np.asarray(self.f_ts, np.int64), t, side="right"))
+        return 0 if i == 0 else self.f_lsn[i - 1]
+
+    def delta_ids(self, page_id: int) -> I64:
+        if self._sorted is None:
+            if not self._pages:
+                self._sorted = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            else:
+                pages = np.concatenate(self._pages)
+                dids = np.concatenate(self._dids)
+                order = np.lexsort((dids, pages))
+                self._sorted = (pages[order], dids[order])
+                self._pages, self._dids = [self._sorted[0]], [self._sorted[1]]
+        pages, dids = self._sorted
+        lo = int(np.searchsorted(pages, page_id, side="left"))
+        hi = int(np.searchsorted(pages, page_id, side="right"))
+        return dids[lo:hi]
+
+    def records(self, log_dir: str, page_id: int, limit: int | None) -> list[DeltaRecord]:
+        dids = self.delta_ids(page_id)[::-1]
+        if limit is not None:
+            dids = dids[:limit]
+        firsts = np.asarray(self.f_first_did, np.int64)
+        batch_rows = np.nonzero(firsts)[0]
+        out = []
+        for did in dids.tolist():
+            j = batch_rows[int(np.searchsorted(firsts[batch_rows], did, side="right")) - 1]
+            dec = self._frame(log_dir, int(j))
+            row = did - dec.first_delta_id
+            b = dec.batch
+            mi = int(b.meta_idx[row])
+            out.append(
+                DeltaRecord(
+                    delta_id=did,
+                    page_id=page_id,
+                    lsn=self.f_lsn[j],
+                    epoch=int(dec.epochs[row]),
+                    timestamp=self.f_ts[j],
+                    source=b.sources[int(b.source_idx[row])],
+                    metadata=None if mi < 0 else json.loads(b.metas[mi]),
+                    offset=int(b.offsets[row]),
+                    length=int(b.lengths[row]),
+                    shape=SHAPE_NAMES[int(b.kinds[row])],
+                )
+            )
+        return out
+
+    def _frame(self, log_dir: str, j: int) -> codec.DecodedBatch:
+        dec = self._decoded.get(j)
+        if dec is not None:
+            self._decoded.move_to_end(j)
+            return dec
+        seg = os.path.join(log_dir, self.f_seg[j])
+        frame = _read_frame(seg, self.f_off[j])
+        dec = codec.decode_batch(frame)
+        self._decoded[j] = dec
+        if len(self._decoded) > 64:
+            self._decoded.popitem(last=False)
+        return dec
+
+
+def _read_frame(path: str, offset: int) -> memoryview:
+    import struct
+    import zlib
+
+    from mmsb.errors import CorruptLogError
+    from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(FRAME_HEADER_SIZE)
+        fields = FRAME_HEADER.unpack(head)
+        length, pcrc = fields[5], fields[6]
+        body = f.read(length + (-length) % 8)
+    if len(body) < length or zlib.crc32(body) != pcrc:
+        raise CorruptLogError(
+            f"log frame in {os.path.basename(path)} at offset {offset} fails its checksum",
+            os.path.basename(path),
+            offset,
+        )
+    del struct
+    return memoryview(body)[:length]
+
+
+def touched_pages(directory: str, lo: int, hi: int) -> I64:
+    """Ids of pages created, deleted or written by frames with lo < lsn <= hi."""
+    found: list[I64] = []
+    for frame in _frames_between(os.path.join(directory, "log"), lo, hi):
+        if frame.type == BATCH:
+            found.append(codec.decode_batch(frame.payload).batch.page_ids)
+        elif frame.type == CREATE:
+            rec = codec.decode_create(frame.payload)
+            found.append(np.arange(rec.first, rec.first + rec.n, dtype=np.int64))
+        elif frame.type == DELETE:
+            found.append(codec.decode_delete(frame.payload))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+
+
+def _frames_between(log_dir: str, lo: int, hi: int) -> Iterator[Frame]:
+    for frame in LogReader(log_dir).frames(after_lsn=lo):
+        if frame.lsn > hi:
+            return
+        yield frame
+
+
+def diff_states(a: State, b: State, candidates: I64) -> list[PageDiff]:
+    """How the pages in ``candidates`` differ from ``a`` to ``b``."""
+    out: list[PageDiff] = []
+    for pid in candidates.tolist():
+        in_a, in_b = a.is_live(pid), b.is_live(pid)
+        if in_a and not in_b:
+            out.append(PageDiff(pid, "removed", ((0, int(a.size[pid])),)))
+        elif in_b and not in_a:
+            out.append(PageDiff(pid, "added", ((0, int(b.size[pid])),)))
+        elif in_a and in_b:
+            ranges = byte_ranges(a.raw(pid) != b.raw(pid))
+            if ranges:
+                out.append(PageDiff(pid, "changed", ranges))
+    return out
+
+
+def byte_ranges(differs: npt.NDArray[np.bool_]) -> tuple[tuple[int, int], ...]:
+    """Half-open runs of True in a boolean vector."""
+    idx = np.nonzero(differs)[0]
+    if idx.size == 0:
+        return ()
+    breaks = np.nonzero(np.diff(idx) > 1)[0]
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
+    return tuple(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def export_prefix(src: str, out: str, lsn: int) -> None:
+    """Write a standalone bus at ``out`` holding the history of ``src`` up to ``lsn``.
+
+    Log frames are copied byte for byte (ids, epochs and timestamps unchanged), together
+    with the checkpoints at or before ``lsn``; opening the result replays them.
+    """
+    import shutil
+
+    from mmsb.storage.log import LogWriter  # noqa: F401 - format owner, documents the dependency
+
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise InvalidArgumentError(f"output {out} already exists and is not empty")
+    log_src = os.path.join(src, "log")
+    cut: tuple[str, int] | None = None
+    end = 0
+    for frame in LogReader(log_src).frames(headers_only=True):
+        if frame.lsn > lsn:
+            cut = (frame.segment, frame.offset)
+            break
+        end = frame.lsn
+    if end < lsn:
+        raise HistoryUnavailableError(f"LSN {lsn} is beyond the end of the log ({end})")
+    os.makedirs(os.path.join(out, "log"), mode=0o700)
+    os.makedirs(os.path.join(out, "ckpt"), mode=0o700)
+    shutil.copy2(os.path.join(src, "MANIFEST.json"), os.path.join(out, "MANIFEST.json"))
+    for first, path in list_segments(log_src):
+        if first > lsn + 1 or (first == lsn + 1 and cut is not None and cut[0] == os.path.basename(path) and cut[1] <= 32):
+            continue
+        dst = os.path.join(out, "log", os.path.basename(path))
+        shutil.copyfile(path, dst)
+        if cut is not None and os.path.basename(path) == cut[0]:
+            os.truncate(dst, cut[1])
+    for ck_lsn, path in list_checkpoints(os.path.join(src, "ckpt")):
+        if ck_lsn <= lsn:
+            shutil.copyfile(path, os.path.join(out, "ckpt", os.path.basename(path)))

@@ -1,0 +1,270 @@
+"""Checkpoints: a full image of the page table and arena at one LSN.
+
+File ``ckpt/<lsn, 20 digits>.ckpt``::
+
+    magic "MMSBCKP1" | version u32 | header length u32 | header crc32 u32 | 0 u32
+    header: JSON {lsn, timestamp, next_page_id, next_delta_id, end, sections: {name:
+            [offset, length, crc32]}} (padded to 8)
+    sections: slot <i8 | size <i8 | epoch <i8 | dtype u1 | loc u1 | live u1 (one entry per
+            page id below next_page_id) | metadata JSON | arena bytes [0, end)
+
+Written to a temporary name, fsynced, renamed, then the directory is fsynced: a reader sees
+either the old set of checkpoints or the new one, never a half-written file. The same format
+without the arena section is the clean-shutdown file ``state.clean``.
+
+Loading treats the file as untrusted: every section is bounds-checked and CRC-checked, and
+the page table must be self-consistent (sizes, dtypes, non-overlapping slots inside the
+arena) before anything is written to an arena.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.engine import kernels
+from mmsb.errors import CorruptCheckpointError
+from mmsb.storage.arena import Arena
+from mmsb.storage.log import fsync_dir
+from mmsb.storage.state import State, aligned
+from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS, MAX_PAGE_SIZE
+
+MAGIC = b"MMSBCKP1"
+VERSION = 1
+_PRE = struct.Struct("<8sIII4x")
+_NAME = re.compile(r"^(\d{20})\.ckpt$")
+_COLUMNS = (("slot", "<i8"), ("size", "<i8"), ("epoch", "<i8"), ("dtype", "u1"),
+            ("loc", "u1"), ("live", "u1"))  # fmt: skip
+
+
+def checkpoint_name(lsn: int) -> str:
+    return f"{lsn:020d}.ckpt"
+
+
+def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """(lsn, path) of every checkpoint file, newest first."""
+    try:
+        names = os.listdir(ckpt_dir)
+    except FileNotFoundError:
+        return []
+    out = [(int(m.group(1)), os.path.join(ckpt_dir, n)) for n in names if (m := _NAME.match(n))]
+    out.sort(reverse=True)
+    return out
+
+
+@dataclass
+class CheckpointHeader:
+    lsn: int
+    timestamp: int
+    next_page_id: int
+    next_delta_id: int
+    end: int
+    sections: dict[str, tuple[int, int, int]]
+
+
+def write_state(
+    path: str, state: State, lsn: int, timestamp: int, *, with_arena: bool, sync: bool
+) -> int:
+    """Write ``state`` to ``path`` atomically; return the file size."""
+    n = state.next_page_id
+    parts: list[tuple[str, Any]] = [
+        (name, np.ascontiguousarray(getattr(state, name)[:n]).astype(dt, copy=False))
+        for name, dt in _COLUMNS
+    ]
+    meta = {str(k): v for k, v in sorted(state.metadata.items())}
+    parts.append(("metadata", np.frombuffer(json.dumps(meta).encode(), np.uint8)))
+    if with_arena:
+        parts.append(("arena", state.arena.buf[: state.end]))
+    sections: dict[str, list[int]] = {}
+    offset = 0
+    for name, arr in parts:
+        nbytes = int(arr.nbytes)
+        sections[name] = [offset, nbytes, zlib.crc32(memoryview(arr).cast("B"))]
+        offset += nbytes + (-nbytes) % 8
+    header = json.dumps(
+        {
+            "lsn": lsn,
+            "timestamp": timestamp,
+            "next_page_id": n,
+            "next_delta_id": state.next_delta_id,
+            "end": state.end,
+            "sections": sections,
+        },
+        separators=(",", ":"),
+    ).encode()
+    header += b" " * ((-len(header)) % 8)
+    pre = _PRE.pack(MAGIC, VERSION, len(header), zlib.crc32(header))
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=0, closefd=False) as f:
+            _write(f, pre)
+            _write(f, header)
+            for _, arr in parts:
+                mv = memoryview(arr).cast("B")
+                _write(f, mv)
+                if mv.nbytes % 8:
+                    _write(f, b"\0" * ((-mv.nbytes) % 8))
+        if sync:
+            os.fsync(fd)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync:
+        fsync_dir(os.path.dirname(path))
+    return size
+
+
+def _write(f: BinaryIO, data: bytes | memoryview) -> None:
+    mv = memoryview(data)
+    while mv.nbytes:
+        n = f.write(mv)
+        mv = mv[n or 0 :]
+
+
+def read_header(f: BinaryIO, path: str) -> tuple[CheckpointHeader, int]:
+    """Parse and check the header; return it and the offset where sections begin."""
+    name = os.path.basename(path)
+    pre = f.read(_PRE.size)
+    if len(pre) < _PRE.size:
+        raise CorruptCheckpointError(f"checkpoint {name} is truncated (no header)")
+    magic, version, hlen, hcrc = _PRE.unpack(pre)
+    if magic != MAGIC:
+        raise CorruptCheckpointError(f"{name} is not an MMSB checkpoint (bad magic)")
+    if version != VERSION:
+        raise CorruptCheckpointError(f"checkpoint {name} has unsupported version {version}")
+    raw = f.read(hlen)
+    if len(raw) != hlen or zlib.crc32(raw) != hcrc:
+        raise CorruptCheckpointError(f"checkpoint {name} header fails its checksum")
+    try:
+        h = json.loads(raw)
+        sections = {
+            str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in h["sections"].items()
+        }
+        header = CheckpointHeader(
+            int(h["lsn"]), int(h["timestamp"]), int(h["next_page_id"]),
+            int(h["next_delta_id"]), int(h["end"]), sections,
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CorruptCheckpointError(f"checkpoint {name} header is invalid: {exc}") from None
+    if header.lsn < 0 or header.next_page_id < 1 or header.next_delta_id < 1 or header.end < 0:
+        raise CorruptCheckpointError(f"checkpoint {name} header has out-of-range values")
+    return header, _PRE.size + hlen
+
+
+def load_state(path: str, arena: Arena, *, with_arena: bool = True) -> tuple[State, int, int]:
+    """Load a checkpoint (or clean-shutdown file) into a new :class:`State` over ``arena``.
+
+    Returns (state, lsn, timestamp). With ``with_arena=False`` the arena is left as it is
+    (the clean-shutdown fast path); otherwise it is cleared and filled from the file.
+    """
+    name = os.path.basename(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed in finally below
+    except OSError as exc:
+        raise CorruptCheckpointError(f"cannot open checkpoint {name}: {exc}") from exc
+    try:
+        file_size = os.fstat(f.fileno()).st_size
+        header, base = read_header(f, path)
+        n = header.next_page_id
+
+        def section(sname: str) -> tuple[int, int, int]:
+            if sname not in header.sections:
+                raise CorruptCheckpointError(f"checkpoint {name} lacks section {sname!r}")
+            off, length, crc = header.sections[sname]
+            if off < 0 or length < 0 or base + off + length > file_size:
+                raise CorruptCheckpointError(
+                    f"checkpoint {name} section {sname!r} lies outside the file"
+                )
+            return base + off, length, crc
+
+        def read_section(sname: str) -> bytes:
+            off, length, crc = section(sname)
+            f.seek(off)
+            data = f.read(length)
+            if len(data) != length or zlib.crc32(data) != crc:
+                raise CorruptCheckpointError(
+                    f"checkpoint {name} section {sname!r} fails its checksum"
+                )
+            return data
+
+        cols: dict[str, npt.NDArray[Any]] = {}
+        for cname, dt in _COLUMNS:
+            data = read_section(cname)
+            if len(data) != n * np.dtype(dt).itemsize:
+                raise CorruptCheckpointError(
+                    f"checkpoint {name} column {cname!r} has the wrong length"
+                )
+            cols[cname] = np.frombuffer(data, dt)
+        try:
+            meta_raw = json.loads(read_section("metadata"))
+            metadata = {int(k): str(v) for k, v in meta_raw.items()}
+            for v in metadata.values():
+                json.loads(v)
+        except (ValueError, AttributeError) as exc:
+            raise CorruptCheckpointError(f"checkpoint {name} metadata is invalid: {exc}") from None
+        state = State(arena, capacity=max(n, 1024))
+        state.next_page_id = n
+        state.next_delta_id = header.next_delta_id
+        for cname, _ in _COLUMNS:
+            getattr(state, cname)[:n] = cols[cname]
+        state.live[0] = False
+        _check_table(state, header.end, name)
+        if any(not state.is_live(k) for k in metadata):
+            raise CorruptCheckpointError(f"checkpoint {name} has metadata for a dead page")
+        state.metadata = metadata
+        state.live_count = int(state.live[:n].sum())
+        state.rebuild_gaps()
+        if state.end != header.end and state.live_count:
+            raise CorruptCheckpointError(f"checkpoint {name} arena end does not match its pages")
+        if with_arena:
+            off, length, crc = section("arena")
+            if length != header.end:
+                raise CorruptCheckpointError(f"checkpoint {name} arena section has wrong size")
+            arena.clear(length)
+            view = arena.buf[:length]
+            f.seek(off)
+            if f.readinto(memoryview(view)) != length or zlib.crc32(view) != crc:
+                raise CorruptCheckpointError(f"checkpoint {name} arena fails its checksum")
+            # free space must read as zeros (new pages rely on it)
+            kernels.fill_slots(arena.buf, state.gap_start, state.gap_len, np.uint8(0))
+            if state.end < length:
+                arena.buf[state.end : length] = 0
+        else:
+            arena.ensure(state.end)
+        return state, header.lsn, header.timestamp
+    finally:
+        f.close()
+
+
+def _check_table(state: State, end: int, name: str) -> None:
+    n = state.next_page_id
+    ids = np.nonzero(state.live[:n])[0]
+    size, slot, dt, loc = state.size[ids], state.slot[ids], state.dtype[ids], state.loc[ids]
+    bad = (
+        (size <= 0) | (size > MAX_PAGE_SIZE) | (slot < 0) | (dt >= len(DTYPE_NAMES))
+        | (loc >= len(LOCATIONS)) | (state.epoch[ids] < 0)
+    )  # fmt: skip
+    if bad.any():
+        raise CorruptCheckpointError(
+            f"checkpoint {name} has invalid page table rows for pages "
+            f"{ids[bad][:10].tolist()}"
+        )
+    if (size % DTYPE_ITEMSIZE[dt]).any():
+        raise CorruptCheckpointError(f"checkpoint {name} has page sizes that do not fit dtypes")
+    order = np.argsort(slot, kind="stable")
+    starts = slot[order]
+    ends = starts + aligned(size[order])
+    if ends.size and int(ends[-1]) > end:
+        raise CorruptCheckpointError(f"checkpoint {name} has pages outside its arena")
+    if ends.size > 1 and (ends[:-1] > starts[1:]).any():
+        raise CorruptCheckpointError(f"checkpoint {name} has overlapping page slots")

@@ -1,0 +1,346 @@
+"""The transaction log: segment files of CRC-protected frames.
+
+Segment file ``log/<first lsn, 20 digits>.seg``::
+
+    segment header (32 B): magic "MMSBLOG1" | version u32 | 0 u32 | first_lsn u64 |
+                           crc32 of the previous 24 bytes u32 | 0 u32
+    frame*
+
+Frame (header 40 B, little-endian, payload padded with zeros to a multiple of 8)::
+
+    magic "MMSF" | type u16 | flags u16 | lsn u64 | timestamp u64 | length u32 |
+    payload crc32 u32 | header crc32 u32 (over the 32 bytes before it) | 0 u32 | payload
+
+One committed batch is one frame, written with a single ``writev``. LSNs are consecutive
+across frames and segments; the first frame of a segment carries the segment's first LSN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from mmsb.errors import CorruptLogError
+
+SEGMENT_MAGIC = b"MMSBLOG1"
+FRAME_MAGIC = b"MMSF"
+LOG_VERSION = 1
+SEG_HEADER = struct.Struct("<8sIIQII")
+FRAME_HEADER = struct.Struct("<4sHHQQIIII")
+SEG_HEADER_SIZE = SEG_HEADER.size  # 32
+FRAME_HEADER_SIZE = FRAME_HEADER.size  # 40
+MAX_FRAME_PAYLOAD = 2**32 - 1
+_SEG_NAME = re.compile(r"^(\d{20})\.seg$")
+
+# frame types (part of the format: never renumber)
+BATCH = 1
+CREATE = 2
+DELETE = 3
+FRAME_TYPES = {BATCH: "batch", CREATE: "create", DELETE: "delete"}
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:020d}.seg"
+
+
+def list_segments(log_dir: str) -> list[tuple[int, str]]:
+    """(first lsn, path) of every segment, oldest first."""
+    try:
+        names = os.listdir(log_dir)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        m = _SEG_NAME.match(name)
+        if m:
+            out.append((int(m.group(1)), os.path.join(log_dir, name)))
+    out.sort()
+    return out
+
+
+def _pad(n: int) -> int:
+    return (-n) % 8
+
+
+def encode_segment_header(first_lsn: int) -> bytes:
+    head = struct.pack("<8sIIQ", SEGMENT_MAGIC, LOG_VERSION, 0, first_lsn)
+    return head + struct.pack("<II", zlib.crc32(head), 0)
+
+
+def encode_frame_header(
+    ftype: int, flags: int, lsn: int, ts: int, pieces: Sequence[bytes | memoryview]
+) -> tuple[bytes, int]:
+    """Header bytes and padded payload length for a frame whose payload is ``pieces``."""
+    crc = 0
+    length = 0
+    for p in pieces:
+        crc = zlib.crc32(p, crc)
+        length += memoryview(p).nbytes
+    if length > MAX_FRAME_PAYLOAD:
+        raise ValueError(f"frame payload of {length} bytes exceeds the 4 GiB frame limit")
+    pad = _pad(length)
+    if pad:
+        crc = zlib.crc32(b"\0" * pad, crc)
+    head = struct.pack("<4sHHQQII", FRAME_MAGIC, ftype, flags, lsn, ts, length, crc)
+    return head + struct.pack("<II", zlib.crc32(head), 0), length + pad
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    flags: int
+    lsn: int
+    timestamp: int
+    payload: memoryview
+    segment: str
+    offset: int  # of the frame header in the segment file
+
+    @property
+    def size(self) -> int:
+        return FRAME_HEADER_SIZE + self.payload.nbytes + _pad(self.payload.nbytes)
+
+
+@dataclass
+class TornTail:
+    segment: str
+    offset: int
+    bytes: int
+    reason: str
+
+
+class LogReader:
+    """Scans segments, checking every frame. Damage at the very end of the newest segment
+    is a *torn tail* (recorded in :attr:`torn`, frames before it are good); damage anywhere
+    else raises :class:`CorruptLogError` naming the segment and offset."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.segments = list_segments(log_dir)
+        self.torn: TornTail | None = None
+        self.end_lsn = 0  # last good LSN seen by the last scan
+
+    def frames(self, after_lsn: int = 0, headers_only: bool = False) -> Iterator[Frame]:
+        """Frames with lsn > ``after_lsn``, in order."""
+        segs = self.segments
+        start = 0
+        for i, (first, _) in enumerate(segs):
+            if first <= after_lsn + 1:
+                start = i
+        expected: int | None = None
+        for i in range(start, len(segs)):
+            first, path = segs[i]
+            last_segment = i == len(segs) - 1
+            if expected is not None and first != expected:
+                raise CorruptLogError(
+                    f"log segment {os.path.basename(path)} starts at LSN {first} but LSN "
+                    f"{expected} was expected (a segment is missing or misnamed)",
+                    os.path.basename(path),
+                    0,
+                )
+            lsn = first - 1
+            for frame in self._scan_segment(path, first, last_segment, headers_only):
+                lsn = frame.lsn
+                if frame.lsn > after_lsn:
+                    yield frame
+            self.end_lsn = lsn
+            expected = lsn + 1
+
+    def _scan_segment(
+        self, path: str, first_lsn: int, last_segment: bool, headers_only: bool
+    ) -> Iterator[Frame]:
+        name = os.path.basename(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        size = len(data)
+        view = memoryview(data)
+
+        def damaged(offset: int, reason: str) -> CorruptLogError | None:
+            """Decide torn tail (returns None after recording it) or corruption."""
+            rest = data[offset:]
+            if last_segment and (not rest.strip(b"\0") or _only_this_frame(offset)):
+                self.torn = TornTail(name, offset, size - offset, reason)
+                return None
+            return CorruptLogError(
+                f"corrupt log frame in segment {name} at offset {offset}: {reason}",
+                name,
+                offset,
+            )
+
+        def _only_this_frame(offset: int) -> bool:
+            # a frame whose (valid) header says it reaches the end of the file, or past it
+            if size - offset < FRAME_HEADER_SIZE:
+                return True
+            head = data[offset : offset + FRAME_HEADER_SIZE]
+            fields = FRAME_HEADER.unpack(head)
+            if zlib.crc32(head[:32]) != fields[7] or fields[0] != FRAME_MAGIC:
+                return False
+            length = fields[5]
+            return offset + FRAME_HEADER_SIZE + length + _pad(length) >= size
+
+        if size < SEG_HEADER_SIZE:
+            err = damaged(0, "segment header is incomplete")
+            if err:
+                raise err
+            return
+        magic, version, _, seg_first, crc, _ = SEG_HEADER.unpack_from(data, 0)
+        if magic != SEGMENT_MAGIC or zlib.crc32(data[:24]) != crc or seg_first != first_lsn:
+            err = damaged(0, "bad segment header")
+            if err:
+                raise err
+            return
+        if version != LOG_VERSION:
+            raise CorruptLogError(
+                f"segment {name} has log format version {version}; this build reads "
+                f"{LOG_VERSION}",
+                name,
+                0,
+            )
+        pos = SEG_HEADER_SIZE
+        expected = first_lsn
+        while pos < size:
+            if size - pos < FRAME_HEADER_SIZE:
+                err = damaged(pos, "frame header is cut short")
+                if err:
+                    raise err
+                return
+            fields = FRAME_HEADER.unpack_from(data, pos)
+            magic, ftype, flags, lsn, ts, length, pcrc, hcrc, _ = fields
+            if magic != FRAME_MAGIC or zlib.crc32(view[pos : pos + 32]) != hcrc:
+                err = damaged(pos, "bad frame header checksum")
+                if err:
+                    raise err
+                return
+            body = pos + FRAME_HEADER_SIZE
+            stop = body + length + _pad(length)
+            if stop > size:
+                err = damaged(pos, f"frame of {length} bytes runs past the end of the file")
+                if err:
+                    raise err
+                return
+            if not headers_only and zlib.crc32(view[body:stop]) != pcrc:
+                err = damaged(pos, "payload checksum mismatch")
+                if err:
+                    raise err
+                return
+            if lsn != expected:
+                raise CorruptLogError(
+                    f"segment {name} offset {pos}: frame has LSN {lsn}, expected {expected}",
+                    name,
+                    pos,
+                )
+            if ftype not in FRAME_TYPES:
+                raise CorruptLogError(
+                    f"segment {name} offset {pos}: unknown frame type {ftype}", name, pos
+                )
+            yield Frame(ftype, flags, lsn, ts, view[body : body + length], name, pos)
+            expected += 1
+            pos = stop
+
+
+class LogWriter:
+    """Appends frames to the newest segment; rolls to a new segment past ``segment_size``."""
+
+    def __init__(
+        self, log_dir: str, next_lsn: int, *, segment_size: int, fsync_enabled: bool
+    ) -> None:
+        self.log_dir = log_dir
+        self.segment_size = segment_size
+        self.fsync_enabled = fsync_enabled
+        self._fd = -1
+        self.path = ""
+        self.pos = 0
+        self.bytes_since_sync = 0
+        self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
+        segs = list_segments(log_dir)
+        if segs:
+            self._open_existing(segs[-1][1])
+        else:
+            self.roll(next_lsn)
+
+    def _open_existing(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.path = path
+        self.pos = os.fstat(self._fd).st_size
+
+    def roll(self, first_lsn: int) -> None:
+        """Start a new segment whose first frame will carry ``first_lsn``."""
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+        self.path = os.path.join(self.log_dir, segment_name(first_lsn))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        self._fd = fd
+        _write_all(fd, [encode_segment_header(first_lsn)])
+        self.pos = SEG_HEADER_SIZE
+        if self.fsync_enabled:
+            os.fsync(fd)
+            fsync_dir(self.log_dir)
+
+    def append(
+        self, ftype: int, lsn: int, ts: int, pieces: Sequence[bytes | memoryview], flags: int = 0
+    ) -> int:
+        """Write one frame; return its offset. Rolls first when the segment is full."""
+        if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
+            self.roll(lsn)
+        head, padded = encode_frame_header(ftype, flags, lsn, ts, pieces)
+        pad = padded - sum(memoryview(p).nbytes for p in pieces)
+        parts = [head, *pieces]
+        if pad:
+            parts.append(b"\0" * pad)
+        offset = self.pos
+        try:
+            _write_all(self._fd, parts)
+        except BaseException:
+            # never leave a partial frame behind a later good one
+            os.ftruncate(self._fd, offset)
+            raise
+        size = FRAME_HEADER_SIZE + padded
+        self.pos += size
+        self.bytes_since_sync += size
+        self.written += size
+        return offset
+
+    def sync(self) -> None:
+        if self._fd >= 0 and self.fsync_enabled and self.bytes_since_sync:
+            os.fdatasync(self._fd)
+        self.bytes_since_sync = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        n = os.writev(fd, views[:1024])
+        while n and views:
+            if n >= views[0].nbytes:
+                n -= views[0].nbytes
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def truncate_segment(path: str, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

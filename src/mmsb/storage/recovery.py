@@ -1,0 +1,196 @@
+"""Bringing a bus directory back to its last committed state, and replaying frames.
+
+On open for writing: a clean-shutdown file whose LSN matches the log end means the arena
+is current (fast open). Otherwise the newest checkpoint that passes its checks is loaded and
+the log after its LSN is replayed; a torn tail is truncated and reported, damage before the
+tail raises :class:`CorruptLogError`. Read-only opens do the same into process memory and
+never modify a file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmsb.errors import (
+    CorruptCheckpointError,
+    CorruptLogError,
+    InvalidArgumentError,
+    InvalidDeltaError,
+    MMSBError,
+    PageNotFoundError,
+)
+from mmsb.storage import codec
+from mmsb.storage.arena import Arena
+from mmsb.storage.checkpoint import list_checkpoints, load_state
+from mmsb.storage.log import (
+    BATCH,
+    CREATE,
+    DELETE,
+    SEG_HEADER_SIZE,
+    Frame,
+    LogReader,
+    TornTail,
+    list_segments,
+    truncate_segment,
+)
+from mmsb.storage.state import State
+from mmsb.types import RecoveryInfo
+
+CLEAN_FILE = "state.clean"
+
+
+def apply_frame(state: State, frame: Frame) -> int:
+    """Replay one log frame onto ``state``; return the number of deltas applied.
+
+    Everything a frame claims is checked against the state first (ids, bounds, epochs), so
+    a frame that passed its CRC but does not fit the state raises :class:`CorruptLogError`
+    instead of writing anything.
+    """
+    try:
+        if frame.type == BATCH:
+            dec = codec.decode_batch(frame.payload)
+            n = len(dec.batch)
+            if dec.first_delta_id != state.next_delta_id:
+                raise CorruptLogError(
+                    f"first delta id {dec.first_delta_id}, expected {state.next_delta_id}"
+                )
+            state.validate(dec.batch)
+            epochs = state.assign_epochs(dec.batch.page_ids)
+            if not np.array_equal(epochs, dec.epochs):
+                state.undo_epochs(dec.batch.page_ids, epochs)
+                raise CorruptLogError("logged epochs differ from the page epochs")
+            state.apply(dec.batch)
+            state.next_delta_id += n
+            return n
+        if frame.type == CREATE:
+            rec = codec.decode_create(frame.payload)
+            if rec.first != state.next_page_id:
+                raise CorruptLogError(
+                    f"creates page {rec.first}, expected next page id {state.next_page_id}"
+                )
+            state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata)
+            return 0
+        if frame.type == DELETE:
+            ids = codec.decode_delete(frame.payload)
+            for pid in ids.tolist():
+                state.require(pid)
+            if np.unique(ids).size != ids.size:
+                raise CorruptLogError("deletes a page twice")
+            state.delete(ids)
+            return 0
+        raise CorruptLogError(f"unknown frame type {frame.type}")
+    except (CorruptLogError, InvalidDeltaError, PageNotFoundError, InvalidArgumentError) as exc:
+        raise CorruptLogError(
+            f"log frame LSN {frame.lsn} in segment {frame.segment} at offset {frame.offset} "
+            f"does not replay: {exc}",
+            frame.segment,
+            frame.offset,
+        ) from None
+
+
+@dataclass
+class Recovered:
+    state: State
+    lsn: int
+    timestamp: int
+    info: RecoveryInfo
+
+
+def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
+    """Rebuild the state of the bus at ``directory`` into ``arena`` (see module doc)."""
+    t0 = time.perf_counter()
+    log_dir = os.path.join(directory, "log")
+    clean_path = os.path.join(directory, CLEAN_FILE)
+    if not readonly and os.path.exists(clean_path):
+        fast = _try_clean_open(directory, clean_path, arena)
+        if fast is not None:
+            state, lsn, ts = fast
+            os.unlink(clean_path)  # from here on the arena may change ahead of a checkpoint
+            info = RecoveryInfo("clean", lsn, 0, 0, 0, None, (), time.perf_counter() - t0)
+            return Recovered(state, lsn, ts, info)
+    skipped: list[str] = []
+    segments = list_segments(log_dir)
+    first_log_lsn = segments[0][0] if segments else 1
+    state: State | None = None
+    ckpt_lsn = 0
+    ts = 0
+    for lsn, path in list_checkpoints(os.path.join(directory, "ckpt")):
+        if lsn + 1 < first_log_lsn:
+            break  # the log after this checkpoint is gone; older ones are no better
+        try:
+            state, ckpt_lsn, ts = load_state(path, arena)
+            break
+        except CorruptCheckpointError as exc:
+            skipped.append(f"{os.path.basename(path)}: {exc}")
+            if not readonly:
+                os.replace(path, path + ".corrupt")
+    if state is None:
+        if first_log_lsn > 1:
+            raise CorruptCheckpointError(
+                f"no usable checkpoint in {directory} and the log starts at LSN "
+                f"{first_log_lsn}, so the state before it cannot be rebuilt"
+                + (f" (rejected: {'; '.join(skipped)})" if skipped else "")
+            )
+        arena.clear(0)
+        state = State(arena)
+    reader = LogReader(log_dir)
+    frames = deltas = 0
+    lsn = ckpt_lsn
+    for frame in reader.frames(after_lsn=ckpt_lsn):
+        if frame.lsn != lsn + 1:
+            raise CorruptLogError(
+                f"log resumes at LSN {frame.lsn} after checkpoint LSN {ckpt_lsn}",
+                frame.segment,
+                frame.offset,
+            )
+        deltas += apply_frame(state, frame)
+        frames += 1
+        lsn = frame.lsn
+        ts = frame.timestamp
+    if segments and reader.end_lsn < ckpt_lsn and reader.torn is None:
+        raise CorruptLogError(
+            f"log ends at LSN {reader.end_lsn}, before checkpoint LSN {ckpt_lsn}",
+            os.path.basename(segments[-1][1]),
+            -1,
+        )
+    torn = reader.torn
+    if torn is not None and not readonly:
+        _truncate_torn(log_dir, torn)
+    info = RecoveryInfo(
+        "new" if not segments and state.next_page_id == 1 else "replay",
+        ckpt_lsn,
+        frames,
+        deltas,
+        torn.bytes if torn else 0,
+        torn.segment if torn else None,
+        tuple(skipped),
+        time.perf_counter() - t0,
+    )
+    return Recovered(state, lsn, ts, info)
+
+
+def _try_clean_open(
+    directory: str, clean_path: str, arena: Arena
+) -> tuple[State, int, int] | None:
+    try:
+        state, lsn, ts = load_state(clean_path, arena, with_arena=False)
+        reader = LogReader(os.path.join(directory, "log"))
+        for _ in reader.frames(after_lsn=lsn, headers_only=True):
+            return None  # the log goes beyond the clean state: replay instead
+        if reader.torn is not None or reader.end_lsn != lsn:
+            return None
+        return state, lsn, ts
+    except MMSBError:
+        return None
+
+
+def _truncate_torn(log_dir: str, torn: TornTail) -> None:
+    path = os.path.join(log_dir, torn.segment)
+    if torn.offset < SEG_HEADER_SIZE:
+        os.unlink(path)  # not even a complete segment header: drop the file
+    else:
+        truncate_segment(path, torn.offset)

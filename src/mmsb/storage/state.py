@@ -1,0 +1,299 @@
+"""The page table, the slot allocator and the apply path over an arena.
+
+:class:`State` is the in-memory truth of a bus at one LSN: a columnar page table indexed by
+page id (no Python object per page), the free space of the arena, and the arena itself.
+It knows nothing about logs: the bus validates, logs, then calls :meth:`State.apply`;
+recovery and snapshots replay log frames through the same methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.delta import DeltaBatch, format_rows
+from mmsb.engine import kernels
+from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
+from mmsb.storage.arena import Arena
+from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS, MAX_PAGE_SIZE, PageInfo
+
+ALIGN = 8
+I64 = npt.NDArray[np.int64]
+
+
+def aligned(size: int | I64) -> Any:
+    return (size + (ALIGN - 1)) // ALIGN * ALIGN
+
+
+class State:
+    """Page table + allocator + arena.
+
+    Page table columns are indexed by page id; row 0 is never used (ids start at 1).
+    Always true: for every live id, ``slot[id] .. slot[id] + aligned(size[id])`` lies inside
+    ``[0, end)`` and overlaps no other live page's slot; ``gap_start/gap_len`` list exactly
+    the free, non-empty regions of ``[0, end)`` in address order, coalesced; free bytes are
+    zero in the arena.
+    """
+
+    def __init__(self, arena: Arena, capacity: int = 1024) -> None:
+        self.arena = arena
+        self.slot = np.zeros(capacity, np.int64)
+        self.size = np.zeros(capacity, np.int64)
+        self.epoch = np.zeros(capacity, np.int64)
+        self.dtype = np.zeros(capacity, np.uint8)
+        self.loc = np.zeros(capacity, np.uint8)
+        self.live = np.zeros(capacity, bool)
+        self.metadata: dict[int, str] = {}  # JSON text, only for pages that have metadata
+        self.next_page_id = 1
+        self.next_delta_id = 1
+        self.live_count = 0
+        self.end = 0
+        self.gap_start = np.zeros(0, np.int64)
+        self.gap_len = np.zeros(0, np.int64)
+
+    # -- page table ---------------------------------------------------------------------
+
+    def _grow_table(self, needed: int) -> None:
+        cap = self.slot.size
+        if needed <= cap:
+            return
+        new = max(needed, cap * 2)
+        for name in ("slot", "size", "epoch", "dtype", "loc", "live"):
+            old = getattr(self, name)
+            col = np.zeros(new, old.dtype)
+            col[:cap] = old
+            setattr(self, name, col)
+
+    def is_live(self, page_id: int) -> bool:
+        return 0 < page_id < self.next_page_id and bool(self.live[page_id])
+
+    def require(self, page_id: Any) -> int:
+        if isinstance(page_id, (bool, np.bool_)) or not isinstance(page_id, (int, np.integer)):
+            raise PageNotFoundError(f"page id must be an integer, got {page_id!r}", [])
+        pid = int(page_id)
+        if not self.is_live(pid):
+            state = "was deleted" if 0 < pid < self.next_page_id else "does not exist"
+            raise PageNotFoundError(f"page {pid} {state}", [pid])
+        return pid
+
+    def live_ids(self) -> I64:
+        return np.nonzero(self.live[: self.next_page_id])[0].astype(np.int64)
+
+    def info(self, page_id: int) -> PageInfo:
+        pid = self.require(page_id)
+        meta = self.metadata.get(pid)
+        return PageInfo(
+            id=pid,
+            size=int(self.size[pid]),
+            dtype=DTYPE_NAMES[int(self.dtype[pid])],
+            location=LOCATIONS[int(self.loc[pid])],
+            epoch=int(self.epoch[pid]),
+            metadata={} if meta is None else json.loads(meta),
+        )
+
+    def read(self, page_id: int) -> npt.NDArray[Any]:
+        """A copy of the page's bytes viewed with its dtype."""
+        pid = self.require(page_id)
+        s, n = int(self.slot[pid]), int(self.size[pid])
+        out = self.arena.buf[s : s + n].copy()
+        return out.view(DTYPE_NAMES[int(self.dtype[pid])])
+
+    def raw(self, page_id: int) -> npt.NDArray[np.uint8]:
+        """A view (no copy) of the page's bytes; valid only until the arena next grows."""
+        s, n = int(self.slot[page_id]), int(self.size[page_id])
+        return self.arena.buf[s : s + n]
+
+    # -- allocation ---------------------------------------------------------------------
+
+    def create(self, n: int, size: int, dtype: int, loc: int, meta: str | None) -> int:
+        """Allocate ``n`` zeroed pages of ``size`` bytes; return the first new id.
+
+        First fit in address order, then bump at the end: deterministic given the page
+        table, so replay and restored checkpoints allocate exactly as the live bus did.
+        """
+        check_page_shape(n, size, dtype)
+        first = self.next_page_id
+        self._grow_table(first + n)
+        offsets = self._allocate(n, int(aligned(size)))
+        ids = slice(first, first + n)
+        self.slot[ids] = offsets
+        self.size[ids] = size
+        self.epoch[ids] = 0
+        self.dtype[ids] = dtype
+        self.loc[ids] = loc
+        self.live[ids] = True
+        if meta is not None:
+            for pid in range(first, first + n):
+                self.metadata[pid] = meta
+        self.next_page_id = first + n
+        self.live_count += n
+        return first
+
+    def _allocate(self, n: int, step: int) -> I64:
+        out = np.empty(n, np.int64)
+        filled = 0
+        if self.gap_len.size:
+            fits = self.gap_len // step
+            usable = np.nonzero(fits)[0]
+            if usable.size:
+                counts = fits[usable]
+                cum = np.cumsum(counts)
+                last = int(np.searchsorted(cum, n))  # index into usable of the last gap used
+                last = min(last, usable.size - 1)
+                counts = counts[: last + 1].copy()
+                counts[-1] -= max(int(cum[last]) - n, 0)
+                used = usable[: last + 1]
+                filled = int(counts.sum())
+                starts = np.repeat(self.gap_start[used], counts)
+                within = np.arange(filled) - np.repeat(np.cumsum(counts) - counts, counts)
+                out[:filled] = starts + within * step
+                take = counts * step
+                self.gap_start[used] += take
+                self.gap_len[used] -= take
+                keep = self.gap_len > 0
+                self.gap_start, self.gap_len = self.gap_start[keep], self.gap_len[keep]
+        rest = n - filled
+        if rest:
+            out[filled:] = self.end + np.arange(rest, dtype=np.int64) * step
+            self.end += rest * step
+            self.arena.ensure(self.end)
+        return out
+
+    def delete(self, ids: I64) -> None:
+        """Free the given live pages (callers checked them): zero their slots, free space."""
+        lengths = aligned(self.size[ids]).astype(np.int64)
+        starts = self.slot[ids]
+        kernels.fill_slots(self.arena.buf, starts, lengths, np.uint8(0))
+        self.live[ids] = False
+        for pid in ids.tolist():
+            self.metadata.pop(pid, None)
+        self.live_count -= int(ids.size)
+        if ids.size > 64:
+            self.rebuild_gaps()
+            return
+        for s, n in zip(starts.tolist(), lengths.tolist(), strict=True):
+            self._free(s, n)
+
+    def _free(self, start: int, length: int) -> None:
+        i = int(np.searchsorted(self.gap_start, start))
+        gs, gl = self.gap_start, self.gap_len
+        merge_prev = i > 0 and gs[i - 1] + gl[i - 1] == start
+        merge_next = i < gs.size and start + length == gs[i]
+        if merge_prev and merge_next:
+            gl[i - 1] += length + gl[i]
+            self.gap_start, self.gap_len = np.delete(gs, i), np.delete(gl, i)
+            i -= 1
+        elif merge_prev:
+            gl[i - 1] += length
+            i -= 1
+        elif merge_next:
+            gs[i] = start
+            gl[i] += length
+        else:
+            self.gap_start = np.insert(gs, i, start)
+            self.gap_len = np.insert(gl, i, length)
+        # a gap that reaches the end is not a gap: the end moves back instead
+        if self.gap_start.size and self.gap_start[-1] + self.gap_len[-1] == self.end:
+            self.end = int(self.gap_start[-1])
+            self.gap_start, self.gap_len = self.gap_start[:-1], self.gap_len[:-1]
+
+    def rebuild_gaps(self) -> None:
+        """Derive ``end`` and the free gaps from the page table alone."""
+        ids = self.live_ids()
+        if ids.size == 0:
+            self.end = 0
+            self.gap_start = self.gap_len = np.zeros(0, np.int64)
+            return
+        starts = self.slot[ids]
+        order = np.argsort(starts, kind="stable")
+        starts = starts[order]
+        ends = starts + aligned(self.size[ids][order])
+        self.end = int(ends[-1])
+        prev_end = np.concatenate(([0], ends[:-1]))
+        gap = starts - prev_end
+        has = gap > 0
+        self.gap_start = prev_end[has].astype(np.int64)
+        self.gap_len = gap[has].astype(np.int64)
+
+    # -- deltas -------------------------------------------------------------------------
+
+    def validate(self, batch: DeltaBatch) -> None:
+        """Raise unless every row targets a live page and fits inside it. Vectorised."""
+        if len(batch) == 0:
+            return
+        pids = batch.page_ids
+        known = (pids > 0) & (pids < self.next_page_id)
+        ok = known.copy()
+        ok[known] = self.live[pids[known]]
+        if not ok.all():
+            bad = np.nonzero(~ok)[0]
+            shown = sorted({int(p) for p in pids[bad[:10]]})
+            raise PageNotFoundError(
+                f"batch rows {format_rows(bad)} target unknown or deleted pages {shown}",
+                [int(p) for p in pids[bad[:20]]],
+            )
+        over = batch.offsets + batch.lengths > self.size[pids]
+        if over.any():
+            bad = np.nonzero(over)[0]
+            r = int(bad[0])
+            raise InvalidDeltaError(
+                f"batch rows {format_rows(bad)} reach past the end of their page (row {r}: "
+                f"offset {int(batch.offsets[r])} + length {int(batch.lengths[r])} > page "
+                f"{int(pids[r])} size {int(self.size[pids[r]])})",
+                bad[:20],
+            )
+
+    def apply(self, batch: DeltaBatch) -> None:
+        """Write a validated batch into the arena, in row order."""
+        kernels.apply_rows(
+            self.arena.buf, self.slot, batch.page_ids, batch.offsets, batch.lengths,
+            batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask,
+        )  # fmt: skip
+
+    def assign_epochs(self, page_ids: I64) -> I64:
+        out = np.empty(page_ids.size, np.int64)
+        kernels.assign_epochs(self.epoch, page_ids, out)
+        return out
+
+    def undo_epochs(self, page_ids: I64, epochs: I64) -> None:
+        kernels.undo_epochs(self.epoch, page_ids, epochs)
+
+    # -- whole-state views --------------------------------------------------------------
+
+    def state_hash(self) -> str:
+        """A digest of the logical state (ids, shapes, epochs, metadata, bytes), independent
+        of where pages sit in the arena."""
+        h = hashlib.blake2b(digest_size=16)
+        ids = self.live_ids()
+        h.update(np.int64(self.next_page_id).tobytes())
+        h.update(ids.tobytes())
+        for col in (self.size, self.epoch, self.dtype, self.loc):
+            h.update(np.ascontiguousarray(col[ids]).tobytes())
+        h.update(json.dumps(sorted(self.metadata.items())).encode())
+        h.update(self.gather(ids).tobytes())
+        return h.hexdigest()
+
+    def gather(self, ids: I64) -> npt.NDArray[np.uint8]:
+        """The bytes of the given pages, concatenated in the given order."""
+        lengths = self.size[ids]
+        out = np.empty(int(lengths.sum()), np.uint8)
+        kernels.gather_slots(self.arena.buf, self.slot[ids], lengths, out)
+        return out
+
+
+def check_page_shape(n: int, size: Any, dtype: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise InvalidArgumentError(f"page size must be an integer, got {size!r}")
+    if n < 0:
+        raise InvalidArgumentError(f"page count must be >= 0, got {n}")
+    if size <= 0 or size > MAX_PAGE_SIZE:
+        raise InvalidArgumentError(f"page size must be in [1, {MAX_PAGE_SIZE}], got {size}")
+    item = int(DTYPE_ITEMSIZE[dtype])
+    if size % item:
+        raise InvalidArgumentError(
+            f"page size {size} is not a multiple of the {DTYPE_NAMES[dtype]} itemsize {item}"
+        )

@@ -1,0 +1,57 @@
+"""The read API shared by a live :class:`~mmsb.bus.Bus` and a detached snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.errors import BusClosedError
+from mmsb.storage.state import State
+from mmsb.types import PageInfo
+
+
+class StateView:
+    """Read access to a :class:`State`. Subclasses set ``_state`` and ``_lsn``."""
+
+    _state: State | None
+    _lsn: int
+
+    def _live_state(self) -> State:
+        if self._state is None:
+            raise BusClosedError(f"{type(self).__name__} is closed")
+        return self._state
+
+    @property
+    def lsn(self) -> int:
+        """The LSN of the last commit this view reflects (0 for the empty state)."""
+        return self._lsn
+
+    def read(self, page_id: int) -> npt.NDArray[Any]:
+        """A copy of the page's contents as a 1-D array of the page's dtype.
+
+        A copy, not a view: it never changes under the caller and never pins the arena.
+        """
+        return self._live_state().read(page_id)
+
+    def page(self, page_id: int) -> PageInfo:
+        """Id, size, dtype, location, epoch and metadata of a live page."""
+        return self._live_state().info(page_id)
+
+    def page_ids(self) -> npt.NDArray[np.int64]:
+        """Ids of all live pages, ascending."""
+        return self._live_state().live_ids()
+
+    def __contains__(self, page_id: object) -> bool:
+        return isinstance(page_id, (int, np.integer)) and self._live_state().is_live(
+            int(page_id)
+        )
+
+    def __len__(self) -> int:
+        return self._live_state().live_count
+
+    def state_hash(self) -> str:
+        """A digest of the logical state (pages, epochs, metadata, bytes); equal states give
+        equal digests whatever the arena layout."""
+        return self._live_state().state_hash()
