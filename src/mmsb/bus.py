@@ -33,7 +33,15 @@ from mmsb.errors import (
     InvalidDeltaError,
     ReadOnlyError,
 )
-from mmsb.history import LogIndex, Snapshot, build_state, copy_state, diff_states, touched_pages
+from mmsb.history import (
+    LogIndex,
+    Snapshot,
+    build_state,
+    copy_state,
+    diff_states,
+    export_prefix,
+    touched_pages,
+)
 from mmsb.storage import codec
 from mmsb.storage.arena import FileArena, MemoryArena
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
@@ -480,6 +488,17 @@ class Bus(StateView):
             flip = {"added": "removed", "removed": "added", "changed": "changed"}
             diffs = [PageDiff(d.page_id, flip[d.status], d.ranges) for d in diffs]  # type: ignore[arg-type]
         return diffs
+
+    def export(self, out: str | os.PathLike[str], lsn: int | None = None) -> None:
+        """Write a standalone bus at ``out`` holding this bus's history up to ``lsn``
+        (default: now). Its log frames are byte-for-byte copies of this bus's."""
+        self._live_state()
+        target = self._lsn if lsn is None else int(lsn)
+        if target < 0 or target > self._lsn:
+            raise HistoryUnavailableError(f"LSN {target} is outside [0, {self._lsn}]")
+        if self._log is not None:
+            self._log.sync()
+        export_prefix(self.path, os.fspath(out), target)
 
     def verify(self) -> Any:
         """Integrity report over the whole log and every checkpoint (see :mod:`mmsb.verify`)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import numpy.typing as npt
 from mmsb.delta import SHAPE_NAMES
 from mmsb.errors import (
     CorruptCheckpointError,
+    CorruptLogError,
     HistoryUnavailableError,
     InvalidArgumentError,
     ReadOnlyError,
@@ -24,7 +26,15 @@ from mmsb.errors import (
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
-from mmsb.storage.log import BATCH, CREATE, DELETE, LogReader, list_segments
+from mmsb.storage.log import (
+    BATCH,
+    CREATE,
+    DELETE,
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    LogReader,
+    list_segments,
+)
 from mmsb.storage.recovery import apply_frame
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff
@@ -228,12 +238,6 @@ class LogIndex:
 
 
 def _read_frame(path: str, offset: int) -> memoryview:
-    import struct
-    import zlib
-
-    from mmsb.errors import CorruptLogError
-    from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE
-
     with open(path, "rb") as f:
         f.seek(offset)
         head = f.read(FRAME_HEADER_SIZE)
@@ -246,7 +250,6 @@ def _read_frame(path: str, offset: int) -> memoryview:
             os.path.basename(path),
             offset,
         )
-    del struct
     return memoryview(body)[:length]
 
 
@@ -306,8 +309,6 @@ def export_prefix(src: str, out: str, lsn: int) -> None:
     """
     import shutil
 
-    from mmsb.storage.log import LogWriter  # noqa: F401 - format owner, documents the dependency
-
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise InvalidArgumentError(f"output {out} already exists and is not empty")
     log_src = os.path.join(src, "log")
@@ -320,16 +321,21 @@ def export_prefix(src: str, out: str, lsn: int) -> None:
         end = frame.lsn
     if end < lsn:
         raise HistoryUnavailableError(f"LSN {lsn} is beyond the end of the log ({end})")
+    os.makedirs(out, mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(out, "log"), mode=0o700)
     os.makedirs(os.path.join(out, "ckpt"), mode=0o700)
-    shutil.copy2(os.path.join(src, "MANIFEST.json"), os.path.join(out, "MANIFEST.json"))
+    shutil.copyfile(os.path.join(src, "MANIFEST.json"), os.path.join(out, "MANIFEST.json"))
+    os.chmod(os.path.join(out, "MANIFEST.json"), 0o600)
     for first, path in list_segments(log_src):
-        if first > lsn + 1 or (first == lsn + 1 and cut is not None and cut[0] == os.path.basename(path) and cut[1] <= 32):
-            continue
+        if first > lsn:
+            continue  # holds only later frames
         dst = os.path.join(out, "log", os.path.basename(path))
         shutil.copyfile(path, dst)
+        os.chmod(dst, 0o600)
         if cut is not None and os.path.basename(path) == cut[0]:
             os.truncate(dst, cut[1])
     for ck_lsn, path in list_checkpoints(os.path.join(src, "ckpt")):
         if ck_lsn <= lsn:
-            shutil.copyfile(path, os.path.join(out, "ckpt", os.path.basename(path)))
+            dst = os.path.join(out, "ckpt", os.path.basename(path))
+            shutil.copyfile(path, dst)
+            os.chmod(dst, 0o600)
