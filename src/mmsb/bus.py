@@ -12,6 +12,7 @@ A bus is a directory::
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -22,9 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.delta import RANGE, Delta, DeltaBatch, as_payload
+from mmsb.delta import Delta, DeltaBatch, as_payload, check_offset, check_source
 from mmsb.errors import (
-    BusClosedError,
     BusNotFoundError,
     DeviceUnavailableError,
     FormatVersionError,
@@ -303,15 +303,35 @@ class Bus(StateView):
         A typed numpy array must have the page's dtype and start at a multiple of its
         itemsize; bytes-like data is written as is.
         """
-        state = self._live_state()
+        state, log = self._writable()
         pid = state.require(page_id)
         payload = as_payload(data)
-        if payload.size == 0:
+        n = payload.size
+        if n == 0:
             raise InvalidDeltaError(f"empty payload for page {pid}")
+        off = check_offset(offset)
         if isinstance(data, np.ndarray):
-            self._check_dtype(pid, data.dtype.name, offset)
-        delta = Delta._make(pid, offset, RANGE, payload, None, source, metadata, None)
-        return self.apply(delta)
+            self._check_dtype(pid, data.dtype.name, off)
+        size = int(state.size[pid])
+        if off + n > size:
+            raise InvalidDeltaError(
+                f"write to page {pid} reaches past the end of the page (offset {off} + "
+                f"length {n} > page size {size})"
+            )
+        check_source(source)
+        meta = encode_metadata(metadata, "delta")
+        # one range delta: the batch path's effect and log bytes, without building columns
+        epoch = int(state.epoch[pid]) + 1
+        first = state.next_delta_id
+        pieces = codec.encode_single_range(pid, epoch, off, payload.tobytes(), first, source, meta)
+        lsn, ts, seg, foff = self._log_frame(log, BATCH, pieces)
+        state.epoch[pid] = epoch
+        start = int(state.slot[pid]) + off
+        state.arena.buf[start : start + n] = payload
+        state.next_delta_id = first + 1
+        pages = None if self._index is None else np.array([pid], np.int64)
+        self._publish(lsn, ts, seg, foff, first, pages)
+        return first
 
     def apply(self, delta: Delta) -> int:
         """Commit one delta; return its delta id."""
@@ -346,6 +366,9 @@ class Bus(StateView):
         n = len(batch)
         if n == 0:
             return Commit(self._lsn, 0, -1, 0, self._last_ts)
+        # a batch built from raw columns skipped the constructors' checks; the kernels
+        # trust offsets and pool slices, so check the structure before anything else
+        batch._check_structure()
         state.validate(batch)
         first = state.next_delta_id
         epochs = state.assign_epochs(batch.page_ids)
@@ -370,11 +393,9 @@ class Bus(StateView):
         off = log.append(ftype, lsn, ts, pieces)
         if self.sync == "always":
             log.sync()
-        return lsn, ts, os.path.basename(log.path), off
+        return lsn, ts, log.name, off
 
-    def _publish(
-        self, lsn: int, ts: int, seg: str, off: int, first_did: int, pages: Any
-    ) -> None:
+    def _publish(self, lsn: int, ts: int, seg: str, off: int, first_did: int, pages: Any) -> None:
         self._lsn = lsn
         self._last_ts = ts
         if self._index is not None:
@@ -430,7 +451,7 @@ class Bus(StateView):
         oldest = kept[-1][0] if kept else 0
         segs = list_segments(os.path.join(self.path, "log"))
         removed = nbytes = 0
-        for (_, path), (next_first, _) in zip(segs, segs[1:], strict=False):
+        for (_, path), (next_first, _) in itertools.pairwise(segs):
             if next_first - 1 <= oldest:  # every frame in this segment is <= oldest
                 nbytes += os.path.getsize(path)
                 os.unlink(path)
@@ -508,7 +529,7 @@ class Bus(StateView):
         return verify(self.path)
 
 
-def open(  # noqa: A001 - mirrors builtins.open / sqlite3.connect naming
+def open(
     path: str | os.PathLike[str] | None,
     *,
     create: bool = True,

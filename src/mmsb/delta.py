@@ -39,7 +39,8 @@ def as_payload(data: Any, what: str = "payload") -> U8:
         if data.dtype.hasobject:
             raise InvalidDeltaError(f"{what} has object dtype; expected numbers or bytes")
         arr = np.ascontiguousarray(data).reshape(-1)
-        return arr.view(np.uint8)
+        out: U8 = arr.view(np.uint8)
+        return out
     if isinstance(data, (bytes, bytearray, memoryview)):
         return np.frombuffer(data, dtype=np.uint8)
     raise InvalidDeltaError(
@@ -57,10 +58,11 @@ def as_mask(mask: Any) -> U8:
             raise InvalidDeltaError(f"mask must be 1-D, got shape {arr.shape}")
         if arr.dtype.hasobject or arr.dtype.kind not in "biu":
             raise InvalidDeltaError(f"mask must be boolean or integer, got dtype {arr.dtype}")
-    return (arr != 0).astype(np.uint8)
+    out: U8 = (arr != 0).astype(np.uint8)
+    return out
 
 
-def _check_offset(offset: int) -> int:
+def check_offset(offset: int) -> int:
     try:
         off = int(offset)
     except (TypeError, ValueError):
@@ -181,8 +183,8 @@ class Delta:
         original: Any,
     ) -> Delta:
         pid = _check_page_id(page_id)
-        off = _check_offset(offset)
-        _check_source(source)
+        off = check_offset(offset)
+        check_source(source)
         encode_metadata(metadata, "delta")
         span = payload.size if mask is None else mask.size
         if off + span > MAX_PAGE_SIZE:
@@ -197,6 +199,8 @@ class Delta:
                 f"cannot merge deltas on different pages ({self.page_id} and {later.page_id})"
             )
         merged = DeltaBatch.from_deltas([self, later]).coalesce()
+        if len(merged) == 0:  # neither writes a byte; ``later`` is such a no-op delta
+            return later
         out = merged[0]
         return Delta(
             out.page_id,
@@ -210,7 +214,7 @@ class Delta:
         )
 
 
-def _check_source(source: Any) -> None:
+def check_source(source: Any) -> None:
     if not isinstance(source, str):
         raise InvalidDeltaError(f"source must be a str, got {type(source).__name__}")
     if len(source.encode()) > 255:
@@ -298,7 +302,7 @@ class DeltaBatch:
     ) -> DeltaBatch:
         """Range deltas from columns. ``payloads`` is a 2-D array (one row per delta, its
         bytes are the payload) or a sequence of bytes-like objects of any lengths."""
-        _check_source(source)
+        check_source(source)
         meta_json = encode_metadata(metadata, "delta")
         pids = _int_column(page_ids, "page_ids")
         offs = _int_column(offsets, "offsets")
@@ -400,19 +404,17 @@ class DeltaBatch:
             cols["meta_idx"].append(meta_map[b.meta_idx])  # -1 maps to the trailing -1
             pbase += b.payload.size
             mbase += b.mask.size
+        cat = {k: np.concatenate(v) for k, v in cols.items() if v}
         return DeltaBatch(
-            *(np.concatenate(cols[k]) for k in (
-                "page_ids", "offsets", "lengths", "kinds", "pstarts", "plens", "mstarts",
-                "payload", "mask", "source_idx")),
-            tuple(src_table) or ("api",),
-            np.concatenate(cols["meta_idx"]),
-            tuple(meta_table),
+            cat["page_ids"], cat["offsets"], cat["lengths"], cat["kinds"], cat["pstarts"],
+            cat["plens"], cat["mstarts"], cat["payload"], cat["mask"], cat["source_idx"],
+            tuple(src_table) or ("api",), cat["meta_idx"], tuple(meta_table),
         )  # fmt: skip
 
     def _check_structure(self) -> None:
         problem, rows = self._structure()
         if problem:
-            raise InvalidDeltaError(problem, rows)
+            raise InvalidDeltaError(problem, rows.tolist())
 
     def structure_problem(self) -> str | None:
         """Why the columns are inconsistent with each other or the pools, or ``None``."""
@@ -434,6 +436,7 @@ class DeltaBatch:
             return "batch columns have different lengths", none
         checks: list[tuple[npt.NDArray[np.bool_], str]] = [
             (self.page_ids <= 0, "invalid page id"),
+            (self.kinds > SPARSE, "unknown delta shape"),
             (self.offsets < 0, "negative offset"),
             (self.lengths <= 0, "empty payload"),
             (self.offsets + self.lengths > MAX_PAGE_SIZE, "ends past the largest page size"),
@@ -555,6 +558,8 @@ class DeltaBatch:
         if n == 0:
             return self
         pages, pos, vals = self.expand()
+        if pages.size == 0:  # every row is masked out entirely: nothing to write
+            return DeltaBatch.empty()
         order = np.arange(pages.size)
         # sort by (page, pos, order) and keep the last entry of each (page, pos) group
         idx = np.lexsort((order, pos, pages))

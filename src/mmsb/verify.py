@@ -141,8 +141,7 @@ def _check_frame(state: State, frame: object, rep: IntegrityReport) -> None:
             rep.deltas += n
             if dec.first_delta_id != state.next_delta_id:
                 rep.error(
-                    f"{where}: first delta id {dec.first_delta_id}, expected "
-                    f"{state.next_delta_id}"
+                    f"{where}: first delta id {dec.first_delta_id}, expected {state.next_delta_id}"
                 )
             pids = b.page_ids
             known = (pids > 0) & (pids < state.next_page_id)

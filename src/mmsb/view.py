@@ -44,9 +44,7 @@ class StateView:
         return self._live_state().live_ids()
 
     def __contains__(self, page_id: object) -> bool:
-        return isinstance(page_id, (int, np.integer)) and self._live_state().is_live(
-            int(page_id)
-        )
+        return isinstance(page_id, (int, np.integer)) and self._live_state().is_live(int(page_id))
 
     def __len__(self) -> int:
         return self._live_state().live_count

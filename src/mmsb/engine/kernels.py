@@ -14,7 +14,7 @@ I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
 
-@njit(cache=True, nogil=True)  # type: ignore[misc]
+@njit(cache=True, nogil=True)
 def apply_rows(
     arena: U8,
     slots: I64,
@@ -38,7 +38,9 @@ def apply_rows(
         ps = pstarts[i]
         k = kinds[i]
         if k == 0:
-            arena[base : base + n] = payload[ps : ps + n]
+            # an explicit loop beats slice assignment for the short rows that dominate
+            for j in range(n):
+                arena[base + j] = payload[ps + j]
         elif k == 1:
             ms = mstarts[i]
             for j in range(n):
@@ -53,7 +55,7 @@ def apply_rows(
                     c += 1
 
 
-@njit(cache=True, nogil=True)  # type: ignore[misc]
+@njit(cache=True, nogil=True)
 def assign_epochs(epoch: I64, page_ids: I64, out: I64) -> None:
     """Give each row the next epoch of its page, bumping the page's epoch as it goes."""
     for i in range(page_ids.size):
@@ -63,14 +65,14 @@ def assign_epochs(epoch: I64, page_ids: I64, out: I64) -> None:
         out[i] = e
 
 
-@njit(cache=True, nogil=True)  # type: ignore[misc]
+@njit(cache=True, nogil=True)
 def undo_epochs(epoch: I64, page_ids: I64, out: I64) -> None:
     """Reverse :func:`assign_epochs` exactly (walk backwards restoring each page's value)."""
     for i in range(page_ids.size - 1, -1, -1):
         epoch[page_ids[i]] = out[i] - 1
 
 
-@njit(cache=True, nogil=True)  # type: ignore[misc]
+@njit(cache=True, nogil=True)
 def fill_slots(arena: U8, starts: I64, lengths: I64, value: np.uint8) -> None:
     """Set ``arena[starts[i] : starts[i] + lengths[i]]`` to ``value`` for every i."""
     for i in range(starts.size):
@@ -78,7 +80,7 @@ def fill_slots(arena: U8, starts: I64, lengths: I64, value: np.uint8) -> None:
         arena[s : s + lengths[i]] = value
 
 
-@njit(cache=True, nogil=True)  # type: ignore[misc]
+@njit(cache=True, nogil=True)
 def gather_slots(arena: U8, starts: I64, lengths: I64, out: U8) -> None:
     """Concatenate the given arena slices into ``out`` (sized to their total)."""
     c = 0

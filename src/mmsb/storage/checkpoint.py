@@ -147,9 +147,7 @@ def read_header(f: BinaryIO, path: str) -> tuple[CheckpointHeader, int]:
         raise CorruptCheckpointError(f"checkpoint {name} header fails its checksum")
     try:
         h = json.loads(raw)
-        sections = {
-            str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in h["sections"].items()
-        }
+        sections = {str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in h["sections"].items()}
         header = CheckpointHeader(
             int(h["lsn"]), int(h["timestamp"]), int(h["next_page_id"]),
             int(h["next_delta_id"]), int(h["end"]), sections,
@@ -233,7 +231,8 @@ def load_state(path: str, arena: Arena, *, with_arena: bool = True) -> tuple[Sta
             arena.clear(length)
             view = arena.buf[:length]
             f.seek(off)
-            if f.readinto(memoryview(view)) != length or zlib.crc32(view) != crc:
+            mv: Any = memoryview(view)  # type: ignore[arg-type]
+            if f.readinto(mv) != length or zlib.crc32(mv) != crc:
                 raise CorruptCheckpointError(f"checkpoint {name} arena fails its checksum")
             # free space must read as zeros (new pages rely on it)
             kernels.fill_slots(arena.buf, state.gap_start, state.gap_len, np.uint8(0))
@@ -256,8 +255,7 @@ def _check_table(state: State, end: int, name: str) -> None:
     )  # fmt: skip
     if bad.any():
         raise CorruptCheckpointError(
-            f"checkpoint {name} has invalid page table rows for pages "
-            f"{ids[bad][:10].tolist()}"
+            f"checkpoint {name} has invalid page table rows for pages {ids[bad][:10].tolist()}"
         )
     if (size % DTYPE_ITEMSIZE[dt]).any():
         raise CorruptCheckpointError(f"checkpoint {name} has page sizes that do not fit dtypes")

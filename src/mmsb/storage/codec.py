@@ -35,7 +35,7 @@ _HEAD = struct.Struct("<IIQQQII")
 I64 = npt.NDArray[np.int64]
 
 
-def _padded(b: bytes | npt.NDArray[Any]) -> list[bytes | memoryview]:
+def _padded(b: Any) -> list[bytes | memoryview]:
     mv = memoryview(b).cast("B")
     pad = (-mv.nbytes) % 8
     return [mv, b"\0" * pad] if pad else [mv]
@@ -85,6 +85,41 @@ def encode_batch(batch: DeltaBatch, epochs: I64, first_delta_id: int) -> list[by
     if masked:
         pieces += _padded(packed)
     return pieces
+
+
+_STRINGS_CACHE: dict[tuple[str, str | None], bytes] = {}
+
+
+def encode_single_range(
+    page_id: int,
+    epoch: int,
+    offset: int,
+    payload: bytes,
+    first_delta_id: int,
+    source: str,
+    meta: str | None,
+) -> list[bytes | memoryview]:
+    """The same bytes as :func:`encode_batch` for a one-row range batch, built without
+    numpy (the per-call ``Bus.write`` path). Tests compare the two."""
+    key = (source, meta)
+    sbytes = _STRINGS_CACHE.get(key)
+    if sbytes is None:
+        strings = {"s": [source], "m": [] if meta is None else [meta]}
+        sbytes = json.dumps(strings, separators=(",", ":")).encode()
+        if len(_STRINGS_CACHE) < 256:
+            _STRINGS_CACHE[key] = sbytes
+    n = len(payload)
+    return [
+        _HEAD.pack(1, 0, first_delta_id, n, 0, len(sbytes), 0)
+        + _SINGLE_COLS.pack(page_id, epoch, offset, n)
+        + sbytes
+        + b"\0" * ((-len(sbytes)) % 8),
+        payload,
+        b"\0" * ((-n) % 8),
+    ]
+
+
+_SINGLE_COLS = struct.Struct("<QI4xI4xI4x")
 
 
 def _contiguous_payload(batch: DeltaBatch) -> npt.NDArray[np.uint8]:
@@ -160,9 +195,7 @@ def decode_batch(payload: memoryview) -> DecodedBatch:
         if flags & SOURCE_COL
         else np.zeros(n, np.uint16)
     )
-    meta_idx = (
-        cur.array("<i4", n, "metadata").astype(np.int32) if flags & META_COL else None
-    )
+    meta_idx = cur.array("<i4", n, "metadata").astype(np.int32) if flags & META_COL else None
     try:
         strings = json.loads(bytes(cur.take(slen, "strings")))
         sources = tuple(str(s) for s in strings["s"])

@@ -73,20 +73,25 @@ def encode_segment_header(first_lsn: int) -> bytes:
 
 def encode_frame_header(
     ftype: int, flags: int, lsn: int, ts: int, pieces: Sequence[bytes | memoryview]
-) -> tuple[bytes, int]:
-    """Header bytes and padded payload length for a frame whose payload is ``pieces``."""
+) -> tuple[bytes, int, int]:
+    """Header bytes, payload length and padding for a frame whose payload is ``pieces``."""
     crc = 0
     length = 0
     for p in pieces:
         crc = zlib.crc32(p, crc)
-        length += memoryview(p).nbytes
+        length += len(p) if isinstance(p, bytes) else memoryview(p).nbytes
     if length > MAX_FRAME_PAYLOAD:
         raise ValueError(f"frame payload of {length} bytes exceeds the 4 GiB frame limit")
-    pad = _pad(length)
+    pad = (-length) % 8
     if pad:
-        crc = zlib.crc32(b"\0" * pad, crc)
-    head = struct.pack("<4sHHQQII", FRAME_MAGIC, ftype, flags, lsn, ts, length, crc)
-    return head + struct.pack("<II", zlib.crc32(head), 0), length + pad
+        crc = zlib.crc32(_ZEROS[:pad], crc)
+    head = _HEAD_NO_CRC.pack(FRAME_MAGIC, ftype, flags, lsn, ts, length, crc)
+    return head + _TRAILER.pack(zlib.crc32(head), 0), length, pad
+
+
+_HEAD_NO_CRC = struct.Struct("<4sHHQQII")
+_TRAILER = struct.Struct("<II")
+_ZEROS = bytes(8)
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,7 @@ class LogReader:
             if zlib.crc32(head[:32]) != fields[7] or fields[0] != FRAME_MAGIC:
                 return False
             length = fields[5]
-            return offset + FRAME_HEADER_SIZE + length + _pad(length) >= size
+            return bool(offset + FRAME_HEADER_SIZE + length + _pad(length) >= size)
 
         if size < SEG_HEADER_SIZE:
             err = damaged(0, "segment header is incomplete")
@@ -194,8 +199,7 @@ class LogReader:
             return
         if version != LOG_VERSION:
             raise CorruptLogError(
-                f"segment {name} has log format version {version}; this build reads "
-                f"{LOG_VERSION}",
+                f"segment {name} has log format version {version}; this build reads {LOG_VERSION}",
                 name,
                 0,
             )
@@ -252,6 +256,7 @@ class LogWriter:
         self.fsync_enabled = fsync_enabled
         self._fd = -1
         self.path = ""
+        self.name = ""
         self.pos = 0
         self.bytes_since_sync = 0
         self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
@@ -264,6 +269,7 @@ class LogWriter:
     def _open_existing(self, path: str) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self.path = path
+        self.name = os.path.basename(path)
         self.pos = os.fstat(self._fd).st_size
 
     def roll(self, first_lsn: int) -> None:
@@ -272,9 +278,10 @@ class LogWriter:
             self.sync()
             os.close(self._fd)
         self.path = os.path.join(self.log_dir, segment_name(first_lsn))
+        self.name = os.path.basename(self.path)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._fd = fd
-        _write_all(fd, [encode_segment_header(first_lsn)])
+        _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
         self.pos = SEG_HEADER_SIZE
         if self.fsync_enabled:
             os.fsync(fd)
@@ -286,19 +293,18 @@ class LogWriter:
         """Write one frame; return its offset. Rolls first when the segment is full."""
         if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
             self.roll(lsn)
-        head, padded = encode_frame_header(ftype, flags, lsn, ts, pieces)
-        pad = padded - sum(memoryview(p).nbytes for p in pieces)
+        head, length, pad = encode_frame_header(ftype, flags, lsn, ts, pieces)
         parts = [head, *pieces]
         if pad:
-            parts.append(b"\0" * pad)
+            parts.append(_ZEROS[:pad])
         offset = self.pos
+        size = FRAME_HEADER_SIZE + length + pad
         try:
-            _write_all(self._fd, parts)
+            _write_all(self._fd, parts, size)
         except BaseException:
             # never leave a partial frame behind a later good one
             os.ftruncate(self._fd, offset)
             raise
-        size = FRAME_HEADER_SIZE + padded
         self.pos += size
         self.bytes_since_sync += size
         self.written += size
@@ -316,17 +322,24 @@ class LogWriter:
             self._fd = -1
 
 
-def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
-    views = [memoryview(p).cast("B") for p in parts]
+def _write_all(fd: int, parts: Sequence[bytes | memoryview], total: int) -> None:
+    """Write every byte of ``parts`` (one ``writev`` in the usual case)."""
+    done = os.writev(fd, parts) if len(parts) <= _IOV_MAX else 0
+    if done == total:
+        return
+    views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
     while views:
-        n = os.writev(fd, views[:1024])
-        while n and views:
-            if n >= views[0].nbytes:
-                n -= views[0].nbytes
-                views.pop(0)
-            else:
-                views[0] = views[0][n:]
-                n = 0
+        if done >= views[0].nbytes:
+            done -= views[0].nbytes
+            views.pop(0)
+        elif done:
+            views[0] = views[0][done:]
+            done = 0
+        else:
+            done = os.writev(fd, views[:_IOV_MAX])
+
+
+_IOV_MAX = 1024
 
 
 def fsync_dir(path: str) -> None:

@@ -108,10 +108,9 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
     if not readonly and os.path.exists(clean_path):
         fast = _try_clean_open(directory, clean_path, arena)
         if fast is not None:
-            state, lsn, ts = fast
             os.unlink(clean_path)  # from here on the arena may change ahead of a checkpoint
-            info = RecoveryInfo("clean", lsn, 0, 0, 0, None, (), time.perf_counter() - t0)
-            return Recovered(state, lsn, ts, info)
+            info = RecoveryInfo("clean", fast[1], 0, 0, 0, None, (), time.perf_counter() - t0)
+            return Recovered(fast[0], fast[1], fast[2], info)
     skipped: list[str] = []
     segments = list_segments(log_dir)
     first_log_lsn = segments[0][0] if segments else 1
@@ -173,9 +172,7 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
     return Recovered(state, lsn, ts, info)
 
 
-def _try_clean_open(
-    directory: str, clean_path: str, arena: Arena
-) -> tuple[State, int, int] | None:
+def _try_clean_open(directory: str, clean_path: str, arena: Arena) -> tuple[State, int, int] | None:
     try:
         state, lsn, ts = load_state(clean_path, arena, with_arena=False)
         reader = LogReader(os.path.join(directory, "log"))

@@ -244,7 +244,7 @@ class State:
                 f"batch rows {format_rows(bad)} reach past the end of their page (row {r}: "
                 f"offset {int(batch.offsets[r])} + length {int(batch.lengths[r])} > page "
                 f"{int(pids[r])} size {int(self.size[pids[r]])})",
-                bad[:20],
+                bad[:20].tolist(),
             )
 
     def apply(self, batch: DeltaBatch) -> None:
