@@ -101,6 +101,7 @@ class Bus(StateView):
         cpu_fallback: bool = False,
         checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
         keep_checkpoints: int = 2,
+        auto_compact: bool = False,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         sync_interval: float = 1.0,
     ) -> None:
@@ -126,6 +127,7 @@ class Bus(StateView):
         self.cpu_fallback = cpu_fallback
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = keep_checkpoints
+        self.auto_compact = auto_compact
         self.sync_interval = sync_interval
         self._clock: Clock = clock or time.time_ns
         self._lock: WriterLock | None = None
@@ -407,6 +409,8 @@ class Bus(StateView):
             self._last_sync = time.monotonic()
         if self.checkpoint_every is not None and log.written >= self.checkpoint_every:
             self.checkpoint()
+            if self.auto_compact:
+                self.compact()
 
     def sync_now(self) -> None:
         """Force the log to stable storage now (whatever the sync mode)."""
@@ -541,9 +545,26 @@ def open(
     """Open (or create) the bus at ``path``; ``None`` gives an ephemeral bus in a temporary
     directory that is removed on close.
 
-    ``sync``: ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint, close and
-    every ``sync_interval`` seconds; the default) or ``"off"`` (never fsync; the default for
-    ephemeral buses). ``clock``: a callable returning nanoseconds, for deterministic
-    timestamps.
+    Parameters
+    ----------
+    create
+        Create the bus if ``path`` holds none (else :class:`BusNotFoundError`).
+    readonly
+        Build the state in process memory without taking the writer lock; writes raise
+        :class:`ReadOnlyError`.
+    sync
+        ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint, close and at
+        most every ``sync_interval`` seconds; the default on disk) or ``"off"`` (never; the
+        default for ephemeral buses). docs/design.md states what each survives.
+    clock
+        Callable returning nanoseconds, for commit timestamps (deterministic in tests).
+    options
+        ``cpu_fallback`` (keep ``gpu``/``unified`` pages in host memory when no device
+        backend exists; default False), ``checkpoint_every`` (log bytes between automatic
+        checkpoints, None to disable; default 128 MiB), ``keep_checkpoints`` (kept by
+        :meth:`Bus.compact`; default 2), ``auto_compact`` (compact after each automatic
+        checkpoint, bounding the log; default False, which keeps all history),
+        ``segment_size`` (log segment bytes for a new bus; default 64 MiB),
+        ``sync_interval`` (seconds, for ``sync="normal"``; default 1.0).
     """
     return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

@@ -68,6 +68,11 @@ class CheckpointHeader:
     next_delta_id: int
     end: int
     sections: dict[str, tuple[int, int, int]]
+    arena_crc: int | None = None  # clean-shutdown files: CRC32 of the arena file's [0, end)
+
+
+def _crc(arr: Any) -> int:
+    return zlib.crc32(memoryview(arr).cast("B"))
 
 
 def write_state(
@@ -83,11 +88,15 @@ def write_state(
     parts.append(("metadata", np.frombuffer(json.dumps(meta).encode(), np.uint8)))
     if with_arena:
         parts.append(("arena", state.arena.buf[: state.end]))
+    extra: dict[str, int] = {}
+    if not with_arena:
+        # lets the next open prove the arena file is the one this state describes
+        extra["arena_crc"] = _crc(state.arena.buf[: state.end])
     sections: dict[str, list[int]] = {}
     offset = 0
     for name, arr in parts:
         nbytes = int(arr.nbytes)
-        sections[name] = [offset, nbytes, zlib.crc32(memoryview(arr).cast("B"))]
+        sections[name] = [offset, nbytes, _crc(arr)]
         offset += nbytes + (-nbytes) % 8
     header = json.dumps(
         {
@@ -97,6 +106,7 @@ def write_state(
             "next_delta_id": state.next_delta_id,
             "end": state.end,
             "sections": sections,
+            **extra,
         },
         separators=(",", ":"),
     ).encode()
@@ -151,6 +161,7 @@ def read_header(f: BinaryIO, path: str) -> tuple[CheckpointHeader, int]:
         header = CheckpointHeader(
             int(h["lsn"]), int(h["timestamp"]), int(h["next_page_id"]),
             int(h["next_delta_id"]), int(h["end"]), sections,
+            None if h.get("arena_crc") is None else int(h["arena_crc"]),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise CorruptCheckpointError(f"checkpoint {name} header is invalid: {exc}") from None
@@ -240,6 +251,10 @@ def load_state(path: str, arena: Arena, *, with_arena: bool = True) -> tuple[Sta
                 arena.buf[state.end : length] = 0
         else:
             arena.ensure(state.end)
+            if header.arena_crc is None or _crc(arena.buf[: state.end]) != header.arena_crc:
+                raise CorruptCheckpointError(
+                    f"{name}: the arena file does not match the state recorded at shutdown"
+                )
         return state, header.lsn, header.timestamp
     finally:
         f.close()
