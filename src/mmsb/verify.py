@@ -105,6 +105,8 @@ def verify(path: str | os.PathLike[str]) -> IntegrityReport:
                 hashes[frame.lsn] = state.state_hash()
     except CorruptLogError as exc:
         rep.error(str(exc))
+    except FileNotFoundError as exc:
+        rep.error(f"a log segment disappeared during the check (compaction?): {exc}")
     if reader.torn is not None:
         rep.torn_tail_bytes = reader.torn.bytes
         rep.warnings.append(
