@@ -191,8 +191,9 @@ class LogReader:
             if err:
                 raise err
             return
-        magic, version, _, seg_first, crc, _ = SEG_HEADER.unpack_from(data, 0)
-        if magic != SEGMENT_MAGIC or zlib.crc32(data[:24]) != crc or seg_first != first_lsn:
+        magic, version, _, seg_first, crc, reserved = SEG_HEADER.unpack_from(data, 0)
+        bad = magic != SEGMENT_MAGIC or zlib.crc32(data[:24]) != crc or reserved != 0
+        if bad or seg_first != first_lsn:
             err = damaged(0, "bad segment header")
             if err:
                 raise err
@@ -213,7 +214,7 @@ class LogReader:
                 return
             fields = FRAME_HEADER.unpack_from(data, pos)
             magic, ftype, flags, lsn, ts, length, pcrc, hcrc, _ = fields
-            if magic != FRAME_MAGIC or zlib.crc32(view[pos : pos + 32]) != hcrc:
+            if magic != FRAME_MAGIC or zlib.crc32(view[pos : pos + 32]) != hcrc or fields[8]:
                 err = damaged(pos, "bad frame header checksum")
                 if err:
                     raise err
