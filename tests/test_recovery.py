@@ -252,6 +252,28 @@ def test_damage_after_a_clean_shutdown_is_found_on_open(tmp_path: Path) -> None:
     assert info.value.offset == frame.offset
 
 
+def test_damaged_last_payload_after_a_clean_shutdown_is_not_buried(tmp_path: Path) -> None:
+    path = tmp_path / "bus"
+    with mmsb.open(path, sync="off") as bus:
+        pid = bus.create_page(8)
+        bus.write(pid, b"a")
+        before = bus.state_hash()
+        bus.write(pid, b"b")
+    last = frames(path)[-1]
+    flip(path / "log" / last.segment, last.offset + FRAME_HEADER_SIZE + 1)
+    bus = mmsb.open(path, sync="off")
+    # the damaged frame is the log's tail: dropped and reported, not trusted
+    assert bus.recovery.mode == "replay"
+    assert bus.recovery.torn_tail_bytes == last.size
+    assert (bus.lsn, bus.state_hash()) == (last.lsn - 1, before)
+    bus.write(pid, b"c")
+    expected = bus.state_hash()
+    bus._release()  # crash: the next open replays across where the damage was
+    with mmsb.open(path, sync="off") as again:
+        assert again.state_hash() == expected
+    assert mmsb.verify(path).ok
+
+
 # -- (c) damaged checkpoints ---------------------------------------------------------------
 
 

@@ -163,7 +163,7 @@ def read_header(f: BinaryIO, path: str) -> tuple[CheckpointHeader, int]:
             int(h["next_delta_id"]), int(h["end"]), sections,
             None if h.get("arena_crc") is None else int(h["arena_crc"]),
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
         raise CorruptCheckpointError(f"checkpoint {name} header is invalid: {exc}") from None
     if header.lsn < 0 or header.next_page_id < 1 or header.next_delta_id < 1 or header.end < 0:
         raise CorruptCheckpointError(f"checkpoint {name} header has out-of-range values")

@@ -276,7 +276,7 @@ def decode_create(payload: memoryview) -> CreateRecord:
         )
         if rec.metadata is not None:
             json.loads(rec.metadata)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise CorruptLogError(f"create frame is invalid: {exc}") from None
     return rec
 

@@ -175,9 +175,14 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
 def _try_clean_open(directory: str, clean_path: str, arena: Arena) -> tuple[State, int, int] | None:
     try:
         state, lsn, ts = load_state(clean_path, arena, with_arena=False)
+        # check every frame a later crash recovery would replay (those after the newest
+        # checkpoint), so damage is found now rather than buried under new commits
+        ckpts = list_checkpoints(os.path.join(directory, "ckpt"))
+        after = min(ckpts[0][0], lsn) if ckpts else 0
         reader = LogReader(os.path.join(directory, "log"))
-        for _ in reader.frames(after_lsn=lsn, headers_only=True):
-            return None  # the log goes beyond the clean state: replay instead
+        for frame in reader.frames(after_lsn=after):
+            if frame.lsn > lsn:
+                return None  # the log goes beyond the clean state: replay instead
         if reader.torn is not None or reader.end_lsn != lsn:
             return None
         return state, lsn, ts

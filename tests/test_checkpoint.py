@@ -1,0 +1,370 @@
+"""Checkpoint files: round trips, damage detection, forged page tables, recovery fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mmsb
+from mmsb import CorruptCheckpointError, Delta, DeltaBatch
+from mmsb.history import copy_state
+from mmsb.storage.arena import MemoryArena
+from mmsb.storage.checkpoint import list_checkpoints, load_state, read_header, write_state
+from mmsb.storage.state import State
+from mmsb.types import DTYPE_NAMES
+from naive import Model, assert_matches
+
+
+def sample_state() -> State:
+    st = State(MemoryArena())
+    st.create(3, 24, DTYPE_NAMES.index("uint8"), 0, '{"role":"a"}')
+    st.create(2, 16, DTYPE_NAMES.index("float64"), 2, None)
+    st.create(1, 5, DTYPE_NAMES.index("uint8"), 1, None)
+    st.delete(np.array([2, 4], np.int64))  # leaves a gap and a dead id in the table
+    batch = DeltaBatch.from_deltas(
+        [Delta.range(1, b"hello", 3), Delta.dense(5, [1, 0, 1], b"xyz", 8),
+         Delta.sparse(6, [0, 1, 1], b"pq", 2), Delta.range(3, bytes(range(24)))]
+    )  # fmt: skip
+    st.validate(batch)
+    st.assign_epochs(batch.page_ids)
+    st.apply(batch)
+    st.next_delta_id = 5
+    return st
+
+
+def assert_same_state(a: State, b: State) -> None:
+    assert a.state_hash() == b.state_hash()
+    assert a.live_ids().tolist() == b.live_ids().tolist()
+    assert (a.next_page_id, a.next_delta_id, a.live_count, a.end) == (
+        b.next_page_id, b.next_delta_id, b.live_count, b.end,
+    )  # fmt: skip
+    assert a.gap_start.tolist() == b.gap_start.tolist()
+    assert a.gap_len.tolist() == b.gap_len.tolist()
+    assert a.metadata == b.metadata
+    for pid in a.live_ids().tolist():
+        assert a.info(pid) == b.info(pid)
+        assert a.read(pid).tobytes() == b.read(pid).tobytes()
+
+
+def test_write_load_round_trip(tmp_path: Path) -> None:
+    st = sample_state()
+    path = str(tmp_path / "00000000000000000009.ckpt")
+    size = write_state(path, st, 9, 12345, with_arena=True, sync=False)
+    assert size == os.path.getsize(path)
+    assert not os.path.exists(path + ".tmp")
+    loaded, lsn, ts = load_state(path, MemoryArena())
+    assert (lsn, ts) == (9, 12345)
+    assert_same_state(loaded, st)
+    # allocation continues exactly as it would have on the original
+    for s in (st, loaded):
+        s.create(1, 8, 0, 0, None)
+    assert_same_state(loaded, st)
+
+
+def test_round_trip_of_an_empty_state(tmp_path: Path) -> None:
+    path = str(tmp_path / "empty.ckpt")
+    write_state(path, State(MemoryArena()), 0, 0, with_arena=True, sync=True)
+    loaded, lsn, _ = load_state(path, MemoryArena())
+    assert lsn == 0
+    assert loaded.live_count == 0
+    assert loaded.end == 0
+
+
+def test_load_clears_free_space_of_the_target_arena(tmp_path: Path) -> None:
+    st = sample_state()
+    path = str(tmp_path / "c.ckpt")
+    write_state(path, st, 1, 1, with_arena=True, sync=False)
+    arena = MemoryArena(1 << 20)
+    arena.buf[:] = 0xAB  # stale bytes from whatever the arena held before
+    loaded, _, _ = load_state(path, arena)
+    assert_same_state(loaded, st)
+    live = np.zeros(arena.capacity, bool)
+    for pid in loaded.live_ids().tolist():
+        s = int(loaded.slot[pid])
+        live[s : s + int(loaded.size[pid])] = True
+    assert not arena.buf[~live].any()
+
+
+def test_bus_checkpoint_file_matches_the_live_state(tmp_path: Path) -> None:
+    with mmsb.open(tmp_path / "bus", sync="off") as bus:
+        a = bus.create_page(32, metadata={"n": 1})
+        bus.write(a, b"abc", offset=4)
+        info = bus.checkpoint()
+        assert info.lsn == bus.lsn == 2
+        assert info.pages == 1
+        assert info.path.endswith("00000000000000000002.ckpt")
+        assert os.path.getsize(info.path) == info.bytes
+        loaded, lsn, _ = load_state(info.path, MemoryArena())
+        assert lsn == 2
+        assert loaded.state_hash() == bus.state_hash()
+
+
+# -- damage ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> str:
+    path = str(tmp_path / "00000000000000000003.ckpt")
+    write_state(path, sample_state(), 3, 7, with_arena=True, sync=False)
+    return path
+
+
+def flip(path: str, offset: int, bit: int = 0x01) -> None:
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= bit
+    Path(path).write_bytes(bytes(data))
+
+
+def section_offsets(path: str) -> dict[str, tuple[int, int]]:
+    with open(path, "rb") as f:
+        header, base = read_header(f, path)
+    return {k: (base + off, length) for k, (off, length, _) in header.sections.items()}
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [
+        (0, "bad magic"),
+        (8, "unsupported version"),
+        (12, "header fails its checksum"),  # header length
+        (16, "header fails its checksum"),  # header crc
+        (30, "header fails its checksum"),  # inside the JSON header
+    ],
+)
+def test_header_damage(ckpt: str, offset: int, message: str) -> None:
+    flip(ckpt, offset)
+    with pytest.raises(CorruptCheckpointError, match=message):
+        load_state(ckpt, MemoryArena())
+
+
+@pytest.mark.parametrize("name", ["slot", "size", "epoch", "dtype", "loc", "live", "metadata"])
+def test_section_damage(ckpt: str, name: str) -> None:
+    start, length = section_offsets(ckpt)[name]
+    flip(ckpt, start + length - 1)
+    with pytest.raises(CorruptCheckpointError, match=f"section '{name}' fails its checksum"):
+        load_state(ckpt, MemoryArena())
+
+
+def test_arena_damage(ckpt: str) -> None:
+    start, length = section_offsets(ckpt)["arena"]
+    flip(ckpt, start + length // 2)
+    arena = MemoryArena()
+    with pytest.raises(CorruptCheckpointError, match="arena fails its checksum"):
+        load_state(ckpt, arena)
+
+
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [(0, r"truncated \(no header\)"), (10, r"truncated \(no header\)"), (40, "header fails")],
+)
+def test_truncated_checkpoint(ckpt: str, keep: int, message: str) -> None:
+    with open(ckpt, "r+b") as f:
+        f.truncate(keep)
+    with pytest.raises(CorruptCheckpointError, match=message):
+        load_state(ckpt, MemoryArena())
+
+
+def test_checkpoint_missing_its_tail(ckpt: str) -> None:
+    size = os.path.getsize(ckpt)
+    with open(ckpt, "r+b") as f:
+        f.truncate(size - 8)
+    with pytest.raises(CorruptCheckpointError, match="section 'arena' lies outside the file"):
+        load_state(ckpt, MemoryArena())
+
+
+def test_missing_file() -> None:
+    with pytest.raises(CorruptCheckpointError, match="cannot open checkpoint"):
+        load_state("/nonexistent/dir/1.ckpt", MemoryArena())
+
+
+def rewrite_header(path: str, change) -> None:
+    """Edit the JSON header and re-seal it with a correct checksum (a forged file)."""
+    data = Path(path).read_bytes()
+    magic, version, hlen, _ = struct.unpack_from("<8sIII", data, 0)
+    header = json.loads(data[24 : 24 + hlen])
+    change(header)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (hlen - len(raw))
+    assert len(raw) == hlen
+    pre = struct.pack("<8sIII4x", magic, version, hlen, zlib.crc32(raw))
+    Path(path).write_bytes(pre + raw + data[24 + hlen :])
+
+
+def test_forged_header_with_out_of_range_values(ckpt: str) -> None:
+    rewrite_header(ckpt, lambda h: h.update(next_page_id=0))
+    with pytest.raises(CorruptCheckpointError, match="out-of-range values"):
+        load_state(ckpt, MemoryArena())
+
+
+def test_forged_header_missing_a_section(ckpt: str) -> None:
+    rewrite_header(ckpt, lambda h: h["sections"].pop("epoch"))
+    with pytest.raises(CorruptCheckpointError, match="lacks section 'epoch'"):
+        load_state(ckpt, MemoryArena())
+
+
+def test_forged_header_not_an_object(ckpt: str) -> None:
+    rewrite_header(ckpt, lambda h: h.update(sections=[1, 2]))
+    with pytest.raises(CorruptCheckpointError, match="header is invalid"):
+        load_state(ckpt, MemoryArena())
+
+
+def forged(tmp_path: Path, edit) -> str:
+    """A checkpoint written from an edited copy of a valid state (all CRCs valid)."""
+    st = copy_state(sample_state())
+    edit(st)
+    path = str(tmp_path / "forged.ckpt")
+    write_state(path, st, 1, 1, with_arena=True, sync=False)
+    return path
+
+
+def test_forged_overlapping_slots_are_rejected(tmp_path: Path) -> None:
+    def overlap(st: State) -> None:
+        st.slot[3] = st.slot[1] + 8  # page 3 now shares bytes with page 1
+
+    path = forged(tmp_path, overlap)
+    arena = MemoryArena(64)
+    arena.buf[:] = 0x5A
+    with pytest.raises(CorruptCheckpointError, match="overlapping page slots"):
+        load_state(path, arena)
+    assert (arena.buf == 0x5A).all()  # rejected before anything was written
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda st: st.slot.__setitem__(6, 10**9), "pages outside its arena"),
+        (lambda st: st.slot.__setitem__(1, -8), "invalid page table rows for pages \\[1\\]"),
+        (lambda st: st.size.__setitem__(5, 0), "invalid page table rows for pages \\[5\\]"),
+        (lambda st: st.dtype.__setitem__(1, 200), "invalid page table rows"),
+        (lambda st: st.loc.__setitem__(1, 9), "invalid page table rows"),
+        (lambda st: st.size.__setitem__(5, 12), "sizes that do not fit dtypes"),
+        (lambda st: st.metadata.__setitem__(2, "{}"), "metadata for a dead page"),
+        (lambda st: st.metadata.__setitem__(1, "{not json"), "metadata is invalid"),
+    ],
+)
+def test_forged_page_tables_are_rejected(tmp_path: Path, edit, message: str) -> None:
+    with pytest.raises(CorruptCheckpointError, match=message):
+        load_state(forged(tmp_path, edit), MemoryArena())
+
+
+# -- recovery over checkpoints ---------------------------------------------------------------
+
+
+def crash(bus: mmsb.Bus) -> None:
+    """Drop the bus without a clean shutdown, as if the process had died."""
+    bus._release()
+
+
+def workload(bus: mmsb.Bus, model: Model, rounds: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        if not model.pages or rng.random() < 0.2:
+            bus.create_page(64)
+            model.create(64)
+            continue
+        pid = int(rng.choice(sorted(model.pages)))
+        off = int(rng.integers(0, 56))
+        data = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+        bus.write(pid, data, offset=off)
+        model.apply_delta(Delta.range(pid, data, off))
+
+
+def test_recovery_falls_back_to_an_older_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "bus"
+    model = Model()
+    bus = mmsb.open(path, sync="off")
+    workload(bus, model, 10, seed=1)
+    older = bus.checkpoint()
+    workload(bus, model, 10, seed=2)
+    newest = bus.checkpoint()
+    workload(bus, model, 5, seed=3)
+    lsn = bus.lsn
+    crash(bus)
+    start, length = section_offsets(newest.path)["arena"]
+    flip(newest.path, start + length - 1)
+    with mmsb.open(path) as bus:
+        rec = bus.recovery
+        assert rec.mode == "replay"
+        assert rec.checkpoint_lsn == older.lsn
+        assert len(rec.skipped_checkpoints) == 1
+        assert os.path.basename(newest.path) in rec.skipped_checkpoints[0]
+        assert "arena fails its checksum" in rec.skipped_checkpoints[0]
+        assert rec.frames_replayed == lsn - older.lsn
+        assert bus.lsn == lsn
+        assert_matches(bus, model)
+        assert bus.verify().ok
+    assert not os.path.exists(newest.path)
+    assert os.path.exists(newest.path + ".corrupt")  # set aside, not deleted
+
+
+def test_readonly_open_skips_a_corrupt_checkpoint_without_touching_it(tmp_path: Path) -> None:
+    path = tmp_path / "bus"
+    model = Model()
+    with mmsb.open(path, sync="off") as bus:
+        workload(bus, model, 8, seed=4)
+        newest = bus.checkpoint()
+        workload(bus, model, 4, seed=5)
+    flip(newest.path, 0)
+    with mmsb.open(path, readonly=True) as ro:
+        assert ro.recovery.checkpoint_lsn == 0
+        assert len(ro.recovery.skipped_checkpoints) == 1
+        assert_matches(ro, model)
+    assert os.path.exists(newest.path)
+
+
+def test_recovery_uses_the_newest_good_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "bus"
+    model = Model()
+    bus = mmsb.open(path, sync="off")
+    workload(bus, model, 6, seed=6)
+    bus.checkpoint()
+    workload(bus, model, 6, seed=7)
+    newest = bus.checkpoint()
+    workload(bus, model, 3, seed=8)
+    crash(bus)
+    with mmsb.open(path) as bus:
+        assert bus.recovery.checkpoint_lsn == newest.lsn
+        assert bus.recovery.skipped_checkpoints == ()
+        assert bus.recovery.frames_replayed == 3
+        assert_matches(bus, model)
+
+
+def test_no_usable_checkpoint_after_compaction_fails_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "bus"
+    model = Model()
+    bus = mmsb.open(path, sync="off", keep_checkpoints=1)
+    workload(bus, model, 10, seed=9)
+    only = bus.checkpoint()
+    workload(bus, model, 4, seed=10)
+    info = bus.compact()
+    assert info.segments_removed == 1
+    assert info.oldest_lsn == only.lsn
+    crash(bus)
+    flip(only.path, 30)
+    with pytest.raises(CorruptCheckpointError, match="no usable checkpoint") as err:
+        mmsb.open(path)
+    assert f"log starts at LSN {only.lsn + 1}" in str(err.value)
+    # the failed open released the writer lock: a later writer gets the same clear error
+    with pytest.raises(CorruptCheckpointError, match="no usable checkpoint"):
+        mmsb.open(path)
+
+
+def test_compacted_bus_recovers_from_its_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "bus"
+    model = Model()
+    bus = mmsb.open(path, sync="off", keep_checkpoints=1)
+    workload(bus, model, 10, seed=11)
+    only = bus.checkpoint()
+    workload(bus, model, 4, seed=12)
+    bus.compact()
+    crash(bus)
+    with mmsb.open(path) as bus:
+        assert bus.recovery.checkpoint_lsn == only.lsn
+        assert_matches(bus, model)
+    assert [lsn for lsn, _ in list_checkpoints(str(path / "ckpt"))] == [only.lsn]
