@@ -313,7 +313,13 @@ def export_prefix(src: str, out: str, lsn: int) -> None:
         raise InvalidArgumentError(f"output {out} already exists and is not empty")
     log_src = os.path.join(src, "log")
     cut: tuple[str, int] | None = None
-    end = 0
+    segments = list_segments(log_src)
+    first = segments[0][0] if segments else 1
+    if lsn < first - 1:
+        raise HistoryUnavailableError(
+            f"LSN {lsn} is older than the retained history (the log starts at LSN {first})"
+        )
+    end = first - 1  # after compaction, the checkpoint at first - 1 holds that state
     for frame in LogReader(log_src).frames(headers_only=True):
         if frame.lsn > lsn:
             cut = (frame.segment, frame.offset)

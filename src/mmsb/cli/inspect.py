@@ -1,0 +1,289 @@
+"""Read-only commands: ``info``, ``log``, ``history``, ``verify``.
+
+None of them takes the writer lock: they open the bus with ``readonly=True`` (the state is
+rebuilt in process memory) or read its files directly, so they work beside a live writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+import click
+
+import mmsb
+from mmsb.cli import logview
+from mmsb.cli.output import (
+    EXIT_FAILED,
+    console,
+    emit_json,
+    grid,
+    human_bytes,
+    iso_ns,
+    kv_table,
+    require_bus,
+    short_time,
+)
+from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, read_header
+from mmsb.storage.lock import writer_active
+from mmsb.storage.recovery import CLEAN_FILE
+
+LIMIT_HELP = "Show at most N entries, newest first (0: all)."
+
+
+def _limit(n: int) -> int | None:
+    return None if n == 0 else n
+
+
+# -- info ---------------------------------------------------------------------------------
+
+
+def info_data(path: str) -> dict[str, Any]:
+    manifest = require_bus(path)
+    log = logview.scan(path)
+    ckpts = [
+        {"lsn": lsn, "file": os.path.basename(p), "bytes": os.path.getsize(p)}
+        for lsn, p in list_checkpoints(os.path.join(path, "ckpt"))
+    ]
+    arena = os.path.join(path, "arena.bin")
+    with mmsb.open(path, readonly=True) as bus:
+        last_ts = log.last_timestamp if log.last_lsn == bus.lsn else 0
+        if log.last_lsn != bus.lsn:  # compacted up to a checkpoint: its header has the time
+            last_ts = _checkpoint_timestamp(path, bus.lsn)
+        by_dtype: dict[str, int] = {}
+        page_bytes = 0
+        for pid in bus.page_ids().tolist():
+            page = bus.page(pid)
+            page_bytes += page.size
+            by_dtype[page.dtype] = by_dtype.get(page.dtype, 0) + 1
+        rec = asdict(bus.recovery)
+        rec["skipped_checkpoints"] = list(rec["skipped_checkpoints"])
+        return {
+            "path": os.path.abspath(path),
+            "format_version": manifest.version,
+            "created": iso_ns(manifest.created_ns),
+            "segment_size": manifest.segment_size,
+            "lsn": bus.lsn,
+            "last_commit": {"timestamp": last_ts, "time": iso_ns(last_ts)},
+            "pages": {"live": len(bus), "bytes": page_bytes, "by_dtype": by_dtype},
+            "log": {
+                "segments": [
+                    {"first_lsn": first, "file": name, "bytes": size}
+                    for first, name, size in log.segments
+                ],
+                "bytes": log.log_bytes,
+                "frames": log.frames,
+                "deltas": log.deltas,
+                "first_lsn": log.first_lsn,
+                "last_lsn": log.last_lsn,
+                "torn_tail": log.torn,
+            },
+            "checkpoints": ckpts,
+            "arena_bytes": os.path.getsize(arena) if os.path.exists(arena) else 0,
+            "writer_active": writer_active(os.path.join(path, "LOCK")),
+            "clean_shutdown": os.path.exists(os.path.join(path, CLEAN_FILE)),
+            "recovery": rec,
+        }
+
+
+def _checkpoint_timestamp(path: str, lsn: int) -> int:
+    ck = os.path.join(path, "ckpt", checkpoint_name(lsn))
+    try:
+        with open(ck, "rb") as f:
+            return read_header(f, ck)[0].timestamp
+    except (OSError, mmsb.MMSBError):
+        return 0
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def info(path: str, as_json: bool) -> None:
+    """What is in the bus at PATH: LSN, pages, log, checkpoints, recovery."""
+    data = info_data(path)
+    if as_json:
+        emit_json(data)
+        return
+    out = console()
+    pages, log, rec = data["pages"], data["log"], data["recovery"]
+    dtypes = ", ".join(f"{n:,} {d}" for d, n in sorted(pages["by_dtype"].items())) or "-"
+    out.print(
+        kv_table(
+            f"MMSB bus {data['path']}",
+            [
+                ("format", f"version {data['format_version']}, created {data['created']}"),
+                ("LSN", f"{data['lsn']:,} (last commit {data['last_commit']['time']})"),
+                ("pages", f"{pages['live']:,} live, {human_bytes(pages['bytes'])} ({dtypes})"),
+                ("arena file", human_bytes(data["arena_bytes"])),
+                ("writer", "open now" if data["writer_active"] else "none"),
+                ("last shutdown", "clean" if data["clean_shutdown"] else "not clean (or open)"),
+            ],
+        )
+    )
+    torn = log["torn_tail"]
+    out.print(
+        kv_table(
+            "log",
+            [
+                ("segments", f"{len(log['segments']):,} ({human_bytes(log['bytes'])})"),
+                ("frames", f"{log['frames']:,} (LSN {log['first_lsn']:,}..{log['last_lsn']:,})"),
+                ("deltas", f"{log['deltas']:,}"),
+                (
+                    "torn tail",
+                    "none" if torn is None else f"{torn['bytes']:,} B in {torn['segment']}",
+                ),
+            ],
+        )
+    )
+    ck_rows = [(f"{c['lsn']:,}", c["file"], human_bytes(c["bytes"])) for c in data["checkpoints"]]
+    if ck_rows:
+        out.print(grid("checkpoints", ["LSN", "file", "size"], ck_rows))
+    else:
+        out.print("checkpoints: none")
+    skipped = "; ".join(rec["skipped_checkpoints"]) or "none"
+    out.print(
+        kv_table(
+            "recovery (this read-only open)",
+            [
+                ("mode", rec["mode"]),
+                ("from checkpoint LSN", f"{rec['checkpoint_lsn']:,}"),
+                (
+                    "replayed",
+                    f"{rec['frames_replayed']:,} frames, {rec['deltas_replayed']:,} deltas",
+                ),
+                ("skipped checkpoints", skipped),
+                ("seconds", f"{rec['seconds']:.3f}"),
+            ],
+        )
+    )
+
+
+# -- history and log ----------------------------------------------------------------------
+
+
+def history_data(path: str, page: int, limit: int | None) -> dict[str, Any]:
+    require_bus(path)
+    with mmsb.open(path, readonly=True) as bus:
+        records = bus.history(page, limit)
+        live = page in bus
+        return {
+            "path": os.path.abspath(path),
+            "page_id": page,
+            "live": live,
+            "page": asdict(bus.page(page)) if live else None,
+            "lsn": bus.lsn,
+            "deltas": [{**asdict(r), "time": iso_ns(r.timestamp)} for r in records],
+        }
+
+
+def _print_deltas(title: str, deltas: list[dict[str, Any]]) -> None:
+    rows = [
+        (
+            f"{d['delta_id']:,}", f"{d['lsn']:,}", d["page_id"], d["epoch"],
+            short_time(d["timestamp"]), d["shape"], d["offset"], d["length"], d["source"],
+            "" if d["metadata"] is None else json.dumps(d["metadata"]),
+        )
+        for d in deltas
+    ]  # fmt: skip
+    columns = ["delta", "LSN", "page", "epoch", "time", "shape", "offset", "length", "source",
+               "metadata"]  # fmt: skip
+    console().print(grid(title, columns, rows))
+
+
+def _show_history(path: str, page: int, limit: int, as_json: bool) -> None:
+    data = history_data(path, page, _limit(limit))
+    if as_json:
+        emit_json(data)
+        return
+    state = "live" if data["live"] else "deleted"
+    title = f"page {page} ({state}): {len(data['deltas']):,} deltas shown, newest first"
+    _print_deltas(title, data["deltas"])
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@click.argument("page", type=int)
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help=LIMIT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def history(path: str, page: int, limit: int, as_json: bool) -> None:
+    """Deltas that touched PAGE of the bus at PATH, newest first."""
+    _show_history(path, page, limit, as_json)
+
+
+def log_data(path: str, limit: int | None, deltas: bool) -> dict[str, Any]:
+    require_bus(path)
+    keep = limit if limit is not None else 1 << 62
+    scan = logview.scan(path, keep, batches_only=deltas)
+    frames = list(reversed(scan.newest))
+    out: dict[str, Any] = {
+        "path": os.path.abspath(path),
+        "frames_in_log": scan.frames,
+        "deltas_in_log": scan.deltas,
+        "first_lsn": scan.first_lsn,
+        "last_lsn": scan.last_lsn,
+        "torn_tail": scan.torn,
+    }
+    if deltas:
+        rows: list[dict[str, Any]] = []
+        for frame in frames:
+            rows += logview.delta_rows(frame)
+            if limit is not None and len(rows) >= limit:
+                break
+        out["deltas"] = rows[:limit]
+    else:
+        out["frames"] = [{**logview.frame_summary(f)} for f in frames]
+    return out
+
+
+@click.command("log")
+@click.argument("path", type=click.Path())
+@click.option("--page", type=int, help="Show this page's history instead of the whole log.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help=LIMIT_HELP)
+@click.option("--deltas", is_flag=True, help="List individual deltas instead of frames.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def log_cmd(path: str, page: int | None, limit: int, deltas: bool, as_json: bool) -> None:
+    """Commits (log frames) of the bus at PATH, newest first."""
+    if page is not None:
+        _show_history(path, page, limit, as_json)
+        return
+    data = log_data(path, _limit(limit), deltas)
+    if as_json:
+        emit_json(data)
+        return
+    span = f"LSN {data['first_lsn']:,}..{data['last_lsn']:,}" if data["frames_in_log"] else "empty"
+    head = f"log of {data['path']}: {data['frames_in_log']:,} frames ({span}), "
+    head += f"{data['deltas_in_log']:,} deltas"
+    if deltas:
+        _print_deltas(head, data["deltas"])
+    else:
+        rows = [
+            (f"{f['lsn']:,}", short_time(f["timestamp"]), f["type"], logview.describe(f),
+             f"{f['segment']}@{f['offset']}")
+            for f in data["frames"]
+        ]  # fmt: skip
+        console().print(grid(head, ["LSN", "time", "type", "what", "where"], rows))
+    if data["torn_tail"] is not None:
+        t = data["torn_tail"]
+        click.echo(
+            f"torn tail: {t['bytes']:,} B in {t['segment']} at {t['offset']} ({t['reason']})"
+        )
+
+
+# -- verify -------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(path: str, as_json: bool) -> None:
+    """Check the integrity of the bus at PATH (read-only). Exit code 1 when not ok."""
+    require_bus(path)
+    report = mmsb.verify(path)
+    if as_json:
+        emit_json(asdict(report))
+    else:
+        click.echo(report.summary())
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_FAILED)

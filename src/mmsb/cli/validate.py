@@ -1,0 +1,128 @@
+"""``mmsb validate``: measure the validation targets (SPEC §9) on an on-disk bus."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from mmsb.cli.output import EXIT_FAILED, CommandError
+from mmsb.validation import (
+    TargetResult,
+    append_history,
+    format_line,
+    format_report,
+    load_targets,
+    run_validation,
+    write_json,
+)
+from mmsb.validation.workload import Progress as ProgressSink
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[ProgressSink | None]:
+    """A progress sink drawing rich bars on stderr (only on a terminal)."""
+    if not enabled:
+        yield None
+        return
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def sink(what: str, done: int, total: int) -> None:
+        task = tasks.get(what)
+        if task is None:
+            task = tasks[what] = bars.add_task(what, total=total)
+        bars.update(task, completed=done, total=total)
+
+    with bars:
+        yield sink
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Reduced sizes (each reduced line says so).")
+@click.option("--full", is_flag=True, help="At least the stated sizes (some larger).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Write machine-readable results to this file.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the workloads.")
+@click.option(
+    "--target",
+    "-t",
+    "targets",
+    type=int,
+    multiple=True,
+    help="Run only this target (repeatable; default: all).",
+)
+@click.option(
+    "--history",
+    "history_dir",
+    type=click.Path(file_okay=False),
+    default=".mmsb-history",
+    show_default=True,
+    help="Directory whose validate.jsonl gets one line per run.",
+)
+@click.option("--no-history", is_flag=True, help="Do not append to the history file.")
+def validate(
+    quick: bool,
+    full: bool,
+    json_path: str | None,
+    seed: int,
+    targets: tuple[int, ...],
+    history_dir: str,
+    no_history: bool,
+) -> None:
+    """Measure the validation targets; one ✓/✗ line each. Exit code 1 if any is missed."""
+    if quick and full:
+        raise click.UsageError("--quick and --full exclude each other")
+    size = "quick" if quick else "full" if full else "stated"
+    specs = load_targets()
+    known = {s.id for s in specs}
+    unknown = sorted(set(targets) - known)
+    if unknown:
+        ids = ", ".join(f"#{i}" for i in unknown)
+        raise CommandError(f"no validation target {ids}; known: {sorted(known)}")
+
+    def show(result: TargetResult) -> None:
+        line = format_line(result, size)
+        mark, rest = line[:1], line[1:]
+        click.echo(click.style(mark, fg="green" if result.passed else "red", bold=True) + rest)
+
+    with _progress_bars(sys.stderr.isatty()) as sink:
+        report = run_validation(
+            size=size,
+            seed=seed,
+            only=targets or None,
+            progress=sink,
+            on_result=show,
+            specs=specs,
+        )
+    click.echo(format_report(report)[-1])
+    if json_path:
+        write_json(report, json_path)
+        click.echo(f"results written to {json_path}", err=True)
+    if not no_history:
+        path = append_history(report, history_dir)
+        click.echo(f"history appended to {path}", err=True)
+    if not report.ok:
+        raise click.exceptions.Exit(EXIT_FAILED)
