@@ -412,9 +412,39 @@ class DeltaBatch:
         )  # fmt: skip
 
     def _check_structure(self) -> None:
+        """Raise :class:`InvalidDeltaError` naming the rows unless the columns are sane."""
+        from mmsb.engine.kernels import structure_ok
+
+        n = len(self)
+        if (
+            all(c.size == n for c in self._row_columns())
+            and structure_ok(
+                self.page_ids,
+                self.offsets,
+                self.lengths,
+                self.kinds,
+                self.pstarts,
+                self.plens,
+                self.mstarts,
+                self.payload.size,
+                self.mask,
+                MAX_PAGE_SIZE,
+            )
+            and (n == 0 or int(self.source_idx.max()) < len(self.sources))
+            and (
+                n == 0
+                or -1 <= int(self.meta_idx.min()) <= int(self.meta_idx.max()) < len(self.metas)
+            )
+        ):
+            return
         problem, rows = self._structure()
-        if problem:
-            raise InvalidDeltaError(problem, rows.tolist())
+        raise InvalidDeltaError(problem or "batch columns are inconsistent", rows.tolist())
+
+    def _row_columns(self) -> tuple[npt.NDArray[Any], ...]:
+        return (
+            self.offsets, self.lengths, self.kinds, self.pstarts, self.plens, self.mstarts,
+            self.source_idx, self.meta_idx,
+        )  # fmt: skip
 
     def structure_problem(self) -> str | None:
         """Why the columns are inconsistent with each other or the pools, or ``None``."""
@@ -471,6 +501,12 @@ class DeltaBatch:
                         f"{int(bits[np.searchsorted(sparse, r)])} bits)",
                         bad[:20],
                     )
+        bad = np.nonzero(self.source_idx >= len(self.sources))[0]
+        if bad.size:
+            return f"source index out of range in rows {format_rows(bad)}", bad[:20]
+        bad = np.nonzero((self.meta_idx < -1) | (self.meta_idx >= len(self.metas)))[0]
+        if bad.size:
+            return f"metadata index out of range in rows {format_rows(bad)}", bad[:20]
         return None, none
 
     # -- access -------------------------------------------------------------------------

@@ -89,3 +89,48 @@ def gather_slots(arena: U8, starts: I64, lengths: I64, out: U8) -> None:
         n = lengths[i]
         out[c : c + n] = arena[s : s + n]
         c += n
+
+
+@njit(cache=True, nogil=True)
+def structure_ok(
+    page_ids: I64,
+    offsets: I64,
+    lengths: I64,
+    kinds: U8,
+    pstarts: I64,
+    plens: I64,
+    mstarts: I64,
+    payload_size: int,
+    mask: U8,
+    max_page_size: int,
+) -> bool:
+    """One pass over a batch's columns: every row's ids, span and pool slices are sane.
+
+    The same rules as ``DeltaBatch.structure_problem`` (which finds *which* rows fail, for
+    the error message); this is the fast yes/no used on every commit.
+    """
+    msize = mask.size
+    for i in range(page_ids.size):
+        off = offsets[i]
+        n = lengths[i]
+        k = kinds[i]
+        ps = pstarts[i]
+        pl = plens[i]
+        if page_ids[i] <= 0 or k > 2 or off < 0 or n <= 0 or off + n > max_page_size:
+            return False
+        if ps < 0 or pl < 0 or ps + pl > payload_size:
+            return False
+        if k != 2 and pl != n:
+            return False
+        if k != 0:
+            ms = mstarts[i]
+            if ms < 0 or ms + n > msize:
+                return False
+            if k == 2:
+                bits = 0
+                for j in range(n):
+                    if mask[ms + j]:
+                        bits += 1
+                if bits != pl:
+                    return False
+    return True
