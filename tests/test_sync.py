@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import mmsb
-
-
-class Clock:
-    """Stands in for time.monotonic so the 'normal' interval is deterministic."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -48,22 +39,21 @@ def test_always_syncs_the_log_on_every_commit(tmp_path: Path, fsyncs: list[str])
         assert fsyncs.count("fdatasync") == 6
 
 
-def test_normal_syncs_on_interval_checkpoint_and_close(
-    tmp_path: Path, fsyncs: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = Clock()
-    monkeypatch.setattr(mmsb.bus.time, "monotonic", clock)
-    bus = mmsb.open(tmp_path / "b", sync="normal", sync_interval=1.0, checkpoint_every=None)
+def test_normal_leaves_fsync_to_the_background_step(tmp_path: Path, fsyncs: list[str]) -> None:
+    # an interval the test never reaches: the thread only runs when the test steps it
+    bus = mmsb.open(tmp_path / "b", sync="normal", sync_interval=3600.0, checkpoint_every=None)
+    syncer = bus._syncer
+    assert syncer is not None
     pid = bus.create_page(64)
     fsyncs.clear()
     for i in range(5):
         bus.write(pid, bytes([i]) * 4)
-    assert fsyncs == []  # inside the interval: no fsync at all
-    clock.now += 1.5
+    assert fsyncs == []  # commits never wait for the disk
+    syncer.run_once()
+    assert fsyncs == ["fdatasync"]  # one step covers everything appended so far
+    syncer.run_once()
+    assert fsyncs == ["fdatasync"]  # nothing new: no fsync
     bus.write(pid, b"x")
-    assert fsyncs.count("fdatasync") == 1  # the first commit past the interval syncs
-    bus.write(pid, b"y")
-    assert fsyncs.count("fdatasync") == 1
     fsyncs.clear()
     bus.checkpoint()
     assert "fdatasync" in fsyncs and "fsync" in fsyncs  # log synced, checkpoint file synced
@@ -71,6 +61,40 @@ def test_normal_syncs_on_interval_checkpoint_and_close(
     fsyncs.clear()
     bus.close()
     assert "fdatasync" in fsyncs and "fsync" in fsyncs
+
+
+def test_normal_syncs_an_idle_writer_within_the_interval(tmp_path: Path, fsyncs: list[str]) -> None:
+    with mmsb.open(tmp_path / "b", sync="normal", sync_interval=0.01) as bus:
+        pid = bus.create_page(64)
+        bus.write(pid, b"last words")
+        log = bus._log
+        assert log is not None
+        deadline = time.monotonic() + 30.0
+        while log.unsynced and time.monotonic() < deadline:
+            time.sleep(0.005)  # the writer is idle; only the background thread can sync
+        assert log.unsynced == 0
+        assert "fdatasync" in fsyncs
+
+
+def test_failed_background_fsync_stops_further_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = mmsb.open(tmp_path / "b", sync="normal", sync_interval=3600.0)
+    pid = bus.create_page(64)
+    bus.write(pid, b"a")
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    assert bus._syncer is not None
+    bus._syncer.run_once()
+    lsn = bus.lsn
+    with pytest.raises(OSError, match="background fsync of the log failed"):
+        bus.write(pid, b"b")
+    assert bus.lsn == lsn
+    monkeypatch.undo()
+    bus._release()
 
 
 def test_off_never_syncs(tmp_path: Path, fsyncs: list[str]) -> None:

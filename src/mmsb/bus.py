@@ -52,6 +52,7 @@ from mmsb.storage.log import (
     DELETE,
     SEG_HEADER_SIZE,
     LogWriter,
+    PeriodicSync,
     fsync_dir,
     list_segments,
 )
@@ -133,7 +134,7 @@ class Bus(StateView):
         self._lock: WriterLock | None = None
         self._log: LogWriter | None = None
         self._index: LogIndex | None = None
-        self._last_sync = time.monotonic()
+        self._syncer: PeriodicSync | None = None
         try:
             self._open(create, segment_size)
         except BaseException:
@@ -175,6 +176,8 @@ class Bus(StateView):
                 segment_size=self.manifest.segment_size,
                 fsync_enabled=self.sync != "off",
             )
+            if self.sync == "normal":
+                self._syncer = PeriodicSync(self._log, self.sync_interval)
         self._state = rec.state
         self._lsn = rec.lsn
         self._last_ts = rec.timestamp
@@ -186,6 +189,9 @@ class Bus(StateView):
             return
         try:
             if self._log is not None and not self.readonly:
+                if self._syncer is not None:
+                    self._syncer.stop()
+                    self._syncer = None
                 self._log.close()
                 self._state.arena.flush()
                 write_state(
@@ -201,6 +207,9 @@ class Bus(StateView):
         state, self._state = self._state, None
         if state is not None:
             state.arena.close()
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -404,9 +413,6 @@ class Bus(StateView):
             self._index.add(lsn, ts, seg, off, first_did, pages)
         log = self._log
         assert log is not None
-        if self.sync == "normal" and time.monotonic() - self._last_sync >= self.sync_interval:
-            log.sync()
-            self._last_sync = time.monotonic()
         if self.checkpoint_every is not None and log.written >= self.checkpoint_every:
             self.checkpoint()
             if self.auto_compact:
@@ -415,13 +421,7 @@ class Bus(StateView):
     def sync_now(self) -> None:
         """Force the log to stable storage now (whatever the sync mode)."""
         _, log = self._writable()
-        saved = log.fsync_enabled
-        log.fsync_enabled = True
-        log.bytes_since_sync = max(log.bytes_since_sync, 1)
-        try:
-            log.sync()
-        finally:
-            log.fsync_enabled = saved
+        log.sync(force=True)
 
     # -- checkpoints and compaction -----------------------------------------------------
 
@@ -553,8 +553,8 @@ def open(
         Build the state in process memory without taking the writer lock; writes raise
         :class:`ReadOnlyError`.
     sync
-        ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint, close and at
-        most every ``sync_interval`` seconds; the default on disk) or ``"off"`` (never; the
+        ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint and close, and
+        from a background thread every ``sync_interval`` seconds; the default on disk) or ``"off"`` (never; the
         default for ephemeral buses). docs/design.md states what each survives.
     clock
         Callable returning nanoseconds, for commit timestamps (deterministic in tests).

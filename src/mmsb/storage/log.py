@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -247,7 +248,12 @@ class LogReader:
 
 
 class LogWriter:
-    """Appends frames to the newest segment; rolls to a new segment past ``segment_size``."""
+    """Appends frames to the newest segment; rolls to a new segment past ``segment_size``.
+
+    Only the owning (committing) thread appends, rolls and closes. :meth:`sync` may also be
+    called from a :class:`PeriodicSync` thread; a lock keeps it from using a descriptor that
+    a roll or close is replacing.
+    """
 
     def __init__(
         self, log_dir: str, next_lsn: int, *, segment_size: int, fsync_enabled: bool
@@ -256,11 +262,14 @@ class LogWriter:
         self.segment_size = segment_size
         self.fsync_enabled = fsync_enabled
         self._fd = -1
+        self._lock = threading.RLock()
         self.path = ""
         self.name = ""
         self.pos = 0
-        self.bytes_since_sync = 0
+        self.appended = 0  # bytes appended by this writer, ever (only grows)
+        self.synced = 0  # value of ``appended`` covered by the last completed fsync
         self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
+        self.sync_error: OSError | None = None  # set by a failed background fsync
         segs = list_segments(log_dir)
         if segs:
             self._open_existing(segs[-1][1])
@@ -275,23 +284,29 @@ class LogWriter:
 
     def roll(self, first_lsn: int) -> None:
         """Start a new segment whose first frame will carry ``first_lsn``."""
-        if self._fd >= 0:
-            self.sync()
-            os.close(self._fd)
-        self.path = os.path.join(self.log_dir, segment_name(first_lsn))
-        self.name = os.path.basename(self.path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        self._fd = fd
-        _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
-        self.pos = SEG_HEADER_SIZE
-        if self.fsync_enabled:
-            os.fsync(fd)
-            fsync_dir(self.log_dir)
+        with self._lock:
+            if self._fd >= 0:
+                self.sync()
+                os.close(self._fd)
+                self._fd = -1
+            path = os.path.join(self.log_dir, segment_name(first_lsn))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
+            if self.fsync_enabled:
+                os.fsync(fd)
+                fsync_dir(self.log_dir)
+            self._fd, self.path, self.name = fd, path, os.path.basename(path)
+            self.pos = SEG_HEADER_SIZE
 
     def append(
         self, ftype: int, lsn: int, ts: int, pieces: Sequence[bytes | memoryview], flags: int = 0
     ) -> int:
         """Write one frame; return its offset. Rolls first when the segment is full."""
+        if self.sync_error is not None:
+            raise OSError(
+                f"an earlier background fsync of the log failed ({self.sync_error}); "
+                "commits that were acknowledged may not be durable, so writing stops here"
+            ) from self.sync_error
         if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
             self.roll(lsn)
         head, length, pad = encode_frame_header(ftype, flags, lsn, ts, pieces)
@@ -307,20 +322,59 @@ class LogWriter:
             os.ftruncate(self._fd, offset)
             raise
         self.pos += size
-        self.bytes_since_sync += size
+        self.appended += size
         self.written += size
         return offset
 
-    def sync(self) -> None:
-        if self._fd >= 0 and self.fsync_enabled and self.bytes_since_sync:
-            os.fdatasync(self._fd)
-        self.bytes_since_sync = 0
+    @property
+    def unsynced(self) -> int:
+        """Bytes appended since the last completed fsync."""
+        return self.appended - self.synced
+
+    def sync(self, *, force: bool = False) -> None:
+        """fdatasync the current segment if anything was appended since the last sync
+        (always when ``force``; otherwise only where the sync mode allows fsync at all)."""
+        with self._lock:
+            target = self.appended
+            if self._fd >= 0 and (self.fsync_enabled or force) and target > self.synced:
+                os.fdatasync(self._fd)
+                self.synced = target
 
     def close(self) -> None:
-        if self._fd >= 0:
-            self.sync()
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                self.sync()
+                os.close(self._fd)
+                self._fd = -1
+
+
+class PeriodicSync:
+    """A daemon thread that fsyncs the log every ``interval`` seconds while anything is
+    unsynced (the ``normal`` sync mode): durability lags commits by at most about
+    ``interval``, even when the writer goes idle, and commits never wait for the disk."""
+
+    def __init__(self, writer: LogWriter, interval: float) -> None:
+        self.writer = writer
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mmsb-log-sync", daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> None:
+        """One sync step (what the thread does each interval)."""
+        try:
+            self.writer.sync()
+        except OSError as exc:
+            self.writer.sync_error = exc
+            self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.run_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _write_all(fd: int, parts: Sequence[bytes | memoryview], total: int) -> None:
