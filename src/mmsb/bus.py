@@ -553,9 +553,10 @@ def open(
         Build the state in process memory without taking the writer lock; writes raise
         :class:`ReadOnlyError`.
     sync
-        ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint and close, and
-        from a background thread every ``sync_interval`` seconds; the default on disk) or ``"off"`` (never; the
-        default for ephemeral buses). docs/design.md states what each survives.
+        ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint and close,
+        and from a background thread every ``sync_interval`` seconds; the default on
+        disk) or ``"off"`` (never; the default for ephemeral buses). docs/design.md
+        states what each survives.
     clock
         Callable returning nanoseconds, for commit timestamps (deterministic in tests).
     options
