@@ -1,7 +1,8 @@
 """MMSB: an embedded, memory-mapped, deterministic state store."""
 
+from mmsb.batch import DeltaBatch
 from mmsb.bus import Bus, open
-from mmsb.delta import Delta, DeltaBatch
+from mmsb.delta import Delta
 from mmsb.errors import (
     BusClosedError,
     BusLockedError,

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.delta import Delta, DeltaBatch, as_payload, check_offset, check_source
+from mmsb.batch import DeltaBatch
+from mmsb.delta import Delta, as_payload, check_offset, check_source
 from mmsb.errors import (
     BusNotFoundError,
     DeviceUnavailableError,

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.delta import RANGE, SPARSE, DeltaBatch
+from mmsb.batch import DeltaBatch
+from mmsb.delta import RANGE, SPARSE, row_starts
 from mmsb.errors import CorruptLogError
 from mmsb.types import DTYPE_NAMES, LOCATIONS
 
@@ -211,7 +212,7 @@ def decode_batch(payload: memoryview) -> DecodedBatch:
     pool = np.frombuffer(cur.take(plen, "payload"), np.uint8)
     if int(plens.sum()) != plen:
         raise CorruptLogError("batch frame payload lengths do not add up")
-    pstarts = _starts(plens)
+    pstarts = row_starts(plens)
     masked = kinds != RANGE
     mlens = np.where(masked, lengths, 0)
     if int(mlens.sum()) != mask_bits:
@@ -220,7 +221,7 @@ def decode_batch(payload: memoryview) -> DecodedBatch:
     if flags & HAS_MASKS:
         packed = np.frombuffer(cur.take((mask_bits + 7) // 8, "masks"), np.uint8)
         mask = np.unpackbits(packed, count=mask_bits)
-    mstarts = np.where(masked, _starts(mlens), -1)
+    mstarts = np.where(masked, row_starts(mlens), -1)
     batch = DeltaBatch(
         pids, offsets, lengths, kinds, pstarts, plens, mstarts, pool, mask,
         source_idx, sources, meta_idx, metas,
@@ -229,13 +230,6 @@ def decode_batch(payload: memoryview) -> DecodedBatch:
     if problem:
         raise CorruptLogError(f"batch frame is malformed: {problem}")
     return DecodedBatch(batch, epochs, first_did)
-
-
-def _starts(lengths: I64) -> I64:
-    out = np.zeros(lengths.size, np.int64)
-    if lengths.size > 1:
-        np.cumsum(lengths[:-1], out=out[1:])
-    return out
 
 
 # -- page creation and deletion ----------------------------------------------------------

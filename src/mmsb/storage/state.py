@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.delta import DeltaBatch, format_rows
+from mmsb.batch import DeltaBatch
+from mmsb.delta import format_rows
 from mmsb.engine import kernels
 from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from mmsb.storage.arena import Arena

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 import mmsb
-from mmsb.delta import DENSE, RANGE, SPARSE, Delta, DeltaBatch
+from mmsb.batch import DeltaBatch
+from mmsb.delta import DENSE, RANGE, SPARSE, Delta
 from mmsb.errors import InvalidDeltaError, MMSBError, PageNotFoundError
 from mmsb.validation.runner import Context, Outcome
 from mmsb.validation.workload import WorkloadParams, WorkloadRun

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 import mmsb
-from mmsb.delta import Delta, DeltaBatch
+from mmsb.batch import DeltaBatch
+from mmsb.delta import Delta
 
 Progress = Callable[[str, int, int], None]
 
