@@ -624,3 +624,20 @@ def test_verify_reports_a_healthy_bus(tmp_path: Path) -> None:
         assert report.checkpoints_checked == 1
         assert report.summary().startswith("OK")
     assert mmsb.verify(tmp_path / "b").ok
+
+
+def test_page_table_lists_live_pages_as_columns(tmp_path: Path) -> None:
+    with mmsb.open(tmp_path / "pt") as bus:
+        a = bus.create_page(16)
+        b = bus.create_page(64, dtype="float64", location="cpu")
+        c = bus.create_page(8)
+        bus.write(b, np.ones(8))
+        bus.delete_page(c)
+        table = bus.page_table()
+        assert table["id"].tolist() == [a, b]
+        assert table["size"].tolist() == [16, 64]
+        assert table["epoch"].tolist() == [0, 1]
+        names = [mmsb.types.DTYPE_NAMES[int(x)] for x in table["dtype"]]
+        assert names == ["uint8", "float64"]
+        assert table["location"].tolist() == [0, 0]
+        assert bus.at(bus.lsn - 2).page_table()["id"].tolist() == [a, b, c]

@@ -11,6 +11,10 @@ from mmsb.errors import BusClosedError
 from mmsb.storage.state import State
 from mmsb.types import PageInfo
 
+PAGE_TABLE_DTYPE = np.dtype(
+    [("id", "<i8"), ("size", "<i8"), ("epoch", "<i8"), ("dtype", "u1"), ("location", "u1")]
+)
+
 
 class StateView:
     """Read access to a :class:`State`. Subclasses set ``_state`` and ``_lsn``."""
@@ -42,6 +46,22 @@ class StateView:
     def page_ids(self) -> npt.NDArray[np.int64]:
         """Ids of all live pages, ascending."""
         return self._live_state().live_ids()
+
+    def page_table(self) -> npt.NDArray[np.void]:
+        """The live pages as one structured array (vectorised; no object per page).
+
+        Fields: ``id``, ``size``, ``epoch`` (int64), ``dtype`` and ``location`` (uint8
+        codes indexing :data:`mmsb.types.DTYPE_NAMES` and :data:`mmsb.types.LOCATIONS`).
+        """
+        st = self._live_state()
+        ids = st.live_ids()
+        out = np.empty(ids.size, dtype=PAGE_TABLE_DTYPE)
+        out["id"] = ids
+        out["size"] = st.size[ids]
+        out["epoch"] = st.epoch[ids]
+        out["dtype"] = st.dtype[ids]
+        out["location"] = st.loc[ids]
+        return out
 
     def __contains__(self, page_id: object) -> bool:
         return isinstance(page_id, (int, np.integer)) and self._live_state().is_live(int(page_id))

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 import click
+import numpy as np
 
 import mmsb
 from mmsb.cli import logview
@@ -29,6 +30,7 @@ from mmsb.cli.output import (
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, read_header
 from mmsb.storage.lock import writer_active
 from mmsb.storage.recovery import CLEAN_FILE
+from mmsb.types import DTYPE_NAMES
 
 LIMIT_HELP = "Show at most N entries, newest first (0: all)."
 
@@ -52,12 +54,10 @@ def info_data(path: str) -> dict[str, Any]:
         last_ts = log.last_timestamp if log.last_lsn == bus.lsn else 0
         if log.last_lsn != bus.lsn:  # compacted up to a checkpoint: its header has the time
             last_ts = _checkpoint_timestamp(path, bus.lsn)
-        by_dtype: dict[str, int] = {}
-        page_bytes = 0
-        for pid in bus.page_ids().tolist():
-            page = bus.page(pid)
-            page_bytes += page.size
-            by_dtype[page.dtype] = by_dtype.get(page.dtype, 0) + 1
+        table = bus.page_table()
+        page_bytes = int(table["size"].sum())
+        codes, counts = np.unique(table["dtype"], return_counts=True)
+        by_dtype = {DTYPE_NAMES[int(c)]: int(k) for c, k in zip(codes, counts, strict=True)}
         rec = asdict(bus.recovery)
         rec["skipped_checkpoints"] = list(rec["skipped_checkpoints"])
         return {
