@@ -22,8 +22,8 @@ validate-full: $(STAMP)
 	$(BIN)/mmsb validate --full
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -37,7 +37,7 @@ stress: $(STAMP)
 	$(BIN)/pytest -q -m 'slow or stress_throughput or stress_stability or stress_memory'
 
 bench: $(STAMP)
-	$(BIN)/mmsb bench
+	$(BIN)/python -m mmsb.benchmarks.storage
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -59,7 +59,7 @@ from mmsb.storage.log import (
 )
 from mmsb.storage.manifest import FORMAT_VERSION, Manifest, read_manifest, write_manifest
 from mmsb.storage.recovery import CLEAN_FILE, recover
-from mmsb.storage.state import State
+from mmsb.storage.state import State, check_page_shape
 from mmsb.types import (
     DTYPE_NAMES,
     SYNC_MODES,
@@ -274,8 +274,6 @@ class Bus(StateView):
                 "the bus with cpu_fallback=True to keep such pages in host memory"
             )
         meta = encode_metadata(metadata, "page")
-        from mmsb.storage.state import check_page_shape
-
         check_page_shape(int(n), size, code)
         rec = codec.CreateRecord(state.next_page_id, int(n), int(size), code, loc, meta)
         lsn, ts, seg, off = self._log_frame(log, CREATE, codec.encode_create(rec))

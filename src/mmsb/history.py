@@ -17,7 +17,6 @@ import numpy.typing as npt
 
 from mmsb.delta import SHAPE_NAMES
 from mmsb.errors import (
-    CorruptCheckpointError,
     CorruptLogError,
     HistoryUnavailableError,
     InvalidArgumentError,
@@ -25,7 +24,7 @@ from mmsb.errors import (
 )
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
-from mmsb.storage.checkpoint import list_checkpoints, load_state
+from mmsb.storage.checkpoint import list_checkpoints
 from mmsb.storage.log import (
     BATCH,
     CREATE,
@@ -35,7 +34,7 @@ from mmsb.storage.log import (
     LogReader,
     list_segments,
 )
-from mmsb.storage.recovery import apply_frame
+from mmsb.storage.recovery import apply_frame, load_base
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff
 from mmsb.view import StateView
@@ -75,26 +74,13 @@ class Snapshot(StateView):
 def build_state(directory: str, lsn: int) -> tuple[State, int]:
     """The state as of ``lsn`` in process memory, and that commit's timestamp."""
     log_dir = os.path.join(directory, "log")
-    segments = list_segments(log_dir)
-    first_log_lsn = segments[0][0] if segments else 1
-    state: State | None = None
-    base = 0
-    ts = 0
-    for ck_lsn, path in list_checkpoints(os.path.join(directory, "ckpt")):
-        if ck_lsn > lsn:
-            continue
-        if ck_lsn + 1 < first_log_lsn and ck_lsn != lsn:
-            break
-        try:
-            state, base, ts = load_state(path, MemoryArena())
-            break
-        except CorruptCheckpointError:
-            continue
+    found = load_base(directory, MemoryArena(), upto=lsn)
+    state, base, ts = found.state, found.lsn, found.timestamp
     if state is None:
-        if first_log_lsn > 1:
+        if found.first_log_lsn > 1:
             raise HistoryUnavailableError(
                 f"LSN {lsn} is older than the retained history (the log starts at LSN "
-                f"{first_log_lsn} and no checkpoint at or before {lsn} is left)"
+                f"{found.first_log_lsn} and no checkpoint at or before {lsn} is left)"
             )
         state = State(MemoryArena())
     if base == lsn:

@@ -111,27 +111,18 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
             os.unlink(clean_path)  # from here on the arena may change ahead of a checkpoint
             info = RecoveryInfo("clean", fast[1], 0, 0, 0, None, (), time.perf_counter() - t0)
             return Recovered(fast[0], fast[1], fast[2], info)
-    skipped: list[str] = []
+    base = load_base(directory, arena)
+    skipped = [f"{os.path.basename(p)}: {msg}" for p, msg in base.rejected]
+    if not readonly:
+        for p, _ in base.rejected:
+            os.replace(p, p + ".corrupt")
     segments = list_segments(log_dir)
-    first_log_lsn = segments[0][0] if segments else 1
-    state: State | None = None
-    ckpt_lsn = 0
-    ts = 0
-    for lsn, path in list_checkpoints(os.path.join(directory, "ckpt")):
-        if lsn + 1 < first_log_lsn:
-            break  # the log after this checkpoint is gone; older ones are no better
-        try:
-            state, ckpt_lsn, ts = load_state(path, arena)
-            break
-        except CorruptCheckpointError as exc:
-            skipped.append(f"{os.path.basename(path)}: {exc}")
-            if not readonly:
-                os.replace(path, path + ".corrupt")
+    state, ckpt_lsn, ts = base.state, base.lsn, base.timestamp
     if state is None:
-        if first_log_lsn > 1:
+        if base.first_log_lsn > 1:
             raise CorruptCheckpointError(
                 f"no usable checkpoint in {directory} and the log starts at LSN "
-                f"{first_log_lsn}, so the state before it cannot be rebuilt"
+                f"{base.first_log_lsn}, so the state before it cannot be rebuilt"
                 + (f" (rejected: {'; '.join(skipped)})" if skipped else "")
             )
         arena.clear(0)
@@ -170,6 +161,37 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
         time.perf_counter() - t0,
     )
     return Recovered(state, lsn, ts, info)
+
+
+@dataclass
+class Base:
+    """Where a replay starts: a loaded checkpoint (or none: the empty state)."""
+
+    state: State | None
+    lsn: int
+    timestamp: int
+    first_log_lsn: int
+    rejected: list[tuple[str, str]]  # (checkpoint path, why it was not usable)
+
+
+def load_base(directory: str, arena: Arena, upto: int | None = None) -> Base:
+    """Load the newest checkpoint at or before ``upto`` (default: any) that passes its checks
+    and that the retained log continues without a gap."""
+    segments = list_segments(os.path.join(directory, "log"))
+    first_log_lsn = segments[0][0] if segments else 1
+    rejected: list[tuple[str, str]] = []
+    for lsn, path in list_checkpoints(os.path.join(directory, "ckpt")):
+        if upto is not None and lsn > upto:
+            continue
+        if lsn + 1 < first_log_lsn and lsn != upto:
+            break  # the log after this checkpoint is gone; older ones are no better
+        try:
+            state, ck_lsn, ts = load_state(path, arena)
+        except CorruptCheckpointError as exc:
+            rejected.append((path, str(exc)))
+            continue
+        return Base(state, ck_lsn, ts, first_log_lsn, rejected)
+    return Base(None, 0, 0, first_log_lsn, rejected)
 
 
 def _try_clean_open(directory: str, clean_path: str, arena: Arena) -> tuple[State, int, int] | None:
