@@ -73,6 +73,7 @@ from mmsb.types import (
     encode_metadata,
     location_code,
 )
+from mmsb.verify import IntegrityReport, verify
 from mmsb.view import StateView
 
 Clock = Callable[[], int]
@@ -524,11 +525,9 @@ class Bus(StateView):
             self._log.sync()
         export_prefix(self.path, os.fspath(out), target)
 
-    def verify(self) -> Any:
+    def verify(self) -> IntegrityReport:
         """Integrity report over the whole log and every checkpoint (see :mod:`mmsb.verify`)."""
         self._live_state()
-        from mmsb.verify import verify
-
         return verify(self.path)
 
 

@@ -18,7 +18,7 @@ from mmsb.errors import CorruptCheckpointError, CorruptLogError, MMSBError
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
-from mmsb.storage.log import BATCH, CREATE, DELETE, LogReader, list_segments
+from mmsb.storage.log import BATCH, CREATE, DELETE, Frame, LogReader, list_segments
 from mmsb.storage.manifest import read_manifest
 from mmsb.storage.state import State
 
@@ -130,10 +130,7 @@ def verify(path: str | os.PathLike[str]) -> IntegrityReport:
     return rep
 
 
-def _check_frame(state: State, frame: object, rep: IntegrityReport) -> None:
-    from mmsb.storage.log import Frame
-
-    assert isinstance(frame, Frame)
+def _check_frame(state: State, frame: Frame, rep: IntegrityReport) -> None:
     where = f"LSN {frame.lsn} ({frame.segment} @ {frame.offset})"
     try:
         if frame.type == BATCH:
