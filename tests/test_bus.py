@@ -641,3 +641,39 @@ def test_page_table_lists_live_pages_as_columns(tmp_path: Path) -> None:
         assert names == ["uint8", "float64"]
         assert table["location"].tolist() == [0, 0]
         assert bus.at(bus.lsn - 2).page_table()["id"].tolist() == [a, b, c]
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def test_auto_compaction_keeps_the_log_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "bounded"
+    every, segment = 64 << 10, 16 << 10
+    rng = np.random.default_rng(5)
+    with mmsb.open(
+        path, checkpoint_every=every, auto_compact=True, segment_size=segment, sync="off"
+    ) as bus:
+        ids = bus.create_pages(64, 256)
+        written = 0
+        peak_log = peak_ckpt = 0
+        for _ in range(400):
+            rows = rng.integers(0, 256, (50, 16), dtype=np.uint8)
+            bus.apply_batch(
+                mmsb.DeltaBatch.from_ranges(rng.choice(ids, 50), rng.integers(0, 240, 50), rows)
+            )
+            written += 50 * 16
+            peak_log = max(peak_log, _dir_bytes(path / "log"))
+            peak_ckpt = max(peak_ckpt, len(list((path / "ckpt").iterdir())))
+        expected = bus.state_hash()
+        assert bus._log is not None
+        appended = bus._log.appended  # log bytes this writer appended in all
+    assert written == 400 * 50 * 16
+    assert appended > 10 * every  # far more log than one checkpoint interval was written
+    # the log keeps what the oldest kept checkpoint (of 2) needs: about 2 intervals, plus
+    # the segments that straddle the checkpoints
+    assert peak_log <= 2 * every + 2 * segment
+    assert peak_ckpt <= 2
+    with mmsb.open(path) as again:
+        assert again.state_hash() == expected
+    assert mmsb.verify(path).ok
