@@ -433,3 +433,28 @@ def test_readonly_open_with_a_damaged_checkpoint_changes_no_file(tmp_path: Path)
         assert len(ro.recovery.skipped_checkpoints) == 1
         assert ro.state_hash() == hashes[max(hashes)]
     assert dir_bytes(path) == before
+
+
+def test_compaction_cut_short_leaves_a_verifiable_bus(tmp_path: Path) -> None:
+    """A writer killed inside compact() after deleting an old checkpoint but before deleting
+    the segments it covered: the log then starts well before the oldest checkpoint."""
+    path = tmp_path / "bus"
+    with mmsb.open(path, sync="off", checkpoint_every=None, keep_checkpoints=1) as bus:
+        pid = bus.create_page(64)
+        for i in range(30):
+            bus.write(pid, bytes([i]) * 8, offset=i)
+            if i == 10:
+                first = bus.checkpoint().lsn
+                bus.compact()  # the log now starts right after the first checkpoint
+            if i == 20:
+                bus.checkpoint()
+        expected = bus.state_hash()
+        (path / "ckpt" / f"{first:020d}.ckpt").unlink()  # compact()'s first step, then a kill
+        bus._release()
+    segments = sorted(p.name for p in (path / "log").iterdir())
+    assert segments[0] == f"{first + 1:020d}.seg"  # covered segments are still there
+    report = mmsb.verify(path)
+    assert report.ok, report.summary()
+    assert report.last_lsn == 31  # one create and 30 writes
+    with mmsb.open(path, sync="off") as again:
+        assert again.state_hash() == expected

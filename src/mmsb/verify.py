@@ -76,16 +76,19 @@ def verify(path: str | os.PathLike[str]) -> IntegrityReport:
     state: State | None = None
     base = 0
     if first > 1:
-        # compacted: start from the checkpoint the retained log continues
-        start = first - 1
-        if start in ckpts:
+        # compacted: replay from the oldest checkpoint the retained log reaches (segments
+        # end where they end, so frames before it may remain: they are CRC-checked only)
+        for lsn in sorted(k for k in ckpts if k >= first - 1):
             try:
-                state, base, _ = load_state(ckpts[start], MemoryArena())
-            except CorruptCheckpointError as exc:
-                rep.error(str(exc))
-        else:
-            rep.error(f"log starts at LSN {first} but there is no checkpoint at LSN {start}")
+                state, base, _ = load_state(ckpts[lsn], MemoryArena())
+                break
+            except CorruptCheckpointError:
+                continue  # reported with the other checkpoints below
         if state is None:
+            rep.error(
+                f"the log starts at LSN {first} and no usable checkpoint at or after LSN "
+                f"{first - 1} exists to replay it from"
+            )
             rep.seconds = time.perf_counter() - t0
             return rep
     else:
