@@ -140,9 +140,10 @@ def scenarios(scale: float = 1.0) -> list[Callable[[], Result]]:
     out: list[Callable[[], Result]] = []
     for sync in ("off", "normal", "always"):
         for payload in (16, 64):
-            total = n(2_000_000) if sync != "always" else n(500_000)
+            total = n(10_000_000) if sync != "always" else n(2_000_000)
             out.append(functools.partial(batch_commits, payload, sync, total=total))
-    out.append(lambda: single_writes(n(50_000)))
+    out.append(lambda: single_writes(n(100_000)))
+    out.append(lambda: single_writes(max(int(2_000 * scale), 200), sync="always"))
     out.append(lambda: recovery(n(1_000_000)))
     out.append(lambda: checkpoint_time(max(int(65_536 * scale), 1024)))
     return out
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     for fn in scenarios(args.scale):
         r = fn()
         results.append(r)
-        print(f"{r.name:<55} {r.value:>14,.3f} {r.unit:<9} {json.dumps(r.conditions)}")
+        extra = ", ".join(f"{k} {v:,.1f}" for k, v in r.extra.items() if isinstance(v, float))
+        print(f"{r.name:<55} {r.value:>14,.3f} {r.unit:<9} {extra}")
         sys.stdout.flush()
     if args.json_path:
         with open(args.json_path, "w") as f:
