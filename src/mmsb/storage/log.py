@@ -41,7 +41,15 @@ _SEG_NAME = re.compile(r"^(\d{20})\.seg$")
 BATCH = 1
 CREATE = 2
 DELETE = 3
-FRAME_TYPES = {BATCH: "batch", CREATE: "create", DELETE: "delete"}
+GRAPH = 4  # dependency-graph edge changes
+RELAYOUT = 5  # page slots moved by arena compaction
+FRAME_TYPES = {
+    BATCH: "batch",
+    CREATE: "create",
+    DELETE: "delete",
+    GRAPH: "graph",
+    RELAYOUT: "relayout",
+}
 
 
 def segment_name(first_lsn: int) -> str:
