@@ -34,10 +34,11 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 stress: $(STAMP)
-	$(BIN)/pytest -q -m 'slow or stress_throughput or stress_stability or stress_memory'
+	$(BIN)/pytest -q -rA -s -m 'slow or stress_throughput or stress_stability or stress_memory'
 
 bench: $(STAMP)
 	$(BIN)/python -m mmsb.benchmarks.storage
+	$(BIN)/mmsb bench --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,3 +19,5 @@ def test_readme_tour_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     out = capsys.readouterr().out
     assert "OK: state.mmsb" in out
     assert "status='changed'" in out
+    assert "[2. 2. 2. 2. 2. 2. 2. 2.]" in out
+    assert "derived by double" in out

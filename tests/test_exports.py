@@ -12,11 +12,15 @@ CONTRACT = {
     # records
     "PageInfo", "Commit", "DeltaRecord", "CheckpointInfo", "CompactInfo", "RecoveryInfo",
     "PageDiff", "IntegrityReport",
+    # graph, propagation, events, provenance, invariants
+    "Semiring", "TickReport", "GraphReport", "Event", "Subscription", "Provenance",
+    "ProvenanceStep", "InvariantResult",
     # errors
     "MMSBError", "PageNotFoundError", "InvalidDeltaError", "InvalidArgumentError",
     "CorruptStateError", "CorruptLogError", "CorruptCheckpointError", "BusLockedError",
     "BusClosedError", "BusNotFoundError", "ReadOnlyError", "FormatVersionError",
-    "HistoryUnavailableError", "DeviceUnavailableError",
+    "HistoryUnavailableError", "DeviceUnavailableError", "CycleError", "PropagationError",
+    "ReentrantWriteError",
     "__version__",
 }  # fmt: skip
 

@@ -293,13 +293,26 @@ def test_checkpoint_spots_cover_every_section(tmp_path: Path) -> None:
     build_history(path, checkpoints_at=(3,))
     (ckpt,) = (path / "ckpt").glob("*.ckpt")
     assert set(checkpoint_spots(ckpt)) == {
-        "magic", "header", "slot", "size", "epoch", "dtype", "loc", "live", "metadata", "arena",
+        "magic", "header", "slot", "size", "epoch", "dtype", "loc", "live", "metadata", "edges",
+        "arena",
     }  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "spot",
-    ["magic", "header", "slot", "size", "epoch", "dtype", "loc", "live", "metadata", "arena"],
+    [
+        "magic",
+        "header",
+        "slot",
+        "size",
+        "epoch",
+        "dtype",
+        "loc",
+        "live",
+        "metadata",
+        "edges",
+        "arena",
+    ],
 )
 @pytest.mark.parametrize("compact", [False, True])
 def test_damaged_newest_checkpoint_falls_back_to_an_older_one(

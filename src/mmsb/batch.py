@@ -135,6 +135,11 @@ class DeltaBatch:
             lengths = np.full(n, width, dtype=np.int64)
             pstarts = np.arange(n, dtype=np.int64) * width
         else:
+            if not isinstance(payloads, Iterable):
+                raise InvalidDeltaError(
+                    "payloads must be a 2-D array or a sequence of bytes-like objects, got "
+                    f"{type(payloads).__name__}"
+                )
             parts = [as_payload(p, f"payload {i}") for i, p in enumerate(payloads)]
             if len(parts) != n:
                 raise InvalidDeltaError(f"{n} page ids but {len(parts)} payloads")

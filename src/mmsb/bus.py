@@ -12,12 +12,13 @@ A bus is a directory::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
 from mmsb.delta import Delta, as_payload, check_offset, check_source
+from mmsb.engine import commit as engine
+from mmsb.engine.driver import check_workers
 from mmsb.errors import (
     BusNotFoundError,
     DeviceUnavailableError,
@@ -33,7 +36,19 @@ from mmsb.errors import (
     InvalidArgumentError,
     InvalidDeltaError,
     ReadOnlyError,
+    ReentrantWriteError,
 )
+from mmsb.graph.dag import Graph, check_and_apply, graph_frame, undo
+from mmsb.graph.events import Event, EventHub, Subscription
+from mmsb.graph.propagate import (
+    Derivation,
+    Plan,
+    check_page_id,
+    check_parents,
+    describe,
+    run_pass,
+)
+from mmsb.graph.tick import TickReport
 from mmsb.history import (
     LogIndex,
     Snapshot,
@@ -43,22 +58,33 @@ from mmsb.history import (
     export_prefix,
     touched_pages,
 )
+from mmsb.monitor.gc import Collector, GCReport
+from mmsb.monitor.invariants import Invariants
+from mmsb.monitor.memory import MemorySnapshot
+from mmsb.monitor.memory import snapshot as memory_snapshot
+from mmsb.monitor.provenance import Provenance, ProvenanceIndex
+from mmsb.semiring import Semiring
 from mmsb.storage import codec
-from mmsb.storage.arena import FileArena, MemoryArena
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
-from mmsb.storage.lock import WriterLock
+from mmsb.storage.edges import COMPILER, CONTROL, DATA, GPU
+from mmsb.storage.follow import Follower
+from mmsb.storage.lock import WriterLock, writer_active
 from mmsb.storage.log import (
     BATCH,
     CREATE,
     DELETE,
+    GRAPH,
     SEG_HEADER_SIZE,
+    Frame,
     LogWriter,
     PeriodicSync,
     fsync_dir,
     list_segments,
 )
 from mmsb.storage.manifest import FORMAT_VERSION, Manifest, read_manifest, write_manifest
-from mmsb.storage.recovery import CLEAN_FILE, recover
+from mmsb.storage.readers import ReaderSafeArena
+from mmsb.storage.recovery import CLEAN_FILE, Recovered, recover
+from mmsb.storage.seqlock import SeqPublisher
 from mmsb.storage.state import State, check_page_shape
 from mmsb.types import (
     DTYPE_NAMES,
@@ -68,6 +94,7 @@ from mmsb.types import (
     CompactInfo,
     DeltaRecord,
     PageDiff,
+    PageInfo,
     RecoveryInfo,
     dtype_code,
     encode_metadata,
@@ -77,6 +104,7 @@ from mmsb.verify import IntegrityReport, verify
 from mmsb.view import StateView
 
 Clock = Callable[[], int]
+STALE, GPU_SYNC, INVALIDATED = 1, 2, 4  # page flags set through control/gpu/compiler edges
 DEFAULT_SEGMENT_SIZE = 64 << 20
 DEFAULT_CHECKPOINT_EVERY = 128 << 20
 
@@ -89,8 +117,9 @@ def device_available() -> bool:
 class Bus(StateView):
     """An open bus. Create with :func:`mmsb.open`; use as a context manager.
 
-    Only one process may hold a bus open for writing; ``readonly=True`` opens build the
-    state as of the last commit in process memory and never touch the files.
+    Only one process may hold a bus open for writing. A ``readonly=True`` open follows a
+    running writer live (its reads see each commit once published, never half of one); with
+    no writer running it builds the state in process memory and writes no file.
     """
 
     def __init__(
@@ -107,6 +136,9 @@ class Bus(StateView):
         auto_compact: bool = False,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         sync_interval: float = 1.0,
+        tick_budget_ms: float = 16.0,
+        tick_gc_budget_ms: float = 1.0,
+        invariant_every: int = 100,
     ) -> None:
         self._state = None
         self._ephemeral = path is None
@@ -137,6 +169,27 @@ class Bus(StateView):
         self._log: LogWriter | None = None
         self._index: LogIndex | None = None
         self._syncer: PeriodicSync | None = None
+        self.tick_budget_ms = tick_budget_ms
+        self.tick_gc_budget_ms = tick_gc_budget_ms
+        self.invariant_every = invariant_every
+        self._graph: Graph | None = None
+        self._derivations: dict[int, Derivation] = {}
+        self._plan: Plan | None = None
+        self._plan_key: tuple[int, int] = (-1, -1)
+        self._deriv_version = 0  # bumped when a derivation is registered or dropped
+        self._dirty: list[npt.NDArray[np.int64]] = []  # pages written since the last pass
+        self._dirty_lo: list[npt.NDArray[np.int64]] = []  # and the byte range of each write
+        self._dirty_hi: list[npt.NDArray[np.int64]] = []
+        self._dirty_lsn = 0  # the last commit that added to _dirty
+        self._seeds: list[npt.NDArray[np.int64]] = []  # parents of new derivations
+        self._flags = np.zeros(0, np.uint8)
+        self._events = EventHub()
+        self._ticks = 0
+        self._propagating = False
+        self._prov: ProvenanceIndex | None = None
+        self.invariants = Invariants(self)
+        self._seq: SeqPublisher | None = None  # writer: publishes commits to readers
+        self._follower: Follower | None = None  # read-only: follows the writer, if any
         try:
             self._open(create, segment_size)
         except BaseException:
@@ -166,12 +219,14 @@ class Bus(StateView):
             write_manifest(d, Manifest(FORMAT_VERSION, time.time_ns(), segment_size))
         self.manifest = read_manifest(d)
         if self.readonly:
-            rec = recover(d, MemoryArena(), readonly=True)
+            f = self._follower = Follower(d, on_frame=self._index_frame, on_reset=self._drop_index)
+            rec = Recovered(f.state, f.lsn, f.timestamp, f.info)
         else:
             self._lock = WriterLock(os.path.join(d, "LOCK"))
+            self._seq = SeqPublisher(d)  # seq odd: recovery may rewrite the arena
             os.makedirs(os.path.join(d, "log"), mode=0o700, exist_ok=True)
             os.makedirs(os.path.join(d, "ckpt"), mode=0o700, exist_ok=True)
-            rec = recover(d, FileArena(os.path.join(d, "arena.bin")), readonly=False)
+            rec = recover(d, ReaderSafeArena(os.path.join(d, "arena.bin")), readonly=False)
             self._log = LogWriter(
                 os.path.join(d, "log"),
                 rec.lsn + 1,
@@ -179,11 +234,14 @@ class Bus(StateView):
                 fsync_enabled=self.sync != "off",
             )
             if self.sync == "normal":
+                self._log.defer_roll_sync = True  # full segments are synced by the thread
                 self._syncer = PeriodicSync(self._log, self.sync_interval)
         self._state = rec.state
         self._lsn = rec.lsn
         self._last_ts = rec.timestamp
         self.recovery: RecoveryInfo = rec.info
+        if self._seq is not None:
+            self._seq.publish(rec.lsn, rec.timestamp)
 
     def close(self) -> None:
         """Flush, write the clean-shutdown state, release the lock. Idempotent."""
@@ -215,6 +273,12 @@ class Bus(StateView):
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
+        if self._seq is not None:
+            self._seq.close()
+            self._seq = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -237,9 +301,86 @@ class Bus(StateView):
 
     def _writable(self) -> tuple[State, LogWriter]:
         state = self._live_state()
+        if self._events.dispatching:
+            raise ReentrantWriteError(
+                "an event handler cannot write to the bus; queue the write and make it after "
+                "the call that raised the event returns"
+            )
         if self.readonly or self._log is None:
             raise ReadOnlyError(f"bus at {self.path} is open read-only")
         return state, self._log
+
+    # -- live readers -------------------------------------------------------------------
+
+    def _live_state(self) -> State:
+        # a read-only bus first catches up with the writer's last published commit
+        if self._follower is not None and self._state is not None:
+            self._follow(force=False)
+        return super()._live_state()
+
+    def _follow(self, *, force: bool) -> None:
+        f = self._follower
+        assert f is not None
+        if force:
+            f.poll(force=True)
+        else:
+            f.poll()
+        self._state, self._lsn, self._last_ts = f.state, f.lsn, f.timestamp
+
+    def _index_frame(self, frame: Frame) -> None:
+        if self._index is not None:
+            self._index.add_frame(frame)
+
+    def _drop_index(self) -> None:
+        self._index = None
+
+    @property
+    def lsn(self) -> int:
+        """The LSN of the last commit this bus reflects (a read-only bus catches up first)."""
+        if self._follower is not None and self._state is not None:
+            self._follow(force=False)
+        return self._lsn
+
+    def refresh(self) -> int:
+        """Bring a read-only bus to the writer's last published commit now; return its LSN.
+
+        Every read already does this when the writer published since (one look at the
+        shared ``SEQ`` header), so this is for callers that only want the LSN, or that
+        wait for a writer that was not running when the bus was opened. On a writable bus
+        it just returns the LSN.
+        """
+        self._live_state()
+        if self._follower is not None:
+            self._follow(force=True)
+        return self._lsn
+
+    def wait_for(self, lsn: int, timeout: float | None = None) -> bool:
+        """Block until this bus reflects commit ``lsn`` (or a later one); False when
+        ``timeout`` seconds pass first (None: wait as long as it takes)."""
+        if isinstance(lsn, bool) or not isinstance(lsn, (int, np.integer)) or lsn < 0:
+            raise InvalidArgumentError(f"lsn must be a non-negative integer, got {lsn!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):
+            raise InvalidArgumentError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 20e-6
+        while self.refresh() < lsn:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, 1e-3)
+        return True
+
+    @property
+    def writer_alive(self) -> bool:
+        """Whether a writer process holds this bus open now (always True for an open
+        writable bus). A read-only bus whose writer is gone keeps its last view."""
+        self._live_state()
+        if not self.readonly:
+            return True
+        return writer_active(os.path.join(self.path, "LOCK"))
 
     # -- pages --------------------------------------------------------------------------
 
@@ -277,10 +418,16 @@ class Bus(StateView):
         meta = encode_metadata(metadata, "page")
         check_page_shape(int(n), size, code)
         rec = codec.CreateRecord(state.next_page_id, int(n), int(size), code, loc, meta)
+        # make room first: growing the arena can fail (disk full, a pinned mapping), and it
+        # must fail before the frame is logged, never after
+        state.arena.ensure(state.end + int(n) * ((int(size) + 7) // 8 * 8))
         lsn, ts, seg, off = self._log_frame(log, CREATE, codec.encode_create(rec))
         first = state.create(int(n), int(size), code, loc, meta)
         self._publish(lsn, ts, seg, off, 0, None)
-        return np.arange(first, first + int(n), dtype=np.int64)
+        ids = np.arange(first, first + int(n), dtype=np.int64)
+        if self._events.wants("page_created"):
+            self._events.emit("page_created", lsn, ids)
+        return ids
 
     def delete_page(self, page_id: int) -> None:
         """Delete a page; its id is never reused and its space is reused."""
@@ -295,8 +442,18 @@ class Bus(StateView):
             return
         arr = np.asarray(ids, np.int64)
         lsn, ts, seg, off = self._log_frame(log, DELETE, codec.encode_delete(arr))
-        state.delete(arr)
+        state.delete(arr)  # drops the pages' edges too
+        dead = set(ids)
+        for c, d in list(self._derivations.items()):
+            # the deleted pages' own derivations, and those that read a deleted page
+            if c in dead or not dead.isdisjoint(d.parents):
+                del self._derivations[c]
+                self._deriv_version += 1
         self._publish(lsn, ts, seg, off, 0, None)
+        if self._prov is not None:
+            self._prov.invalidate(arr)
+        if self._events.wants("page_deleted"):
+            self._events.emit("page_deleted", lsn, arr)
 
     # -- deltas -------------------------------------------------------------------------
 
@@ -342,6 +499,9 @@ class Bus(StateView):
         state.next_delta_id = first + 1
         pages = None if self._index is None else np.array([pid], np.int64)
         self._publish(lsn, ts, seg, foff, first, pages)
+        self._after_commit(
+            np.array([pid], np.int64) if pages is None else pages, lsn, first, 1, off, off + n
+        )
         return first
 
     def apply(self, delta: Delta) -> int:
@@ -365,33 +525,36 @@ class Bus(StateView):
                 f"offset {offset} is not a multiple of page {pid}'s {page_dtype} itemsize {item}"
             )
 
-    def apply_batch(self, batch: DeltaBatch) -> Commit:
+    def apply_batch(self, batch: DeltaBatch, *, workers: int = 1) -> Commit:
         """Commit a batch atomically: all rows are logged and applied, or none is.
 
         Order: validate -> append one log frame (fsync when ``sync="always"``) -> apply to
-        the arena -> publish the new LSN.
+        the arena -> publish the new LSN. ``workers`` > 1 splits checking, encoding and
+        applying across that many threads, by page (see :mod:`mmsb.engine.commit`); the
+        bytes, epochs and log frame are the same for every worker count.
         """
         state, log = self._writable()
+        workers = check_workers(workers)
         if not isinstance(batch, DeltaBatch):
             raise InvalidDeltaError(f"expected a DeltaBatch, got {type(batch).__name__}")
         n = len(batch)
         if n == 0:
             return Commit(self._lsn, 0, -1, 0, self._last_ts)
         # a batch built from raw columns skipped the constructors' checks; the kernels
-        # trust offsets and pool slices, so check the structure before anything else
-        batch._check_structure()
-        state.validate(batch)
+        # trust offsets and pool slices, so prepare() checks the structure first
         first = state.next_delta_id
-        epochs = state.assign_epochs(batch.page_ids)
+        prepared = engine.prepare(state, batch, workers, first)
         try:
-            pieces = codec.encode_batch(batch, epochs, first)
-            lsn, ts, seg, off = self._log_frame(log, BATCH, pieces)
+            lsn, ts, seg, off = self._log_frame(log, BATCH, prepared.pieces)
         except BaseException:
-            state.undo_epochs(batch.page_ids, epochs)
+            engine.undo(state, batch)
             raise
-        state.apply(batch)
+        engine.apply(state, batch, prepared.shares)
         state.next_delta_id = first + n
         self._publish(lsn, ts, seg, off, first, batch.page_ids)
+        self._after_commit(
+            batch.page_ids, lsn, first, n, batch.offsets, batch.offsets + batch.lengths
+        )
         return Commit(lsn, first, first + n - 1, n, ts)
 
     # -- the log ------------------------------------------------------------------------
@@ -404,11 +567,15 @@ class Bus(StateView):
         off = log.append(ftype, lsn, ts, pieces)
         if self.sync == "always":
             log.sync()
+        assert self._seq is not None
+        self._seq.begin()  # readers: the arena changes from here until _publish
         return lsn, ts, log.name, off
 
     def _publish(self, lsn: int, ts: int, seg: str, off: int, first_did: int, pages: Any) -> None:
         self._lsn = lsn
         self._last_ts = ts
+        assert self._seq is not None
+        self._seq.publish(lsn, ts)
         if self._index is not None:
             self._index.add(lsn, ts, seg, off, first_did, pages)
         log = self._log
@@ -471,6 +638,10 @@ class Bus(StateView):
         """A detached read-only snapshot as of commit ``lsn`` (or the last commit at or
         before timestamp ``time``, in clock nanoseconds)."""
         state = self._live_state()
+        f = self._follower
+        if f is not None and lsn is None and time is None:
+            # the newest commit, whatever LSN that is: its bytes copied inside the seqlock
+            return self._snapshot(*f.on_copy(lambda st: (copy_state(st), f.lsn, f.timestamp)))
         if lsn is not None and time is not None:
             raise InvalidArgumentError("give either lsn or time, not both")
         if time is not None:
@@ -483,9 +654,13 @@ class Bus(StateView):
         if lsn < 0 or lsn > self._lsn:
             raise HistoryUnavailableError(f"LSN {lsn} is outside [0, {self._lsn}]")
         if lsn == self._lsn:
-            return Snapshot(copy_state(state), lsn, self._last_ts)
+            if f is None:
+                return self._snapshot(copy_state(state), lsn, self._last_ts)
+            copied = f.stable_at(lsn, copy_state)  # None: the view moved past lsn meanwhile
+            if copied is not None:
+                return self._snapshot(copied, lsn, self._last_ts)
         st, ts = build_state(self.path, lsn)
-        return Snapshot(st, lsn, ts)
+        return self._snapshot(st, lsn, ts)
 
     def history(self, page_id: int, limit: int | None = None) -> list[DeltaRecord]:
         """Deltas that touched a page, newest first (from an index, not a log scan)."""
@@ -530,6 +705,357 @@ class Bus(StateView):
         self._live_state()
         return verify(self.path)
 
+    # -- dependency graph, propagation, ticks, events -------------------------------------
+
+    @property
+    def graph(self) -> Graph:
+        """The live dependency graph (see :class:`mmsb.graph.Graph`)."""
+        self._live_state()
+        if self._graph is None:
+            self._graph = Graph(self)
+        return self._graph
+
+    def _change_edges(
+        self, rows: list[tuple[int, int]], kind: int, *, add: bool, child_of: int | None = None
+    ) -> int:
+        state, log = self._writable()
+        done = check_and_apply(state, rows, kind, add)
+        if not done:
+            return 0
+        try:
+            lsn, ts, seg, off = self._log_frame(log, GRAPH, graph_frame(done, kind, add))
+        except BaseException:
+            undo(state, done, kind, add)
+            raise
+        self._publish(lsn, ts, seg, off, 0, None)
+        if kind == DATA and self._derivations:
+            # a derivation whose data parents changed by hand no longer describes the graph
+            for _, c in done:
+                if c != child_of and self._derivations.pop(c, None) is not None:
+                    self._deriv_version += 1
+        return len(done)
+
+    def derive(
+        self,
+        child: int,
+        fn: Callable[..., Any],
+        parents: Sequence[int],
+        name: str | None = None,
+    ) -> None:
+        """Compute ``child`` from ``parents`` with ``fn`` at each tick where a parent changed.
+
+        ``fn(*views)`` gets the parents as read-only numpy arrays (in the given order, each
+        with its page's dtype; private copies, so ``fn`` may keep them) and returns the
+        child's new contents: an array of the child's dtype or bytes, exactly the page size.
+        Registering replaces the child's data parents with ``parents`` (a logged graph
+        change) and the child is computed at the next tick. Functions are not persisted:
+        after reopening, register them again.
+        """
+        if not callable(fn):
+            raise InvalidArgumentError(f"derivation for page {child} is not callable")
+        self._register(Derivation(check_page_id(child, "child"), check_parents(parents),
+                                  describe(fn, None, name), fn=fn))  # fmt: skip
+
+    def derive_semiring(
+        self,
+        child: int,
+        parents: Sequence[int],
+        semiring: Semiring,
+        weights: Sequence[float] | npt.ArrayLike | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Compute ``child = ⊕_p (weights[p] ⊗ parents[p])`` element-wise (weights default
+        to the semiring's one). The parents and the child must share size and dtype."""
+        if not isinstance(semiring, Semiring):
+            raise InvalidArgumentError(f"expected a Semiring, got {type(semiring).__name__}")
+        pids = check_parents(parents)
+        w: tuple[float, ...] | None = None
+        if weights is not None:
+            arr = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if arr.size != len(pids):
+                raise InvalidArgumentError(f"{len(pids)} parents but {arr.size} weights")
+            w = tuple(float(x) for x in arr.tolist())
+        state = self._live_state()
+        c = state.require(child)
+        semiring.check_dtype(DTYPE_NAMES[int(state.dtype[c])])
+        for p in pids:
+            state.require(p)
+            if state.size[p] != state.size[c] or state.dtype[p] != state.dtype[c]:
+                raise InvalidArgumentError(
+                    f"semiring parent {p} and child {c} differ in size or dtype"
+                )
+        self._register(Derivation(c, pids, describe(None, semiring, name),
+                                  semiring=semiring, weights=w))  # fmt: skip
+
+    def _register(self, d: Derivation) -> None:
+        state, _ = self._writable()
+        c = state.require(d.child)
+        if not d.parents:
+            raise InvalidArgumentError(f"derivation of page {c} needs at least one parent")
+        if len(set(d.parents)) != len(d.parents):
+            raise InvalidArgumentError(f"derivation of page {c} lists a parent twice")
+        for p in d.parents:
+            state.require(p)
+        old = set(self.graph.parents(c, "data").tolist())
+        new = set(d.parents)
+        gone = [(p, c) for p in sorted(old - new)]
+        fresh = [(p, c) for p in d.parents if p not in old]
+        if gone:
+            self._change_edges(gone, DATA, add=False, child_of=c)
+        try:
+            self._change_edges(fresh, DATA, add=True, child_of=c)
+        except BaseException:
+            if gone:
+                self._change_edges(gone, DATA, add=True, child_of=c)
+            raise
+        self._derivations[c] = d
+        self._deriv_version += 1
+        # computed at the next tick; a seed, not a write: no control/gpu/compiler flags
+        self._seeds.append(np.array(d.parents, np.int64))
+
+    def underive(self, child: int) -> None:
+        """Forget ``child``'s derivation (its data edges stay; remove them with the graph)."""
+        if self._derivations.pop(int(child), None) is not None:
+            self._deriv_version += 1
+
+    def derivations(self) -> dict[int, str]:
+        """Registered derivations: child page -> name."""
+        return {c: d.name for c, d in sorted(self._derivations.items())}
+
+    def _mark_dirty(self, pages: Any, lo: Any, hi: Any) -> None:
+        """Pages written (within bytes [lo, hi) per row), pending for the next pass."""
+        pages = np.asarray(pages, np.int64)
+        if pages.size:
+            self._dirty.append(pages.copy())
+            self._dirty_lo.append(np.array(lo, np.int64, copy=True))
+            self._dirty_hi.append(np.array(hi, np.int64, copy=True))
+            self._dirty_lsn = self._lsn
+
+    def _after_commit(self, pages: Any, lsn: int, first: int, count: int, lo: Any, hi: Any) -> None:
+        """Bookkeeping after a published delta commit: pending propagation (each row's
+        page and byte range), flags, the provenance cache, events."""
+        state = self._state
+        assert state is not None
+        if state.edges.count and not self._propagating:
+            n = np.asarray(pages).size
+            self._mark_dirty(pages, np.broadcast_to(lo, n), np.broadcast_to(hi, n))
+        if self._flags.size:
+            ids = np.asarray(pages)
+            ids = ids[ids < self._flags.size]
+            self._flags[ids] &= np.uint8(~(STALE | INVALIDATED) & 0xFF)
+        if self._prov is not None:
+            self._prov.invalidate(np.asarray(pages))
+        hub = self._events
+        if hub.wants("delta_applied"):
+            hub.emit("delta_applied", lsn, None, first_delta_id=first, count=count)
+        if hub.wants("page_changed"):
+            hub.emit("page_changed", lsn, np.unique(np.asarray(pages)))
+
+    def _plan_for(self, state: State) -> Plan:
+        key = (state.edges.version, self._deriv_version)
+        if self._plan is None or self._plan_key != key:
+            # drop derivations the graph no longer supports (a parent deleted or unlinked)
+            for c, d in list(self._derivations.items()):
+                if not state.is_live(c) or any(not state.edges.has(p, c, DATA) for p in d.parents):
+                    del self._derivations[c]
+                    self._deriv_version += 1
+            self._plan = Plan(state, self._derivations)
+            self._plan_key = key
+        return self._plan
+
+    def tick(self, batch: DeltaBatch | None = None) -> TickReport:
+        """Commit ``batch`` (if any), propagate every change since the last tick, run the
+        maintenance step and, every ``invariant_every`` ticks, the invariants.
+
+        If a derivation raises, :class:`PropagationError` propagates: the input batch
+        stays committed, no derived write of this tick is applied, and the changes stay
+        pending for the next tick.
+        """
+        state, _ = self._writable()
+        t0 = time.perf_counter_ns()
+        n_in = 0
+        if batch is not None:
+            n_in = self.apply_batch(batch).count
+        t1 = time.perf_counter_ns()
+        recomputed = changed_n = derived = flagged = 0
+        if self._dirty or self._seeds:
+            # the cause: the last commit that wrote a pending page (or, for a pass that only
+            # computes newly registered derivations, the current LSN)
+            cause = self._dirty_lsn if self._dirty else self._lsn
+            seeds = [s[s < state.next_page_id] for s in self._seeds]
+            written = np.concatenate([*self._dirty, *seeds])  # rows may repeat a page
+            lo = np.concatenate([*self._dirty_lo, *(np.zeros(s.size, np.int64) for s in seeds)])
+            hi = np.concatenate([*self._dirty_hi, *(state.size[s] for s in seeds)])
+            keep = written < state.next_page_id
+            if not keep.all():
+                written, lo, hi = written[keep], lo[keep], hi[keep]
+            plan = self._plan_for(state)
+            result = run_pass(plan, state, written, lo, hi, cause)
+            n_written = sum(d.size for d in self._dirty)
+            written = written[: int(keep[:n_written].sum())]  # the seeds are not writes
+            for pending in (self._dirty, self._dirty_lo, self._dirty_hi, self._seeds):
+                pending.clear()
+            recomputed = result.recomputed
+            if result.batch is not None:
+                # already propagated within this pass: not pending for the next one
+                self._propagating = True
+                try:
+                    derived = self.apply_batch(result.batch).count
+                finally:
+                    self._propagating = False
+                changed_n = int(result.changed_pages.size)
+            flagged = self._flag_children(np.concatenate((written, result.changed_pages)))
+        t2 = time.perf_counter_ns()
+        gc_report = None
+        gc_step = getattr(self, "gc", None)
+        if gc_step is not None and self.tick_gc_budget_ms > 0:
+            gc_report = gc_step(budget_ms=self.tick_gc_budget_ms)
+        t3 = time.perf_counter_ns()
+        self._ticks += 1
+        checked = False
+        failures: list[str] = []
+        if self.invariant_every and self._ticks % self.invariant_every == 0:
+            checked = True
+            failures = [r.name for r in self.invariants.run(sample=True) if not r.passed]
+        t4 = time.perf_counter_ns()
+        phases = {"commit": t1 - t0, "propagate": t2 - t1, "maintenance": t3 - t2,
+                  "invariants": t4 - t3}  # fmt: skip
+        total = t4 - t0
+        budget = int(self.tick_budget_ms * 1e6)
+        report = TickReport(
+            self._ticks, self._lsn, n_in, derived, recomputed, changed_n, flagged, phases,
+            total, budget, total > budget, checked, failures, gc_report,
+        )  # fmt: skip
+        if self._events.wants("tick_done"):
+            self._events.emit("tick_done", self._lsn, None, report=report)
+        return report
+
+    def _flag_children(self, pages: npt.NDArray[np.int64]) -> int:
+        """Set the stale / gpu-sync / invalidated flags of the control, gpu and compiler
+        children of ``pages``; emit one event per newly flagged page."""
+        state = self._live_state()
+        edges = state.edges
+        if edges.count == 0 or pages.size == 0:
+            return 0
+        p, c, k = edges.columns()
+        sel = k != DATA
+        if not sel.any():
+            return 0
+        hit = np.zeros(state.next_page_id, bool)
+        hit[pages] = True
+        sel &= hit[p]
+        if not sel.any():
+            return 0
+        if self._flags.size < state.next_page_id:
+            grown = np.zeros(max(state.next_page_id, 2 * self._flags.size), np.uint8)
+            grown[: self._flags.size] = self._flags
+            self._flags = grown
+        total = 0
+        for kind, bit, event in ((CONTROL, STALE, "page_stale"), (GPU, GPU_SYNC, "gpu_sync_needed"),
+                                 (COMPILER, INVALIDATED, "page_invalidated")):  # fmt: skip
+            kids = np.unique(c[sel & (k == kind)])
+            if kids.size == 0:
+                continue
+            new = kids[(self._flags[kids] & bit) == 0]
+            self._flags[kids] |= np.uint8(bit)
+            total += int(new.size)
+            if new.size and self._events.wants(event):
+                self._events.emit(event, self._lsn, new)
+        return total
+
+    def page(self, page_id: int) -> PageInfo:
+        info = super().page(page_id)
+        f = int(self._flags[info.id]) if info.id < self._flags.size else 0
+        if not f:
+            return info
+        return dataclasses.replace(
+            info,
+            stale=bool(f & STALE),
+            gpu_sync_needed=bool(f & GPU_SYNC),
+            invalidated=bool(f & INVALIDATED),
+        )
+
+    def mark_gpu_synced(self, page_id: int) -> None:
+        """Clear a page's gpu-sync-needed flag (its device mirror was brought up to date)."""
+        pid = self._live_state().require(page_id)
+        if pid < self._flags.size:
+            self._flags[pid] &= np.uint8(~GPU_SYNC & 0xFF)
+
+    def subscribe(
+        self, event: str, handler: Callable[[Event], object], filter: Any = None
+    ) -> Subscription:
+        """Call ``handler(event)`` for each event of type ``event`` (see
+        :data:`mmsb.graph.EVENTS`); ``filter`` is a predicate on the event or a set of page
+        ids. Handlers must not write to the bus (see :mod:`mmsb.graph.events`)."""
+        self._live_state()
+        return self._events.subscribe(event, handler, filter)
+
+    def unsubscribe(self, subscription: Subscription) -> bool:
+        """Stop a subscription; False if it was not active."""
+        return self._events.unsubscribe(subscription)
+
+    def event_stats(self) -> dict[str, Any]:
+        """Handlers called, handlers that raised, and the last failure."""
+        return self._events.stats()
+
+    # -- provenance -----------------------------------------------------------------------
+
+    def _snapshot(self, state: State, lsn: int, timestamp: int) -> Snapshot:
+        snap = Snapshot(state, lsn, timestamp)
+        snap._explain = self._snapshot_provenance
+        return snap
+
+    def _snapshot_provenance(
+        self, snap: Snapshot, page_id: int, byte: int | None, depth: int
+    ) -> Provenance:
+        self._live_state()
+        if self._prov is None:
+            self._prov = ProvenanceIndex(os.path.join(self.path, "log"), self._log_index)
+        upto = self._log_index().last_delta_at(snap.lsn)
+        return self._prov.resolve(
+            snap._live_state(), page_id, byte, depth, snap.lsn, upto_did=upto, cache=False
+        )
+
+    def provenance(self, page_id: int, byte: int | None = None, depth: int = 32) -> Provenance:
+        """Explain a page (or one byte of it): the delta that last wrote it and, for a
+        derived page, the parents' last writes that fed it, recursively to ``depth``."""
+        state = self._live_state()
+        if self._prov is None:
+            self._prov = ProvenanceIndex(os.path.join(self.path, "log"), self._log_index)
+        # the cache is invalidated by this bus's own writes; a read-only bus sees another
+        # process's writes, so it resolves every time
+        return self._prov.resolve(state, page_id, byte, depth, self._lsn, cache=not self.readonly)
+
+    # -- memory and garbage collection ----------------------------------------------------
+
+    def memory(self) -> MemorySnapshot:
+        """Where this bus's memory goes: pages, bookkeeping, log, arena, free lists, and the
+        measured resident memory (see :mod:`mmsb.monitor.memory`)."""
+        state = self._live_state()
+        arena = getattr(state.arena, "path", None)
+        return memory_snapshot(state, self.path, arena if isinstance(arena, str) else None)
+
+    def gc(self, budget_ms: float = 1.0, *, cold_after_s: float | None = None) -> GCReport:
+        """One incremental GC step of about ``budget_ms``: drop covered log segments,
+        compact and shrink the arena, evict cold pages (see :mod:`mmsb.monitor.gc`).
+
+        Never frees or changes live data; returns what it did and its pause.
+        """
+        self._writable()
+        if (
+            isinstance(budget_ms, bool)
+            or not isinstance(budget_ms, (int, float))
+            or not (budget_ms > 0)
+        ):
+            raise InvalidArgumentError(f"budget_ms must be a positive number, got {budget_ms!r}")
+        if cold_after_s is not None and not cold_after_s >= 0:
+            raise InvalidArgumentError(f"cold_after_s must be >= 0, got {cold_after_s!r}")
+        collector = self.__dict__.get("_collector")
+        if collector is None:
+            collector = self.__dict__["_collector"] = Collector(self)
+        report: GCReport = collector.step(float(budget_ms), cold_after_s)
+        return report
+
 
 def open(
     path: str | os.PathLike[str] | None,
@@ -548,8 +1074,10 @@ def open(
     create
         Create the bus if ``path`` holds none (else :class:`BusNotFoundError`).
     readonly
-        Build the state in process memory without taking the writer lock; writes raise
-        :class:`ReadOnlyError`.
+        Open without the writer lock; writes raise :class:`ReadOnlyError`. While a writer
+        has the bus open, reads follow its commits live (:meth:`Bus.refresh`,
+        :meth:`Bus.wait_for`, :attr:`Bus.writer_alive`; docs/design.md, "Live readers");
+        otherwise the state is built in process memory and no file is written.
     sync
         ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint and close,
         and from a background thread every ``sync_interval`` seconds; the default on

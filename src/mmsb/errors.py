@@ -89,6 +89,33 @@ class DeviceUnavailableError(MMSBError, RuntimeError):
     """A ``gpu``/``unified`` page was requested but no device backend is available."""
 
 
+class CycleError(MMSBError, ValueError):
+    """An edge would close a cycle in the dependency graph (or is a self-loop).
+
+    ``cycle`` lists the page ids on the cycle: ``cycle[i] -> cycle[i + 1]`` are edges (the
+    rejected one first) and the last page leads back to the first.
+    """
+
+    def __init__(self, message: str, cycle: list[int]) -> None:
+        super().__init__(message)
+        self.cycle = cycle
+
+
+class PropagationError(MMSBError, RuntimeError):
+    """A derivation function raised during propagation. The tick's input commit stays
+    committed; none of that tick's derived writes is applied. ``page`` is the page being
+    derived, ``function`` the function's name, ``__cause__`` the original exception."""
+
+    def __init__(self, message: str, page: int, function: str) -> None:
+        super().__init__(message)
+        self.page = page
+        self.function = function
+
+
+class ReentrantWriteError(MMSBError, RuntimeError):
+    """An event handler tried to write to the bus while the bus was dispatching events."""
+
+
 __all__ = [
     "BusClosedError",
     "BusLockedError",
@@ -96,6 +123,7 @@ __all__ = [
     "CorruptCheckpointError",
     "CorruptLogError",
     "CorruptStateError",
+    "CycleError",
     "DeviceUnavailableError",
     "FormatVersionError",
     "HistoryUnavailableError",
@@ -103,5 +131,7 @@ __all__ = [
     "InvalidDeltaError",
     "MMSBError",
     "PageNotFoundError",
+    "PropagationError",
     "ReadOnlyError",
+    "ReentrantWriteError",
 ]

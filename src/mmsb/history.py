@@ -10,7 +10,8 @@ import json
 import os
 import zlib
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +43,7 @@ from mmsb.view import StateView
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from mmsb.graph.dag import GraphView
     from mmsb.storage.log import Frame
 
 I64 = npt.NDArray[np.int64]
@@ -54,6 +56,20 @@ class Snapshot(StateView):
         self._state = state
         self._lsn = lsn
         self.timestamp = timestamp
+        self._explain: Callable[..., Any] | None = None  # set by the bus that made it
+
+    @property
+    def graph(self) -> GraphView:
+        """The dependency graph as of this snapshot's commit (read-only)."""
+        from mmsb.graph.dag import GraphView
+
+        return GraphView(self._live_state)
+
+    def provenance(self, page_id: int, byte: int | None = None, depth: int = 32) -> Any:
+        """Like :meth:`mmsb.Bus.provenance`, as of this snapshot's commit."""
+        if self._explain is None:
+            raise HistoryUnavailableError("this snapshot is not attached to a bus")
+        return self._explain(self, page_id, byte, depth)
 
     def __repr__(self) -> str:
         return f"Snapshot(lsn={self._lsn}, pages={len(self)})"
@@ -105,6 +121,7 @@ def copy_state(src: State) -> State:
     for name in ("slot", "size", "epoch", "dtype", "loc", "live"):
         getattr(st, name)[:n] = getattr(src, name)[:n]
     st.metadata = dict(src.metadata)
+    st.edges = src.edges.copy()
     st.next_page_id, st.next_delta_id = src.next_page_id, src.next_delta_id
     st.live_count, st.end = src.live_count, src.end
     st.gap_start, st.gap_len = src.gap_start.copy(), src.gap_len.copy()
@@ -129,6 +146,8 @@ class LogIndex:
         self._dids: list[I64] = []
         self._sorted: tuple[I64, I64] | None = None
         self._decoded: OrderedDict[int, codec.DecodedBatch] = OrderedDict()
+        self._farrays: tuple[int, I64, I64] | None = None
+        self.next_delta_id = 1
 
     @classmethod
     def build(cls, log_dir: str, upto_lsn: int) -> LogIndex:
@@ -156,58 +175,97 @@ class LogIndex:
         self.f_off.append(offset)
         self.f_first_did.append(first_did)
         if pages is not None and pages.size:
+            self.next_delta_id = first_did + pages.size
             self._pages.append(pages.copy())
             self._dids.append(np.arange(first_did, first_did + pages.size, dtype=np.int64))
-            self._sorted = None
 
     def lsn_at_time(self, t: int) -> int:
         """The last LSN whose commit timestamp is <= ``t`` (0 if none)."""
         i = int(np.searchsorted(np.asarray(self.f_ts, np.int64), t, side="right"))
         return 0 if i == 0 else self.f_lsn[i - 1]
 
-    def delta_ids(self, page_id: int) -> I64:
-        if self._sorted is None:
-            if not self._pages:
-                self._sorted = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-            else:
-                pages = np.concatenate(self._pages)
-                dids = np.concatenate(self._dids)
+    def _merged(self) -> tuple[I64, I64]:
+        """The sorted (page, delta id) columns; recent additions are merged in once they
+        grow past an eighth of the sorted part, so a query after each commit does not
+        re-sort the whole history."""
+        main = self._sorted
+        if main is None:
+            main = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        if self._pages:
+            tail_n = sum(p.size for p in self._pages)
+            if self._sorted is None or tail_n > max(65536, main[0].size // 8):
+                pages = np.concatenate([main[0], *self._pages])
+                dids = np.concatenate([main[1], *self._dids])
                 order = np.lexsort((dids, pages))
-                self._sorted = (pages[order], dids[order])
-                self._pages, self._dids = [self._sorted[0]], [self._sorted[1]]
-        pages, dids = self._sorted
+                main = (pages[order], dids[order])
+                self._pages, self._dids = [], []
+        self._sorted = main
+        return main
+
+    def delta_ids(self, page_id: int) -> I64:
+        """Delta ids that touched ``page_id``, ascending."""
+        pages, dids = self._merged()
         lo = int(np.searchsorted(pages, page_id, side="left"))
         hi = int(np.searchsorted(pages, page_id, side="right"))
-        return dids[lo:hi]
+        out = dids[lo:hi]
+        if self._pages:
+            tp = np.concatenate(self._pages)
+            td = np.concatenate(self._dids)
+            extra = td[tp == page_id]
+            if extra.size:
+                out = np.concatenate((out, extra))
+        return out
+
+    def frame_arrays(self) -> tuple[I64, I64]:
+        """(LSN, first delta id) of every batch frame, as arrays (cached)."""
+        n = len(self.f_lsn)
+        if self._farrays is None or self._farrays[0] != n:
+            firsts = np.asarray(self.f_first_did, np.int64)
+            rows = np.flatnonzero(firsts)
+            self._farrays = (n, rows, firsts[rows])
+        return self._farrays[1], self._farrays[2]
+
+    def locate(self, did: int) -> int:
+        """The frame row holding delta ``did``."""
+        rows, firsts = self.frame_arrays()
+        return int(rows[int(np.searchsorted(firsts, did, side="right")) - 1])
+
+    def last_delta_at(self, lsn: int) -> int:
+        """The largest delta id committed at or before ``lsn`` (0 if none)."""
+        rows, firsts = self.frame_arrays()
+        lsns = np.asarray(self.f_lsn, np.int64)[rows]
+        i = int(np.searchsorted(lsns, lsn, side="right"))  # batch frames at or before lsn
+        if i == 0:
+            return 0
+        return int(firsts[i]) - 1 if i < rows.size else self.next_delta_id - 1
+
+    def record(self, log_dir: str, page_id: int, did: int) -> tuple[DeltaRecord, Any, int]:
+        """The record of delta ``did`` (which touched ``page_id``), its decoded frame and
+        its row in it."""
+        j = self.locate(did)
+        dec = self._frame(log_dir, j)
+        row = did - dec.first_delta_id
+        b = dec.batch
+        mi = int(b.meta_idx[row])
+        rec = DeltaRecord(
+            delta_id=did,
+            page_id=page_id,
+            lsn=self.f_lsn[j],
+            epoch=int(dec.epochs[row]),
+            timestamp=self.f_ts[j],
+            source=b.sources[int(b.source_idx[row])],
+            metadata=None if mi < 0 else json.loads(b.metas[mi]),
+            offset=int(b.offsets[row]),
+            length=int(b.lengths[row]),
+            shape=SHAPE_NAMES[int(b.kinds[row])],
+        )
+        return rec, dec, row
 
     def records(self, log_dir: str, page_id: int, limit: int | None) -> list[DeltaRecord]:
         dids = self.delta_ids(page_id)[::-1]
         if limit is not None:
             dids = dids[:limit]
-        firsts = np.asarray(self.f_first_did, np.int64)
-        batch_rows = np.nonzero(firsts)[0]
-        out = []
-        for did in dids.tolist():
-            j = batch_rows[int(np.searchsorted(firsts[batch_rows], did, side="right")) - 1]
-            dec = self._frame(log_dir, int(j))
-            row = did - dec.first_delta_id
-            b = dec.batch
-            mi = int(b.meta_idx[row])
-            out.append(
-                DeltaRecord(
-                    delta_id=did,
-                    page_id=page_id,
-                    lsn=self.f_lsn[j],
-                    epoch=int(dec.epochs[row]),
-                    timestamp=self.f_ts[j],
-                    source=b.sources[int(b.source_idx[row])],
-                    metadata=None if mi < 0 else json.loads(b.metas[mi]),
-                    offset=int(b.offsets[row]),
-                    length=int(b.lengths[row]),
-                    shape=SHAPE_NAMES[int(b.kinds[row])],
-                )
-            )
-        return out
+        return [self.record(log_dir, page_id, did)[0] for did in dids.tolist()]
 
     def _frame(self, log_dir: str, j: int) -> codec.DecodedBatch:
         dec = self._decoded.get(j)

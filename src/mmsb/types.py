@@ -88,6 +88,9 @@ class PageInfo:
     location: str
     epoch: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    stale: bool = False  # a control-edge parent changed since the page was last written
+    gpu_sync_needed: bool = False  # a gpu-edge parent changed (see Bus.mark_gpu_synced)
+    invalidated: bool = False  # a compiler-edge parent changed since the last write
 
 
 @dataclass(frozen=True)

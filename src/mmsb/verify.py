@@ -18,8 +18,19 @@ from mmsb.errors import CorruptCheckpointError, CorruptLogError, MMSBError
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
-from mmsb.storage.log import BATCH, CREATE, DELETE, Frame, LogReader, list_segments
+from mmsb.storage.log import (
+    BATCH,
+    CREATE,
+    DELETE,
+    GRAPH,
+    RELAYOUT,
+    Frame,
+    LogReader,
+    list_segments,
+)
 from mmsb.storage.manifest import read_manifest
+from mmsb.storage.recovery import apply_graph
+from mmsb.storage.relayout import decode_relayout
 from mmsb.storage.state import State
 
 
@@ -174,6 +185,10 @@ def _check_frame(state: State, frame: Frame, rep: IntegrityReport) -> None:
             if rec.first != state.next_page_id:
                 rep.error(f"{where}: creates page {rec.first}, expected {state.next_page_id}")
             state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata)
+        elif frame.type == RELAYOUT:
+            state.relayout(*decode_relayout(frame.payload))
+        elif frame.type == GRAPH:
+            apply_graph(state, *codec.decode_graph(frame.payload))
         elif frame.type == DELETE:
             ids = codec.decode_delete(frame.payload)
             dead = [int(p) for p in ids if not state.is_live(int(p))]

@@ -15,6 +15,9 @@ from typing import Any
 import click
 
 import mmsb
+from mmsb.cli.bench import bench
+from mmsb.cli.crashtest import crashtest
+from mmsb.cli.graphcmd import graph, provenance
 from mmsb.cli.inspect import history, info, log_cmd, verify
 from mmsb.cli.maintain import checkpoint, compact, replay
 from mmsb.cli.output import CommandError
@@ -50,7 +53,8 @@ def cli() -> None:
     """
 
 
-for command in (info, log_cmd, history, checkpoint, verify, replay, compact, validate):
+for command in (info, log_cmd, history, checkpoint, verify, replay, compact, validate, crashtest,
+                graph, provenance, bench):  # fmt: skip
     cli.add_command(command)
 
 

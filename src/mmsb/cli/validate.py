@@ -83,6 +83,12 @@ def _progress_bars(enabled: bool) -> Iterator[ProgressSink | None]:
     help="Directory whose validate.jsonl gets one line per run.",
 )
 @click.option("--no-history", is_flag=True, help="Do not append to the history file.")
+@click.option(
+    "--speed-advisory",
+    is_flag=True,
+    help="Exit 0 when every correctness check passes even if a speed floor is missed "
+    "(for shared CI machines; the output says so).",
+)
 def validate(
     quick: bool,
     full: bool,
@@ -91,6 +97,7 @@ def validate(
     targets: tuple[int, ...],
     history_dir: str,
     no_history: bool,
+    speed_advisory: bool,
 ) -> None:
     """Measure the validation targets; one ✓/✗ line each. Exit code 1 if any is missed."""
     if quick and full:
@@ -124,5 +131,11 @@ def validate(
     if not no_history:
         path = append_history(report, history_dir)
         click.echo(f"history appended to {path}", err=True)
+    if speed_advisory and report.correct and not report.ok:
+        click.echo(
+            "speed floors are advisory in this run (--speed-advisory): every correctness "
+            "check passed, so the exit status is 0"
+        )
+        return
     if not report.ok:
         raise click.exceptions.Exit(EXIT_FAILED)

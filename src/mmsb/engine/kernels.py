@@ -33,26 +33,29 @@ def apply_rows(
     bytes at set mask positions, in order).
     """
     for i in range(page_ids.size):
-        base = slots[page_ids[i]] + offsets[i]
-        n = lengths[i]
-        ps = pstarts[i]
+        # unsigned byte positions: signed ones get a negative-index check on every access,
+        # which keeps the copy loops from vectorising
+        base = np.uint64(slots[page_ids[i]] + offsets[i])
+        n = np.uint64(lengths[i])
+        ps = np.uint64(pstarts[i])
         k = kinds[i]
         if k == 0:
             # an explicit loop beats slice assignment for the short rows that dominate
             for j in range(n):
                 arena[base + j] = payload[ps + j]
         elif k == 1:
-            ms = mstarts[i]
+            ms = np.uint64(mstarts[i])
             for j in range(n):
-                if mask[ms + j]:
-                    arena[base + j] = payload[ps + j]
+                v = arena[base + j]
+                keep = np.uint8(0) - np.uint8(mask[ms + j] != 0)
+                arena[base + j] = v ^ ((v ^ payload[ps + j]) & keep)
         else:
-            ms = mstarts[i]
+            ms = np.uint64(mstarts[i])
             c = ps
             for j in range(n):
                 if mask[ms + j]:
                     arena[base + j] = payload[c]
-                    c += 1
+                    c += np.uint64(1)
 
 
 @njit(cache=True, nogil=True)
@@ -83,11 +86,12 @@ def fill_slots(arena: U8, starts: I64, lengths: I64, value: np.uint8) -> None:
 @njit(cache=True, nogil=True)
 def gather_slots(arena: U8, starts: I64, lengths: I64, out: U8) -> None:
     """Concatenate the given arena slices into ``out`` (sized to their total)."""
-    c = 0
+    c = np.uint64(0)
     for i in range(starts.size):
-        s = starts[i]
-        n = lengths[i]
-        out[c : c + n] = arena[s : s + n]
+        s = np.uint64(starts[i])
+        n = np.uint64(lengths[i])
+        for j in range(n):
+            out[c + j] = arena[s + j]
         c += n
 
 

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from mmsb.engine import kernels
 from mmsb.errors import CorruptCheckpointError
 from mmsb.storage.arena import Arena
+from mmsb.storage.edges import EdgeTable
 from mmsb.storage.log import fsync_dir
 from mmsb.storage.state import State, aligned
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS, MAX_PAGE_SIZE
@@ -86,6 +87,7 @@ def write_state(
     ]
     meta = {str(k): v for k, v in sorted(state.metadata.items())}
     parts.append(("metadata", np.frombuffer(json.dumps(meta).encode(), np.uint8)))
+    parts.append(("edges", np.frombuffer(state.edges.encode(), np.uint8)))
     if with_arena:
         parts.append(("arena", state.arena.buf[: state.end]))
     extra: dict[str, int] = {}
@@ -163,7 +165,15 @@ def read_header(f: BinaryIO, path: str) -> tuple[CheckpointHeader, int]:
             int(h["next_delta_id"]), int(h["end"]), sections,
             None if h.get("arena_crc") is None else int(h["arena_crc"]),
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise CorruptCheckpointError(f"checkpoint {name} header is invalid: {exc}") from None
     if header.lsn < 0 or header.next_page_id < 1 or header.next_delta_id < 1 or header.end < 0:
         raise CorruptCheckpointError(f"checkpoint {name} header has out-of-range values")
@@ -219,7 +229,7 @@ def load_state(path: str, arena: Arena, *, with_arena: bool = True) -> tuple[Sta
             metadata = {int(k): str(v) for k, v in meta_raw.items()}
             for v in metadata.values():
                 json.loads(v)
-        except (ValueError, AttributeError) as exc:
+        except (ValueError, AttributeError, RecursionError) as exc:
             raise CorruptCheckpointError(f"checkpoint {name} metadata is invalid: {exc}") from None
         state = State(arena, capacity=max(n, 1024))
         state.next_page_id = n
@@ -231,6 +241,20 @@ def load_state(path: str, arena: Arena, *, with_arena: bool = True) -> tuple[Sta
         if any(not state.is_live(k) for k in metadata):
             raise CorruptCheckpointError(f"checkpoint {name} has metadata for a dead page")
         state.metadata = metadata
+        if "edges" in header.sections:  # absent in files written before graphs existed
+            try:
+                ep, ec, ek = EdgeTable.decode(read_section("edges"))
+            except ValueError as exc:
+                raise CorruptCheckpointError(
+                    f"checkpoint {name} edges are invalid: {exc}"
+                ) from None
+            if ep.size and not (state.live[ep].all() and state.live[ec].all()):
+                raise CorruptCheckpointError(f"checkpoint {name} has an edge to a dead page")
+            state.edges.load(ep, ec, ek)
+            try:
+                state.edges.check_acyclic()
+            except ValueError:
+                raise CorruptCheckpointError(f"checkpoint {name} holds a cyclic graph") from None
         state.live_count = int(state.live[:n].sum())
         state.rebuild_gaps()
         if state.end != header.end and state.live_count:

@@ -201,7 +201,7 @@ def decode_batch(payload: memoryview) -> DecodedBatch:
         strings = json.loads(bytes(cur.take(slen, "strings")))
         sources = tuple(str(s) for s in strings["s"])
         metas = tuple(str(m) for m in strings["m"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptLogError(f"batch frame string table is invalid: {exc}") from None
     if meta_idx is None:
         meta_idx = np.full(n, 0 if metas else -1, np.int32)
@@ -270,7 +270,7 @@ def decode_create(payload: memoryview) -> CreateRecord:
         )
         if rec.metadata is not None:
             json.loads(rec.metadata)
-    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise CorruptLogError(f"create frame is invalid: {exc}") from None
     return rec
 
@@ -283,3 +283,51 @@ def decode_delete(payload: memoryview) -> I64:
     cur = _Cursor(payload)
     n, _ = struct.unpack("<II", cur.take(8, "header"))
     return cur.array("<u8", n, "page ids").astype(np.int64)
+
+
+# Graph frame: one or more edge changes, applied in order.
+#   n u32 | 0 u32 | op u8[n] (1 add, 0 remove) | kind u8[n] | pad | parent u64[n] | child u64[n]
+EDGE_REMOVE, EDGE_ADD = 0, 1
+
+
+def encode_graph(ops: npt.NDArray[np.uint8], kinds: npt.NDArray[np.uint8], parents: I64,
+                 children: I64) -> list[bytes | memoryview]:  # fmt: skip
+    n = ops.size
+    small = np.concatenate((ops.astype(np.uint8), kinds.astype(np.uint8)))
+    return [
+        struct.pack("<II", n, 0),
+        *_padded(small),
+        *_padded(parents.astype("<u8")),
+        *_padded(children.astype("<u8")),
+    ]
+
+
+def encode_graph_pairs(
+    pairs: list[tuple[int, int]], kind: int, op: int
+) -> list[bytes | memoryview]:
+    """Edge changes of one kind and operation; same bytes as :func:`encode_graph`."""
+    n = len(pairs)
+    small = bytes([op]) * n + bytes([kind]) * n
+    flat = [v for pair in pairs for v in pair]
+    return [
+        struct.pack("<II", n, 0),
+        small + b"\0" * ((-2 * n) % 8),
+        struct.pack(f"<{n}Q", *flat[0::2]),
+        struct.pack(f"<{n}Q", *flat[1::2]),
+    ]
+
+
+def decode_graph(
+    payload: memoryview,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], I64, I64]:
+    cur = _Cursor(payload)
+    n, reserved = struct.unpack("<II", cur.take(8, "header"))
+    if reserved:
+        raise CorruptLogError("graph frame reserved field is not zero")
+    small = cur.array("u1", 2 * n, "ops and kinds")
+    parents = cur.array("<u8", n, "parents").astype(np.int64)
+    children = cur.array("<u8", n, "children").astype(np.int64)
+    ops, kinds = small[:n], small[n:]
+    if n and (int(ops.max()) > EDGE_ADD or int(kinds.max()) > 3):
+        raise CorruptLogError("graph frame holds an unknown operation or edge kind")
+    return ops, kinds, parents, children

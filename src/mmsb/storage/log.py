@@ -278,6 +278,11 @@ class LogWriter:
         self.synced = 0  # value of ``appended`` covered by the last completed fsync
         self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
         self.sync_error: OSError | None = None  # set by a failed background fsync
+        # normal mode: a roll hands the full segment to the next sync() instead of
+        # fsyncing it on the commit path (the mode promises durability within an interval)
+        self.defer_roll_sync = False
+        self._retired: list[int] = []  # descriptors of full segments awaiting their fsync
+        self._dir_unsynced = False
         segs = list_segments(log_dir)
         if segs:
             self._open_existing(segs[-1][1])
@@ -293,14 +298,20 @@ class LogWriter:
     def roll(self, first_lsn: int) -> None:
         """Start a new segment whose first frame will carry ``first_lsn``."""
         with self._lock:
+            defer = self.defer_roll_sync and self.fsync_enabled
             if self._fd >= 0:
-                self.sync()
-                os.close(self._fd)
+                if defer:
+                    self._retired.append(self._fd)
+                else:
+                    self.sync()
+                    os.close(self._fd)
                 self._fd = -1
             path = os.path.join(self.log_dir, segment_name(first_lsn))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
-            if self.fsync_enabled:
+            if defer:
+                self._dir_unsynced = True  # the next sync covers the header and the entry
+            elif self.fsync_enabled:
                 os.fsync(fd)
                 fsync_dir(self.log_dir)
             self._fd, self.path, self.name = fd, path, os.path.basename(path)
@@ -342,18 +353,47 @@ class LogWriter:
     def sync(self, *, force: bool = False) -> None:
         """fdatasync the current segment if anything was appended since the last sync
         (always when ``force``; otherwise only where the sync mode allows fsync at all)."""
-        with self._lock:
+        if not (self.fsync_enabled or force):
+            return
+        with self._lock:  # collect what to sync; the fsyncs run without the lock
             target = self.appended
-            if self._fd >= 0 and (self.fsync_enabled or force) and target > self.synced:
-                os.fdatasync(self._fd)
-                self.synced = target
+            retired, self._retired = self._retired, []
+            dir_unsynced, self._dir_unsynced = self._dir_unsynced, False
+            current = os.dup(self._fd) if self._fd >= 0 and (target > self.synced or
+                                                           dir_unsynced) else -1  # fmt: skip
+        try:
+            for fd in retired:
+                os.fdatasync(fd)
+            if current >= 0:
+                os.fsync(current) if dir_unsynced else os.fdatasync(current)
+            if dir_unsynced:
+                fsync_dir(self.log_dir)
+        except BaseException:
+            with self._lock:  # try again next time
+                self._retired[:0] = retired
+                self._dir_unsynced = self._dir_unsynced or dir_unsynced
+                retired = []
+            raise
+        finally:
+            for fd in retired:
+                os.close(fd)
+            if current >= 0:
+                os.close(current)
+        with self._lock:
+            self.synced = max(self.synced, target)
 
     def close(self) -> None:
         with self._lock:
-            if self._fd >= 0:
-                self.sync()
-                os.close(self._fd)
-                self._fd = -1
+            if self._fd >= 0 or self._retired:
+                try:
+                    self.sync()
+                finally:
+                    for fd in self._retired:
+                        os.close(fd)
+                    self._retired = []
+                    if self._fd >= 0:
+                        os.close(self._fd)
+                    self._fd = -1
 
 
 class PeriodicSync:

@@ -59,7 +59,7 @@ def read_manifest(directory: str) -> Manifest:
             raise ValueError("not an MMSB manifest")
         version = int(data["version"])
         manifest = Manifest(version, int(data["created_ns"]), int(data["segment_size"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise FormatVersionError(f"{path} is not a valid MMSB manifest: {exc}") from None
     if version != FORMAT_VERSION:
         raise FormatVersionError(

@@ -5,12 +5,17 @@ kernel drops the lock when the reader exits or dies, so the registry is never st
 writer uses :func:`readers_attached` before anything that would invalidate a reader's
 mapping of the arena (shrinking ``arena.bin``): with a reader attached such a step is
 deferred, because touching a truncated mapping kills the reader with ``SIGBUS``.
+
+Only readers that map the arena register (live readers, :mod:`mmsb.storage.follow`); a
+read-only open with no writer running works from process memory and creates no file.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+
+from mmsb.storage.arena import FileArena
 
 READERS_FILE = "READERS"
 
@@ -45,3 +50,21 @@ def readers_attached(directory: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+class ReaderSafeArena(FileArena):
+    """The writer's arena file, which it never makes shorter under a reader's mapping.
+
+    Recovery rebuilds the arena with :meth:`clear`. With no reader registered that truncates
+    the file (the cheapest way to drop every old byte); with readers registered it zeroes the
+    bytes in place instead, since touching a truncated mapping kills a reader with
+    ``SIGBUS``. A reader that registers after the check maps the file only once the writer
+    has published (see :mod:`mmsb.storage.follow`), so it never sees the truncation.
+    """
+
+    def clear(self, needed: int) -> None:
+        if not readers_attached(os.path.dirname(self.path)):
+            super().clear(needed)
+            return
+        self.buf[:] = 0  # old bytes cannot leak back, and the file keeps its length
+        self.ensure(max(needed, 1))

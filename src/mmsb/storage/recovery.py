@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from mmsb.storage.log import (
     BATCH,
     CREATE,
     DELETE,
+    GRAPH,
+    RELAYOUT,
     SEG_HEADER_SIZE,
     Frame,
     LogReader,
@@ -37,6 +40,7 @@ from mmsb.storage.log import (
     list_segments,
     truncate_segment,
 )
+from mmsb.storage.relayout import decode_relayout
 from mmsb.storage.state import State
 from mmsb.types import RecoveryInfo
 
@@ -82,6 +86,12 @@ def apply_frame(state: State, frame: Frame) -> int:
                 raise CorruptLogError("deletes a page twice")
             state.delete(ids)
             return 0
+        if frame.type == RELAYOUT:
+            state.relayout(*decode_relayout(frame.payload))
+            return 0
+        if frame.type == GRAPH:
+            apply_graph(state, *codec.decode_graph(frame.payload))
+            return 0
         raise CorruptLogError(f"unknown frame type {frame.type}")
     except (CorruptLogError, InvalidDeltaError, PageNotFoundError, InvalidArgumentError) as exc:
         raise CorruptLogError(
@@ -90,6 +100,24 @@ def apply_frame(state: State, frame: Frame) -> int:
             frame.segment,
             frame.offset,
         ) from None
+
+
+def apply_graph(state: State, ops: Any, kinds: Any, parents: Any, children: Any) -> None:
+    """Apply logged edge changes, checking them as the live bus did (endpoints live, no
+    cycle); a frame that breaks a rule is corrupt."""
+    edges = state.edges
+    for op, kind, p, c in zip(ops.tolist(), kinds.tolist(), parents.tolist(),
+                              children.tolist(), strict=True):  # fmt: skip
+        if op == codec.EDGE_ADD:
+            if not (state.is_live(p) and state.is_live(c)):
+                raise CorruptLogError(f"edge {p} -> {c} names a page that is not live")
+            if edges.has(p, c, kind):
+                continue
+            if edges.find_cycle(p, c) is not None:
+                raise CorruptLogError(f"edge {p} -> {c} closes a cycle")
+            edges.add(p, c, kind)
+        elif not edges.remove(p, c, kind):
+            raise CorruptLogError(f"removes edge {p} -> {c} that does not exist")
 
 
 @dataclass

@@ -17,9 +17,10 @@ import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
 from mmsb.delta import format_rows
-from mmsb.engine import kernels
+from mmsb.engine import gc_kernels, kernels
 from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from mmsb.storage.arena import Arena
+from mmsb.storage.edges import EdgeTable
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS, MAX_PAGE_SIZE, PageInfo
 
 ALIGN = 8
@@ -48,7 +49,17 @@ class State:
         self.dtype = np.zeros(capacity, np.uint8)
         self.loc = np.zeros(capacity, np.uint8)
         self.live = np.zeros(capacity, bool)
+        # access tracking for the GC's eviction of cold pages (volatile, never persisted):
+        # last_access[id] is the access clock (whole seconds) when the page was last read,
+        # created or seen written; seen_epoch[id] is its epoch (mod 2**32) at that time
+        self.last_access = np.zeros(capacity, np.uint32)
+        self.seen_epoch = np.zeros(capacity, np.uint32)
+        self.access_now = 0  # the access clock; the bus's collector advances it
+        # bumped by every change of slots or free space (create, delete, relayout), so a
+        # compaction plan made against an older layout is known to be stale
+        self.layout_version = 0
         self.metadata: dict[int, str] = {}  # JSON text, only for pages that have metadata
+        self.edges = EdgeTable()  # the dependency graph (deleting a page drops its edges)
         self.next_page_id = 1
         self.next_delta_id = 1
         self.live_count = 0
@@ -63,7 +74,7 @@ class State:
         if needed <= cap:
             return
         new = max(needed, cap * 2)
-        for name in ("slot", "size", "epoch", "dtype", "loc", "live"):
+        for name in ("slot", "size", "epoch", "dtype", "loc", "live", "last_access", "seen_epoch"):
             old = getattr(self, name)
             col = np.zeros(new, old.dtype)
             col[:cap] = old
@@ -100,6 +111,7 @@ class State:
         """A copy of the page's bytes viewed with its dtype."""
         pid = self.require(page_id)
         s, n = int(self.slot[pid]), int(self.size[pid])
+        self.last_access[pid] = self.access_now
         out = self.arena.buf[s : s + n].copy()
         return out.view(DTYPE_NAMES[int(self.dtype[pid])])
 
@@ -127,6 +139,9 @@ class State:
         self.dtype[ids] = dtype
         self.loc[ids] = loc
         self.live[ids] = True
+        self.last_access[ids] = self.access_now
+        self.seen_epoch[ids] = 0
+        self.layout_version += 1
         if meta is not None:
             for pid in range(first, first + n):
                 self.metadata[pid] = meta
@@ -170,8 +185,11 @@ class State:
         starts = self.slot[ids]
         kernels.fill_slots(self.arena.buf, starts, lengths, np.uint8(0))
         self.live[ids] = False
-        for pid in ids.tolist():
-            self.metadata.pop(pid, None)
+        self.layout_version += 1
+        self.edges.drop_pages(ids)
+        if self.metadata:  # no per-page Python loop for the common metadata-free case
+            for pid in ids.tolist():
+                self.metadata.pop(pid, None)
         self.live_count -= int(ids.size)
         if ids.size > 64:
             self.rebuild_gaps()
@@ -219,6 +237,60 @@ class State:
         has = gap > 0
         self.gap_start = prev_end[has].astype(np.int64)
         self.gap_len = gap[has].astype(np.int64)
+
+    # -- compaction (relayout) -----------------------------------------------------------
+
+    def plan_relayout(self, order: I64, max_moves: int, expected: I64 | None = None) -> I64:
+        """Move page slots by the compaction rule (``mmsb.engine.gc_kernels``) for the
+        pages of ``order``, at most ``max_moves``; update the free gaps and the end.
+
+        Only the page table changes; :meth:`move_bytes` then moves the bytes. Returns the
+        moves as a (3, k) array: page ids, old slots, new slots. With ``expected``, stops
+        where a computed slot differs from it (replay checks a logged relayout this way).
+        """
+        n = int(order.size)
+        moves = np.empty((3, min(n, max_moves)), np.int64)
+        gs, gl = self.gap_start, self.gap_len  # updated in place: no O(gaps) copy
+        count, g0, g_end, end = gc_kernels.plan_moves(
+            order, self.slot, self.size, gs, gl, 0, gs.size, self.end, max_moves,
+            order if expected is None else expected, expected is not None,
+            moves[0], moves[1], moves[2],
+        )  # fmt: skip
+        if count:
+            gs, gl = gs[g0:g_end], gl[g0:g_end]
+            if (gl == 0).any():
+                gs, gl = gs[gl > 0], gl[gl > 0]
+            self.gap_start, self.gap_len, self.end = gs, gl, int(end)
+            self.layout_version += 1
+        return moves[:, :count]
+
+    def move_bytes(self, moves: I64) -> None:
+        """Move the bytes of pages relocated by :meth:`plan_relayout`, in order."""
+        gc_kernels.move_bytes(self.arena.buf, moves[1], moves[2], self.size[moves[0]])
+
+    def undo_relayout(self, moves: I64) -> None:
+        """Take back a :meth:`plan_relayout` whose bytes have not moved yet."""
+        for i in range(moves.shape[1] - 1, -1, -1):
+            self.slot[moves[0, i]] = moves[1, i]
+        self.rebuild_gaps()
+        self.layout_version += 1
+
+    def relayout(self, ids: I64, new_slots: I64) -> None:
+        """Replay logged moves: each must be exactly what the compaction rule does."""
+        if ids.size != new_slots.size:
+            raise InvalidArgumentError("relayout ids and slots differ in length")
+        known = (ids > 0) & (ids < self.next_page_id)
+        if not known.all() or not self.live[ids].all():
+            raise InvalidArgumentError("relayout moves a page that is not live")
+        moves = self.plan_relayout(ids, int(ids.size), new_slots)
+        if moves.shape[1] != ids.size:
+            k = moves.shape[1]
+            self.undo_relayout(moves)
+            raise InvalidArgumentError(
+                f"relayout move {k} (page {int(ids[k])} to slot {int(new_slots[k])}) does "
+                "not follow the compaction rule"
+            )
+        self.move_bytes(moves)
 
     # -- deltas -------------------------------------------------------------------------
 
@@ -275,6 +347,8 @@ class State:
         for col in (self.size, self.epoch, self.dtype, self.loc):
             h.update(np.ascontiguousarray(col[ids]).tobytes())
         h.update(json.dumps(sorted(self.metadata.items())).encode())
+        if self.edges.count:
+            h.update(self.edges.encode())
         h.update(self.gather(ids).tobytes())
         return h.hexdigest()
 

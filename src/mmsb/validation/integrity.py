@@ -205,7 +205,8 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     rep = verify(wl.path)
     t1 = time.perf_counter()
     ckpts = len(wl.checkpoint_lsns)
-    coverage_ok = rep.frames == wl.lsn and rep.deltas == wl.deltas
+    committed = wl.deltas + wl.derived_deltas  # input deltas and propagation's
+    coverage_ok = rep.frames == wl.lsn and rep.deltas == committed
     verify_ok = (
         rep.ok
         and coverage_ok
@@ -222,7 +223,7 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     after_ok = after.ok and after.frames == wl.lsn
     t2 = time.perf_counter()
     pct = 100.0 * min(rep.frames, wl.lsn) / wl.lsn if wl.lsn else 0.0
-    dpct = 100.0 * min(rep.deltas, wl.deltas) / wl.deltas if wl.deltas else 0.0
+    dpct = 100.0 * min(rep.deltas, committed) / committed if committed else 0.0
     # never round a shortfall up to 100%
     coverage = "100%" if coverage_ok else f"{math.floor(min(pct, dpct) * 10) / 10:.1f}%"
     figures: dict[str, Any] = {
@@ -230,7 +231,8 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "frames_checked": rep.frames,
         "frames_in_log": wl.lsn,
         "deltas_checked": rep.deltas,
-        "deltas_committed": wl.deltas,
+        "deltas_committed": committed,
+        "derived_deltas": wl.derived_deltas,
         "schema_checked_pct": round(min(pct, dpct), 3),
         "orphan_deltas": rep.orphan_deltas,
         "epoch_violations": rep.epoch_violations,
@@ -247,7 +249,7 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "ticks": wparams.ticks,
     }
     summary = (
-        f"verify checked {rep.frames:,}/{wl.lsn:,} frames and {rep.deltas:,}/{wl.deltas:,} "
+        f"verify checked {rep.frames:,}/{wl.lsn:,} frames and {rep.deltas:,}/{committed:,} "
         f"deltas ({coverage}), {rep.orphan_deltas} orphan deltas, "
         f"{rep.epoch_violations} epoch violations, {rep.invalid_deltas} invalid, "
         f"{rep.checkpoints_checked}/{ckpts} checkpoints match; injected bad deltas rejected "

@@ -24,6 +24,8 @@ def format_line(result: TargetResult, size: str = "stated") -> str:
     mark = "✓" if result.passed else "✗"
     tag = f" [{size}: {'; '.join(result.reductions)}]" if result.reductions else ""
     line = f"{mark} #{result.id} {result.name}{tag}: {result.summary}; {result.seconds:.1f} s"
+    if not result.passed and result.correct is True:
+        line += " [correct; a speed floor was missed]"
     if result.notes:
         line += " — " + "; ".join(result.notes)
     return line

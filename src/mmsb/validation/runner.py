@@ -31,6 +31,9 @@ class Outcome:
     figures: dict[str, Any]
     summary: str  # the figures, for the one-line report
     notes: list[str] = field(default_factory=list)  # caveats shown after the figures
+    # whether every correctness check passed (None: the same as ``passed``); a target that
+    # is correct but missed a speed floor has passed=False, correct=True
+    correct: bool | None = None
 
 
 @dataclass
@@ -50,6 +53,12 @@ class TargetResult:
     goal: str
     units: dict[str, str]
     error: str | None = None
+    # every correctness check passed, speed floors aside (None: the same as ``passed``)
+    correct: bool | None = None
+
+    @property
+    def is_correct(self) -> bool:
+        return self.passed if self.correct is None else self.correct
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +77,7 @@ class TargetResult:
             "goal": self.goal,
             "units": self.units,
             "error": self.error,
+            "correct": self.is_correct,
         }
 
 
@@ -87,6 +97,11 @@ class ValidationReport:
     def ok(self) -> bool:
         return bool(self.results) and all(r.passed for r in self.results)
 
+    @property
+    def correct(self) -> bool:
+        """Every target's correctness checks passed (speed floors aside)."""
+        return bool(self.results) and all(r.is_correct for r in self.results)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "mmsb_version": mmsb.__version__,
@@ -98,6 +113,7 @@ class ValidationReport:
             "passed": self.passed,
             "total": len(self.results),
             "ok": self.ok,
+            "correct": self.correct,
             "machine": {
                 "python": platform.python_version(),
                 "platform": platform.platform(),
@@ -181,6 +197,7 @@ def run_target(ctx: Context, spec: TargetSpec, size: str) -> TargetResult:
         goal=spec.goal,
         units=spec.units,
         error=error,
+        correct=outcome.passed if outcome.correct is None else outcome.correct,
     )
 
 

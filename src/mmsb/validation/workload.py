@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import mmsb
+from mmsb import semiring
 from mmsb.batch import DeltaBatch
 from mmsb.delta import Delta
 
@@ -46,6 +47,7 @@ class WorkloadParams:
     delete_rate: float = 0.03  # chance per tick of deleting pages created during the run
     seed: int = 0
     sync: str = "normal"
+    derived: bool = True  # a small dependency graph propagated at every tick
 
     @property
     def checkpoint_ticks(self) -> list[int]:
@@ -78,6 +80,9 @@ class WorkloadRun:
     deleted_ids: list[int] = field(default_factory=list)
     float_ids: list[int] = field(default_factory=list)
     byte_ids: list[int] = field(default_factory=list)
+    derived_ids: list[int] = field(default_factory=list)
+    derived_commits: int = 0
+    derived_deltas: int = 0
     seconds: float = 0.0
 
     @property
@@ -93,6 +98,12 @@ def make_clock() -> Callable[[], int]:
         return state["t"]
 
     return clock
+
+
+def _squash(x: np.ndarray) -> np.ndarray:
+    """A Python derivation: a bounded, NaN-free image of its input."""
+    out: np.ndarray = np.tanh(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0))
+    return out
 
 
 class _Driver:
@@ -122,6 +133,41 @@ class _Driver:
             self.sizes.update({int(i): p.float_page_size for i in fids})
             self.floats.update(int(i) for i in fids)
         self.run.pages_created = p.pages + p.float_pages
+        if p.derived and p.float_pages >= 4 and p.pages >= 4:
+            self.setup_graph()
+
+    def setup_graph(self) -> None:
+        """Derived pages over the fixed pages: a semiring diamond feeding a Python function
+        and a chain, a boolean page over two byte pages, and a control edge."""
+        p, bus = self.p, self.bus
+        f0, f1, f2, f3 = self.run.float_ids[:4]
+        b0, b1, b2, b3 = self.run.byte_ids[:4]
+        d = bus.create_pages(5, p.float_page_size, dtype="float64", metadata={"role": "derived"})
+        self.record()
+        bb = bus.create_page(p.page_size, metadata={"role": "derived"})
+        self.record()
+        d1, d2, d3, d4, d5 = (int(x) for x in d)
+        steps: list[Callable[[], object]] = [
+            lambda: bus.derive_semiring(d1, [f0, f1], semiring.SUM_PRODUCT, weights=[0.5, 2.0]),
+            lambda: bus.derive_semiring(d2, [f1, f2], semiring.MIN_PLUS, weights=[1.0, -1.0]),
+            lambda: bus.derive_semiring(d3, [d1, d2], semiring.MAX_PLUS),
+            lambda: bus.derive(d4, _squash, [d3], name="squash"),
+            lambda: bus.derive_semiring(d5, [d4, f3], semiring.MAX_MIN),
+            lambda: bus.derive_semiring(bb, [b0, b1], semiring.BOOLEAN),
+            lambda: bus.graph.add_edge(b2, b3, "control"),
+        ]
+        for step in steps:
+            step()
+            self.record()  # each registration is one logged graph change
+        self.run.derived_ids = [d1, d2, d3, d4, d5, bb]
+        self.run.pages_created += 6
+
+    def propagate(self) -> None:
+        rep = self.bus.tick()
+        if rep.derived_deltas:
+            self.record()
+            self.run.derived_commits += 1
+            self.run.derived_deltas += rep.derived_deltas
 
     def live(self) -> list[int]:
         return self.run.byte_ids + self.run.float_ids + self.extra
@@ -213,6 +259,8 @@ class _Driver:
             self.run.deltas += 1
         self.run.batch_commits += 1
         self.record()
+        if self.p.derived:
+            self.propagate()
 
 
 def run_workload(

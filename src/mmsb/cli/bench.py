@@ -1,0 +1,103 @@
+"""``mmsb bench``: the engine and memory benchmarks, with progress bars and a results table.
+
+The scenarios are the ones ``mmsb validate`` measures for targets #5 and #7
+(:mod:`mmsb.benchmarks.engine`, :mod:`mmsb.benchmarks.memory`); ``--scale`` shrinks or
+grows their sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mmsb.benchmarks import engine, memory
+from mmsb.benchmarks.common import Result
+from mmsb.cli.output import console
+
+Sink = Callable[[str, int, int], None]
+
+
+@contextmanager
+def _bars(enabled: bool) -> Iterator[Sink]:
+    if not enabled:
+        yield lambda what, done, total: None
+        return
+    bars = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    tasks: dict[str, Any] = {}
+
+    def sink(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bars.add_task(what, total=total)
+        bars.update(tasks[what], completed=done, total=total)
+
+    with bars:
+        yield sink
+
+
+def _conditions(r: Result) -> str:
+    return ", ".join(f"{k}={v}" for k, v in r.conditions.items())
+
+
+def _value(r: Result) -> str:
+    return f"{r.value:,.0f} {r.unit}" if r.value >= 100 else f"{r.value:.3f} {r.unit}"
+
+
+@click.command()
+@click.option("--suite", type=click.Choice(["all", "engine", "memory"]), default="all",
+              show_default=True, help="Which benchmarks to run.")  # fmt: skip
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiply the stated sizes (deltas, pages) by this.")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the results, with their conditions, to this file.")  # fmt: skip
+def bench(suite: str, scale: float, json_path: str | None) -> None:
+    """Measure commit throughput (1 and 2 workers, the numpy floor, the seed's workload)
+    and memory (page creation, a million pages, GC and CPython gc pauses)."""
+    if not scale > 0:
+        raise click.BadParameter("must be positive", param_hint="--scale")
+    results: list[Result] = []
+    with _bars(sys.stderr.isatty()) as sink:
+        if suite in ("all", "engine"):
+            for label, fn in engine.scenarios(scale):
+                results.append(fn(progress=lambda d, t, label=label: sink(label, d, t)))
+        if suite in ("all", "memory"):
+            pages = max(int(1_000_000 * scale), 10_000)
+            results.append(memory.create_rate(pages))
+            results.append(memory.million_pages(pages, progress=sink))
+    table = Table(title="mmsb bench")
+    for col in ("benchmark", "result", "conditions"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, _value(r), _conditions(r))
+    summary = engine.summarize(results)
+    for k, v in summary.items():
+        table.add_row(k, f"{v:.2f}", "ratio of the measured figures above")
+    out = console()
+    out.print(table)
+    for r in results:
+        if r.unit == "bytes":  # the million-page run: its details
+            for k, v in r.extra.items():
+                out.print(f"  {k}: {v:,.3f}" if isinstance(v, float) else f"  {k}: {v}")
+    if json_path:
+        doc = {
+            "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                        "cpus": os.cpu_count()},
+            "scale": scale,
+            "results": [r.to_json() for r in results],
+            "summary": summary,
+        }  # fmt: skip
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+        click.echo(f"results written to {json_path}", err=True)

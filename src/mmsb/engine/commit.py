@@ -1,0 +1,241 @@
+"""The throughput engine's commit stages, split across workers.
+
+:func:`prepare` checks a batch, assigns its epochs and builds its log frame payload;
+:func:`apply` writes it into the arena. Between the two the bus appends the frame, so the
+write path keeps its order (validate -> log -> apply -> publish). Work is cut into shares:
+
+* rows ``[lo, hi)`` for checking and encoding (read-only on shared state);
+* page-id ranges for epochs and arena bytes, so no two workers write the same page and
+  each page sees its rows in row order.
+
+Whatever the worker count, the bytes, epochs and frame payload are the same: each row's
+epoch depends only on earlier rows of its own page, and every column is a function of its
+row. The frame payload is byte-for-byte what :func:`mmsb.storage.codec.encode_batch`
+produces (tests compare the two).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.batch import DeltaBatch
+from mmsb.delta import row_starts
+from mmsb.engine import commit_kernels as ck
+from mmsb.engine import kernels
+from mmsb.engine.driver import effective_workers, page_splits, row_splits, run_shares
+from mmsb.errors import InvalidDeltaError
+from mmsb.storage import codec
+from mmsb.storage.state import State
+from mmsb.types import MAX_PAGE_SIZE
+
+_HEAD = struct.Struct("<IIQQQII")
+LITTLE = sys.byteorder == "little"
+
+
+@dataclass
+class Prepared:
+    """A checked batch with its epochs assigned (in the page table) and its frame built."""
+
+    pieces: list[bytes | memoryview]
+    epoch_col: npt.NDArray[np.uint32]  # view of the frame's epoch column
+    shares: int
+
+
+def _pad8(n: int) -> int:
+    return n + (-n) % 8
+
+
+def _fail(state: State, batch: DeltaBatch) -> None:
+    """Raise the single-thread path's error for a batch a kernel rejected."""
+    batch._check_structure()
+    state.validate(batch)
+    raise InvalidDeltaError("batch failed validation")  # the kernels and the checks disagree
+
+
+def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) -> Prepared:
+    """Check ``batch`` against ``state``, assign epochs, encode the frame payload.
+
+    On any error nothing is changed (epochs assigned by a share are taken back).
+    """
+    n = len(batch)
+    cols = (batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.plens,
+            batch.mstarts, batch.source_idx, batch.meta_idx)  # fmt: skip
+    if any(c.size != n for c in cols) or not LITTLE:
+        _fail(state, batch)
+    masked = bool(batch.kinds.any())
+    flags = codec.HAS_MASKS if masked else 0
+    if len(batch.sources) > 1 and (batch.source_idx != batch.source_idx[0]).any():
+        flags |= codec.SOURCE_COL
+    if not bool((batch.meta_idx == batch.meta_idx[0]).all()):
+        flags |= codec.META_COL
+    # frame payload layout, every section padded to 8 bytes
+    o_pid = _HEAD.size
+    o_ep = o_pid + 8 * n
+    o_off = o_ep + _pad8(4 * n)
+    o_len = o_off + _pad8(4 * n)
+    o_kind = o_len + _pad8(4 * n)
+    o_plen = o_kind + (_pad8(n) if masked else 0)
+    o_src = o_plen + (_pad8(4 * n) if masked else 0)
+    o_meta = o_src + (_pad8(2 * n) if flags & codec.SOURCE_COL else 0)
+    end = o_meta + (_pad8(4 * n) if flags & codec.META_COL else 0)
+    buf = np.empty(end, np.uint8)
+    for o, width in ((o_ep, 4 * n), (o_off, 4 * n), (o_len, 4 * n)):
+        buf[o + width : _pad8(o + width)] = 0
+    col_pid = buf[o_pid:o_ep].view(np.uint64)
+    col_ep = buf[o_ep : o_ep + 4 * n].view(np.uint32)
+    col_off = buf[o_off : o_off + 4 * n].view(np.uint32)
+    col_len = buf[o_len : o_len + 4 * n].view(np.uint32)
+    if masked:
+        buf[o_kind + n : o_plen] = 0
+        buf[o_plen + 4 * n : o_src] = 0
+        col_kind = buf[o_kind : o_kind + n]
+        col_plen = buf[o_plen : o_plen + 4 * n].view(np.uint32)
+    else:
+        col_kind = buf[:0]
+        col_plen = buf[:0].view(np.uint32)
+
+    parts = effective_workers(workers, n)
+    rows = row_splits(n, parts)
+    pages = page_splits(state.next_page_id, parts)
+
+    def share(w: int) -> tuple[int, bool]:
+        lo, hi = rows[w]
+        status = ck.check_rows(
+            lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds,
+            batch.pstarts, batch.plens, batch.mstarts, batch.source_idx, batch.meta_idx,
+            batch.payload.size, batch.mask, len(batch.sources), len(batch.metas),
+            MAX_PAGE_SIZE, state.next_page_id, state.live, state.size,
+        )  # fmt: skip
+        contiguous = ck.encode_rows(
+            lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds, batch.plens,
+            batch.pstarts, col_pid, col_off, col_len, col_kind, col_plen, masked,
+        )  # fmt: skip
+        # optimistic: a rejected batch has its epochs taken back below
+        plo, phi = pages[w]
+        ck.epochs_for_pages(plo, phi, state.next_page_id, state.epoch, batch.page_ids, col_ep)
+        assigned[w] = True
+        return int(status), bool(contiguous)
+
+    assigned = [False] * parts
+    try:
+        results = run_shares(share, [(w,) for w in range(parts)])
+    except BaseException:
+        # a share that raised (say, columns of a type the kernels cannot take) may have
+        # left others' epochs assigned: take back exactly those
+        for w in range(parts):
+            if assigned[w]:
+                ck.undo_epochs_pages(*pages[w], state.next_page_id, state.epoch, batch.page_ids)
+        raise
+    if any(s != ck.OK for s, _ in results):
+        ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
+        _fail(state, batch)
+    try:
+        pieces = _finish(batch, buf, flags, masked, n, first_delta_id, rows,
+                         all(c for _, c in results), o_src, o_meta)  # fmt: skip
+    except BaseException:
+        ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
+        raise
+    return Prepared(pieces, col_ep, parts)
+
+
+def _finish(
+    batch: DeltaBatch,
+    buf: npt.NDArray[np.uint8],
+    flags: int,
+    masked: bool,
+    n: int,
+    first_delta_id: int,
+    rows: list[tuple[int, int]],
+    contiguous: bool,
+    o_src: int,
+    o_meta: int,
+) -> list[bytes | memoryview]:
+    if flags & codec.SOURCE_COL:
+        buf[o_src : o_src + 2 * n].view(np.uint16)[:] = batch.source_idx
+        buf[o_src + 2 * n : _pad8(o_src + 2 * n)] = 0
+    if flags & codec.META_COL:
+        buf[o_meta : o_meta + 4 * n].view(np.int32)[:] = batch.meta_idx
+    src0, meta0 = int(batch.source_idx[0]), int(batch.meta_idx[0])
+    strings = {
+        "s": list(batch.sources) if flags & codec.SOURCE_COL else [batch.sources[src0]],
+        "m": list(batch.metas)
+        if flags & codec.META_COL
+        else ([] if meta0 < 0 else [batch.metas[meta0]]),
+    }
+    sbytes = json.dumps(strings, separators=(",", ":")).encode()
+    if (
+        contiguous
+        and int(batch.pstarts[0]) == 0
+        and batch.payload.size == int(batch.pstarts[-1] + batch.plens[-1])
+    ):
+        payload = batch.payload
+    else:
+        payload = np.empty(int(batch.plens.sum()), np.uint8)
+        kernels.gather_slots(batch.payload, batch.pstarts, batch.plens, payload)
+    mask_bits = 0
+    packed = np.zeros(0, np.uint8)
+    if masked:
+        mlens = np.where(batch.kinds != 0, batch.lengths, 0)
+        bit_starts = row_starts(mlens)
+        mask_bits = int(mlens.sum())
+        mrows = np.flatnonzero(batch.kinds)
+        ms, ml = batch.mstarts[mrows], batch.lengths[mrows]
+        if (
+            int(ms[0]) == 0
+            and mask_bits == batch.mask.size
+            and np.array_equal(ms[1:], ms[:-1] + ml[:-1])
+        ):
+            # the pool is the masks of the masked rows back to back: pack it as it is
+            packed = np.packbits(batch.mask)
+        else:
+            packed = _pack_rows(batch, rows, bit_starts, mask_bits)
+    buf[: _HEAD.size] = np.frombuffer(
+        _HEAD.pack(n, flags, first_delta_id, payload.size, mask_bits, len(sbytes), 0), np.uint8
+    )
+    pieces: list[bytes | memoryview] = [buf.data]
+    parts: list[memoryview] = [memoryview(sbytes), payload.data]
+    if masked:
+        parts.append(packed.data)
+    for mv in parts:
+        pieces.append(mv)
+        if mv.nbytes % 8:
+            pieces.append(bytes((-mv.nbytes) % 8))
+    return pieces
+
+
+def _pack_rows(
+    batch: DeltaBatch, rows: list[tuple[int, int]], bit_starts: npt.NDArray[np.int64], bits: int
+) -> npt.NDArray[np.uint8]:
+    """The masked rows' mask bits packed (MSB first), one row range per worker; shares are
+    cut only where a row starts on a byte boundary, so no two write the same byte."""
+    packed = np.zeros((bits + 7) // 8, np.uint8)
+    cuts = [lo for lo, _ in rows[1:] if int(bit_starts[lo]) % 8 == 0]
+    edges = [0, *cuts, len(batch)]
+    run_shares(
+        ck.pack_mask_rows,
+        [(edges[i], edges[i + 1], batch.mstarts, batch.lengths, batch.kinds, bit_starts,
+          batch.mask, packed) for i in range(len(edges) - 1)],
+    )  # fmt: skip
+    return packed
+
+
+def undo(state: State, batch: DeltaBatch) -> None:
+    """Take back the epochs :func:`prepare` assigned (the log append failed)."""
+    ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
+
+
+def apply(state: State, batch: DeltaBatch, shares: int) -> None:
+    """Write a prepared batch into the arena, one page range per worker."""
+    pages = page_splits(state.next_page_id, shares)
+    run_shares(
+        ck.apply_for_pages,
+        [(plo, phi, state.arena.buf, state.slot, batch.page_ids, batch.offsets, batch.lengths,
+          batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask)
+         for plo, phi in pages],
+    )  # fmt: skip

@@ -1,0 +1,234 @@
+"""Compiled kernels of the multi-worker commit path (arrays and scalars only).
+
+Each kernel handles one worker's share of a batch and releases the GIL, so the driver in
+:mod:`mmsb.engine.driver` can run the shares on threads at the same time. Two kinds of share:
+
+* a *row range* ``[lo, hi)`` for work that only reads shared state (checking rows, writing
+  their log columns);
+* a *page range* ``[plo, phi)`` for work that writes per-page state (epochs, arena bytes):
+  a worker visits every row in row order but touches only rows whose page id falls in its
+  range, so no two workers write the same page and each page sees its rows in order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+U8 = npt.NDArray[np.uint8]
+U16 = npt.NDArray[np.uint16]
+U32 = npt.NDArray[np.uint32]
+U64 = npt.NDArray[np.uint64]
+
+# check_rows status codes, in the order the bus reports problems
+OK, BAD_STRUCTURE, BAD_PAGE, PAST_END = 0, 1, 2, 3
+
+
+@njit(cache=True, nogil=True)
+def check_rows(
+    lo: int,
+    hi: int,
+    page_ids: I64,
+    offsets: I64,
+    lengths: I64,
+    kinds: U8,
+    pstarts: I64,
+    plens: I64,
+    mstarts: I64,
+    source_idx: U16,
+    meta_idx: I32,
+    payload_size: int,
+    mask: U8,
+    n_sources: int,
+    n_metas: int,
+    max_page_size: int,
+    next_page_id: int,
+    live: npt.NDArray[np.bool_],
+    size: I64,
+) -> int:
+    """Check rows ``[lo, hi)``: structure (as ``DeltaBatch._check_structure``), then that
+    each targets a live page and fits inside it. Returns the worst status found (structure
+    problems outrank page problems, which outrank bounds, as in the single-thread path)."""
+    worst = OK
+    msize = mask.size
+    for i in range(lo, hi):
+        p = page_ids[i]
+        off = offsets[i]
+        n = lengths[i]
+        k = kinds[i]
+        ps = pstarts[i]
+        pl = plens[i]
+        if p <= 0 or k > 2 or off < 0 or n <= 0 or off + n > max_page_size:
+            return BAD_STRUCTURE
+        if ps < 0 or pl < 0 or ps + pl > payload_size:
+            return BAD_STRUCTURE
+        if k != 2 and pl != n:
+            return BAD_STRUCTURE
+        if source_idx[i] >= n_sources or meta_idx[i] < -1 or meta_idx[i] >= n_metas:
+            return BAD_STRUCTURE
+        if k != 0:
+            ms = mstarts[i]
+            if ms < 0 or ms + n > msize:
+                return BAD_STRUCTURE
+            if k == 2:
+                bits = 0
+                for j in range(n):
+                    if mask[ms + j]:
+                        bits += 1
+                if bits != pl:
+                    return BAD_STRUCTURE
+        if p >= next_page_id or not live[p]:
+            worst = max(worst, BAD_PAGE)
+        elif off + n > size[p]:
+            worst = max(worst, PAST_END)
+    return worst
+
+
+@njit(cache=True, nogil=True)
+def encode_rows(
+    lo: int,
+    hi: int,
+    page_ids: I64,
+    offsets: I64,
+    lengths: I64,
+    kinds: U8,
+    plens: I64,
+    pstarts: I64,
+    col_pid: U64,
+    col_off: U32,
+    col_len: U32,
+    col_kind: U8,
+    col_plen: U32,
+    masked: bool,
+) -> bool:
+    """Write rows ``[lo, hi)`` of the log frame's columns; return whether the payload pool
+    holds these rows back to back (so the frame can use the pool as it is)."""
+    contiguous = True
+    for i in range(lo, hi):
+        col_pid[i] = np.uint64(page_ids[i])
+        col_off[i] = np.uint32(offsets[i])
+        col_len[i] = np.uint32(lengths[i])
+        if masked:
+            col_kind[i] = kinds[i]
+            col_plen[i] = np.uint32(plens[i])
+        if i + 1 < page_ids.size and pstarts[i] + plens[i] != pstarts[i + 1]:
+            contiguous = False
+    return contiguous
+
+
+@njit(cache=True, nogil=True)
+def epochs_for_pages(
+    plo: int, phi: int, limit: int, epoch: I64, page_ids: I64, col_epoch: U32
+) -> None:
+    """Give each row whose page is in ``[plo, phi)`` its page's next epoch, in row order,
+    writing it into the frame's epoch column. Ids outside ``[1, limit)`` are skipped (such
+    a batch is rejected, and :func:`undo_epochs_rows` skips the same rows)."""
+    for i in range(page_ids.size):
+        p = page_ids[i]
+        if plo <= p < phi and 0 < p < limit:
+            e = epoch[p] + 1
+            epoch[p] = e
+            col_epoch[i] = np.uint32(e)
+
+
+@njit(cache=True, nogil=True)
+def undo_epochs_pages(plo: int, phi: int, limit: int, epoch: I64, page_ids: I64) -> None:
+    """Take back :func:`epochs_for_pages` for the pages in ``[plo, phi)`` only."""
+    for i in range(page_ids.size):
+        p = page_ids[i]
+        if plo <= p < phi and 0 < p < limit:
+            epoch[p] -= 1
+
+
+@njit(cache=True, nogil=True)
+def undo_epochs_rows(limit: int, epoch: I64, page_ids: I64) -> None:
+    """Take back :func:`epochs_for_pages` over all pages (one step back per row)."""
+    for i in range(page_ids.size):
+        p = page_ids[i]
+        if 0 < p < limit:
+            epoch[p] -= 1
+
+
+@njit(cache=True, nogil=True)
+def apply_for_pages(
+    plo: int,
+    phi: int,
+    arena: U8,
+    slots: I64,
+    page_ids: I64,
+    offsets: I64,
+    lengths: I64,
+    kinds: U8,
+    pstarts: I64,
+    mstarts: I64,
+    payload: U8,
+    mask: U8,
+) -> None:
+    """Apply, in row order, the rows whose page id is in ``[plo, phi)`` (same byte effect
+    as ``kernels.apply_rows`` restricted to those pages).
+
+    Byte positions are unsigned: with signed indices numba adds a negative-index check to
+    every access, which keeps LLVM from vectorising the copy (about 10x slower here).
+    """
+    for i in range(page_ids.size):
+        p = page_ids[i]
+        if p < plo or p >= phi:
+            continue
+        base = np.uint64(slots[p] + offsets[i])
+        n = np.uint64(lengths[i])
+        ps = np.uint64(pstarts[i])
+        k = kinds[i]
+        if k == 0:
+            for j in range(n):
+                arena[base + j] = payload[ps + j]
+        elif k == 1:
+            # branchless blend: random masks would mispredict a branch on every other byte
+            ms = np.uint64(mstarts[i])
+            for j in range(n):
+                v = arena[base + j]
+                keep = np.uint8(0) - np.uint8(mask[ms + j] != 0)
+                arena[base + j] = v ^ ((v ^ payload[ps + j]) & keep)
+        else:
+            ms = np.uint64(mstarts[i])
+            c = ps
+            for j in range(n):
+                if mask[ms + j]:
+                    arena[base + j] = payload[c]
+                    c += np.uint64(1)
+
+
+@njit(cache=True, nogil=True)
+def pack_mask_rows(
+    lo: int,
+    hi: int,
+    mstarts: I64,
+    lengths: I64,
+    kinds: U8,
+    bit_starts: I64,
+    mask: U8,
+    out: U8,
+) -> None:
+    """Pack the mask bits of masked rows ``[lo, hi)`` into ``out`` (MSB first, as
+    ``numpy.packbits``). ``bit_starts[i]`` is row i's first bit in the packed stream;
+    shares must start on byte boundaries (the driver picks such split points)."""
+    for i in range(lo, hi):
+        if kinds[i] == 0:
+            continue
+        b = bit_starts[i]
+        ms = mstarts[i]
+        n = lengths[i]
+        j = 0
+        if b % 8 == 0:  # whole bytes at a time, branch-free
+            while j + 8 <= n:
+                v = 0
+                for q in range(8):
+                    v = (v << 1) | (1 if mask[ms + j + q] != 0 else 0)
+                out[(b + j) >> 3] = np.uint8(v)
+                j += 8
+        while j < n:
+            if mask[ms + j]:
+                out[(b + j) >> 3] |= np.uint8(0x80 >> ((b + j) & 7))
+            j += 1

@@ -1,0 +1,256 @@
+"""Compiled propagation kernel: recompute a tick's semiring pages in topological order.
+
+Arrays and scalars only. Nodes are the derived pages of a propagation plan, in topological
+order. Each node reads its parents either from the arena (pages not recomputed this tick)
+or from the staging buffer (derived pages recomputed this tick whose bytes changed), writes
+its new contents to its own staging slot, and compares them with its current bytes: only a
+page whose bytes change marks its own children (cutoff). The kernel stops at the first node
+it cannot run itself (a Python function, a user-defined semiring) that needs recomputing and
+returns its position; the caller computes it and resumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+# node kinds: built-in semiring codes 0..4 (see mmsb.semiring), then host-run nodes
+HOST = 100
+# dtype groups the kernel runs
+G_BOOL, G_F32, G_F64 = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _apply(code: int, out: Any, o: int, src: Any, base: int, w: Any, j0: int, j1: int) -> None:
+    """out[o+j] = out[o+j] ⊕ (w ⊗ src[base+j]) for j in [j0, j1); one tight loop per
+    operation. min and max propagate NaN like numpy's."""
+    if code == 4:  # SUM_PRODUCT: + and *
+        for j in range(j0, j1):
+            out[o + j] = out[o + j] + w * src[base + j]
+    elif code == 1:  # MIN_PLUS: min and +
+        for j in range(j0, j1):
+            a = out[o + j]
+            v = w + src[base + j]
+            out[o + j] = a if (a <= v or a != a) else v
+    elif code == 2:  # MAX_PLUS: max and +
+        for j in range(j0, j1):
+            a = out[o + j]
+            v = w + src[base + j]
+            out[o + j] = a if (a >= v or a != a) else v
+    elif code == 3:  # MAX_MIN: max and min
+        for j in range(j0, j1):
+            a = out[o + j]
+            x = src[base + j]
+            v = w if (w <= x or w != w) else x
+            out[o + j] = a if (a >= v or a != a) else v
+    else:  # BOOLEAN over bytes: or and and (w is non-zero here)
+        for j in range(j0, j1):
+            if src[base + j] != 0:
+                out[o + j] = 1
+
+
+@njit(cache=True, nogil=True)
+def _fold(
+    code: int, zero: Any, out: Any, o: int, arena: Any, stage: Any, a0s: Any, s0s: Any,
+    fs: Any, slos: Any, shis: Any, ws: Any, k0: int, k1: int, e0: int, e1: int,
+) -> None:  # fmt: skip
+    """out[o+e0 : o+e1] = ⊕_k (ws[k] ⊗ parent_k[e0:e1]). A parent recomputed this pass is
+    read from its staging slot inside the elements it computed, [slos, shis), and from the
+    arena elsewhere: up to three contiguous segments per parent."""
+    for j in range(e0, e1):
+        out[o + j] = zero
+    for k in range(k0, k1):
+        w = ws[k]
+        if code == 0 and w == 0:
+            continue  # BOOLEAN: false ⊗ x is false, the identity of ⊕
+        m0 = m1 = e1
+        if fs[k]:
+            m0 = min(max(e0, slos[k]), e1)
+            m1 = max(min(e1, shis[k]), m0)
+        _apply(code, out, o, arena, a0s[k], w, e0, m0)
+        _apply(code, out, o, stage, s0s[k], w, m0, m1)
+        _apply(code, out, o, arena, a0s[k], w, m1, e1)
+
+
+@njit(cache=True, nogil=True)
+def run_nodes(
+    start: int,
+    kind: Any,  # per node: semiring code or HOST
+    group: Any,  # per node: dtype group
+    zero64: Any,  # per node: the semiring zero as float64
+    pptr: Any,  # node -> parent rows [pptr[i], pptr[i+1])
+    ppage: Any,  # parent row -> page id
+    pnode: Any,  # parent row -> node index, or -1 for an input page
+    w32: Any,
+    w64: Any,
+    child: Any,  # node -> page id
+    nbytes: Any,  # node -> page size in bytes
+    stage_off: Any,  # node -> byte offset in the staging buffer (8-aligned)
+    slot: Any,  # page table slot column (bytes, 8-aligned)
+    mark: Any,  # uint8 by page id: changed this pass (small, so the scan stays in cache)
+    mlo: Any,  # by page id: its changed byte range [mlo, mhi)
+    mhi: Any,
+    changed: Any,  # uint8 by node: recomputed and different
+    lo: Any,  # by node: its changed byte range
+    hi: Any,
+    slo: Any,  # by node: the byte range of its staging slot that was computed
+    shi: Any,
+    arena8: Any,
+    arena32: Any,
+    arena64: Any,
+    stage8: Any,
+    stage32: Any,
+    stage64: Any,
+    a0s: Any,  # scratch, one per parent row
+    s0s: Any,
+    fs: Any,
+    slos: Any,
+    shis: Any,
+) -> tuple[int, int]:
+    """Run nodes from ``start``; return (position of the next host node to run, or the node
+    count when done; nodes recomputed by the kernel).
+
+    Element-wise nodes recompute only the elements inside the union of their parents'
+    changed ranges: outside it no parent changed, so neither does the node."""
+    n = kind.size
+    recomputed = 0
+    for i in range(start, n):
+        k0, k1 = pptr[i], pptr[i + 1]
+        rlo = nbytes[i]
+        rhi = 0
+        for k in range(k0, k1):
+            p = ppage[k]
+            if mark[p]:
+                rlo = min(rlo, mlo[p])
+                rhi = max(rhi, mhi[p])
+        if rhi <= rlo:
+            continue
+        code = kind[i]
+        if code == HOST:
+            return i, recomputed
+        g = group[i]
+        so = stage_off[i]
+        item = 1 if g == G_BOOL else (4 if g == G_F32 else 8)
+        e0 = rlo // item
+        e1 = min((rhi + item - 1) // item, nbytes[i] // item)
+        for k in range(k0, k1):
+            pn = pnode[k]
+            a0s[k] = slot[ppage[k]] // item
+            fs[k] = pn >= 0 and changed[pn] != 0
+            if fs[k]:
+                s0s[k] = stage_off[pn] // item
+                slos[k] = slo[pn] // item
+                shis[k] = shi[pn] // item
+        if g == G_BOOL:
+            _fold(0, np.uint8(0), stage8, so, arena8, stage8, a0s, s0s, fs, slos, shis, w64,
+                  k0, k1, e0, e1)  # fmt: skip
+        elif g == G_F32:
+            _fold(code, np.float32(zero64[i]), stage32, so // 4, arena32, stage32, a0s, s0s,
+                  fs, slos, shis, w32, k0, k1, e0, e1)  # fmt: skip
+        else:
+            _fold(code, zero64[i], stage64, so // 8, arena64, stage64, a0s, s0s, fs, slos,
+                  shis, w64, k0, k1, e0, e1)  # fmt: skip
+        recomputed += 1
+        b0 = e0 * item
+        b1 = e1 * item
+        slo[i] = b0
+        shi[i] = b1
+        first, end = _diff_bytes(stage8, so + b0, arena8, slot[child[i]] + b0, b1 - b0)
+        if first >= 0:
+            changed[i] = 1
+            lo[i] = b0 + first
+            hi[i] = b0 + end
+            mark[child[i]] = 1
+            mlo[child[i]] = lo[i]
+            mhi[child[i]] = hi[i]
+    return n, recomputed
+
+
+@njit(cache=True, nogil=True)
+def _diff_bytes(a: Any, ao: int, b: Any, bo: int, size: int) -> tuple[int, int]:
+    """Like :func:`_diff` for any offsets (word-wise when both are 8-aligned)."""
+    if ao % 8 == 0 and bo % 8 == 0:
+        return _diff(a, ao, b, bo, size)
+    first = -1
+    last = -1
+    for j in range(size):
+        if a[ao + j] != b[bo + j]:
+            if first < 0:
+                first = j
+            last = j
+    return first, last + 1 if first >= 0 else -1
+
+
+@njit(cache=True, nogil=True)
+def mark_ranges(mark: Any, mlo: Any, mhi: Any, pages: Any, lo: Any, hi: Any) -> None:
+    """Mark each row's page and widen its changed range [mlo, mhi) to cover [lo, hi)."""
+    for r in range(pages.size):
+        p = pages[r]
+        if not mark[p]:
+            mark[p] = 1
+            mlo[p] = lo[r]
+            mhi[p] = hi[r]
+        else:
+            mlo[p] = min(mlo[p], lo[r])
+            mhi[p] = max(mhi[p], hi[r])
+
+
+@njit(cache=True, nogil=True)
+def _diff(a: Any, ao: int, b: Any, bo: int, size: int) -> tuple[int, int]:
+    """First differing byte of a[ao:ao+size] and b[bo:bo+size] and one past the last one
+    ((-1, -1) when equal). Both offsets are 8-aligned: whole words are compared first."""
+    words = size // 8
+    aw = a[ao : ao + 8 * words].view(np.uint64)
+    bw = b[bo : bo + 8 * words].view(np.uint64)
+    first = -1
+    for j in range(words):
+        if aw[j] != bw[j]:
+            first = 8 * j
+            break
+    if first < 0:
+        for j in range(8 * words, size):
+            if a[ao + j] != b[bo + j]:
+                first = j
+                break
+        if first < 0:
+            return -1, -1
+    while a[ao + first] == b[bo + first]:
+        first += 1
+    last = -1
+    for j in range(size - 1, 8 * words - 1, -1):
+        if a[ao + j] != b[bo + j]:
+            last = j
+            break
+    if last < 0:
+        for j in range(words - 1, -1, -1):
+            if aw[j] != bw[j]:
+                last = 8 * j + 7
+                break
+        while a[ao + last] == b[bo + last]:
+            last -= 1
+    return first, last + 1
+
+
+@njit(cache=True, nogil=True)
+def diff_range(a: Any, b: Any) -> tuple[int, int]:
+    """First differing byte and one past the last one (-1, -1 when equal); ``a`` and ``b``
+    start 8-aligned."""
+    return _diff(a, 0, b, 0, a.size)
+
+
+@njit(cache=True, nogil=True)
+def gather_ranges(stage8: Any, starts: Any, lengths: Any, out: Any) -> None:
+    pos = 0
+    for i in range(starts.size):
+        s = starts[i]
+        for j in range(lengths[i]):
+            out[pos + j] = stage8[s + j]
+        pos += lengths[i]
+
+
+def empty_scratch(n: int) -> tuple[Any, ...]:
+    """Per-parent-row scratch columns for :func:`run_nodes`."""
+    z = np.zeros(n, np.int64)
+    return z, z.copy(), np.zeros(n, np.bool_), z.copy(), z.copy()

@@ -1,0 +1,304 @@
+"""Glitch-free propagation: derivations, the compiled plan, and one propagation pass.
+
+A *derivation* says how a page is computed from its parents: a Python function or a
+semiring. Derivations are code and live only in the process (after reopening, register
+them again); the graph's ``data`` edges, which they create, are logged.
+
+A *plan* is compiled from the derivations and the graph whenever either changes: the
+derived pages in topological order (ties by page id) with their parents as flat columns.
+One propagation pass walks the plan once: a node is recomputed only if one of its parents
+changed (an input page written since the last pass, or a derived page recomputed earlier in
+this pass whose bytes changed), so each page is computed at most once, after all its parents
+are final (topological order), and never from a mix of old and new parents. New contents go
+to a staging buffer, not the arena: nothing is written until the whole pass succeeded, and
+then all derived changes are committed as one logged batch (source ``propagation``), one
+range delta per changed page covering its changed bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.batch import DeltaBatch
+from mmsb.engine import propkernels as pk
+from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PropagationError
+from mmsb.semiring import Semiring
+from mmsb.storage.edges import DATA
+from mmsb.storage.state import State
+from mmsb.types import DTYPE_NAMES
+
+I64 = npt.NDArray[np.int64]
+Fn = Callable[..., Any]
+_DTYPES = tuple(np.dtype(n) for n in DTYPE_NAMES)
+
+
+@dataclass(frozen=True)
+class Derivation:
+    child: int
+    parents: tuple[int, ...]
+    name: str
+    fn: Fn | None = None
+    semiring: Semiring | None = None
+    weights: tuple[float, ...] | None = None
+
+
+@dataclass
+class PassResult:
+    batch: DeltaBatch | None  # the derived changes, or None when nothing changed
+    recomputed: int  # pages whose contents were computed
+    changed_pages: I64  # derived pages whose bytes changed, in topological order
+
+
+def _group(dtype: str) -> int:
+    if dtype in ("float32",):
+        return pk.G_F32
+    if dtype in ("float64",):
+        return pk.G_F64
+    return pk.G_BOOL
+
+
+class Plan:
+    """The derived pages of a graph in topological order, as columns for the kernel."""
+
+    def __init__(self, state: State, derivations: dict[int, Derivation]) -> None:
+        edges = state.edges
+        self.version = edges.version
+        p, c, k = edges.columns()
+        data = k == DATA
+        from mmsb.engine.graphkernels import topo_order
+
+        order, _ = topo_order(p[data], c[data])
+        nodes = [int(v) for v in order.tolist() if int(v) in derivations]
+        self.derivations = [derivations[v] for v in nodes]
+        n = len(nodes)
+        self.child = np.array(nodes, np.int64)
+        index = {v: i for i, v in enumerate(nodes)}
+        self.kind = np.empty(n, np.int64)
+        self.group = np.empty(n, np.int64)
+        self.zero64 = np.zeros(n, np.float64)
+        self.nbytes = np.empty(n, np.int64)
+        self.item = np.empty(n, np.int64)
+        self.pptr = np.zeros(n + 1, np.int64)
+        ppage: list[int] = []
+        pnode: list[int] = []
+        weights: list[float] = []
+        self.meta_parts: list[str] = []
+        for i, d in enumerate(self.derivations):
+            dtype = DTYPE_NAMES[int(state.dtype[d.child])]
+            sr = d.semiring
+            self.kind[i] = sr.code if sr is not None and sr.code >= 0 else pk.HOST
+            self.group[i] = _group(dtype)
+            self.zero64[i] = float(sr.zero) if sr is not None else 0.0
+            self.nbytes[i] = int(state.size[d.child])
+            self.item[i] = np.dtype(dtype).itemsize
+            ppage.extend(d.parents)
+            pnode.extend(index.get(q, -1) for q in d.parents)
+            ws = d.weights if d.weights is not None else (
+                (float(sr.one) if sr is not None else 1.0),) * len(d.parents)  # fmt: skip
+            weights.extend(float(w) for w in ws)
+            self.pptr[i + 1] = len(ppage)
+            self.meta_parts.append(
+                ","
+                + json.dumps(
+                    {"derive": d.name, "parents": list(d.parents)},
+                    separators=(",", ":"),
+                    sort_keys=True,
+                )[1:]
+            )
+        self.ppage = np.array(ppage, np.int64)
+        self.pnode = np.array(pnode, np.int64)
+        self.w64 = np.array(weights, np.float64)
+        self.w32 = self.w64.astype(np.float32)
+        sizes = (self.nbytes + 7) // 8 * 8
+        self.stage_off = np.zeros(n, np.int64)
+        if n:
+            self.stage_off[1:] = np.cumsum(sizes)[:-1]
+        self.stage = np.zeros(max(int(sizes.sum()) // 8, 1), np.float64)
+        self.scratch = pk.empty_scratch(max(len(ppage), 1))
+
+    def __len__(self) -> int:
+        return int(self.child.size)
+
+
+def _views(buf: npt.NDArray[np.uint8]) -> tuple[Any, Any, Any]:
+    n8 = buf.size // 8 * 8
+    return buf, buf[:n8].view(np.float32), buf[:n8].view(np.float64)
+
+
+def run_pass(
+    plan: Plan, state: State, pages: I64, lo_in: I64, hi_in: I64, cause_lsn: int
+) -> PassResult:
+    """One propagation pass over ``plan``: input page ``pages[r]`` changed within bytes
+    ``[lo_in[r], hi_in[r])`` since the last pass (rows may repeat a page)."""
+    n = len(plan)
+    if n == 0:
+        return PassResult(None, 0, np.zeros(0, np.int64))
+    mark = np.zeros(state.next_page_id, np.uint8)
+    mlo = np.empty(state.next_page_id, np.int64)  # only read where mark is set
+    mhi = np.empty(state.next_page_id, np.int64)
+    pk.mark_ranges(mark, mlo, mhi, pages, lo_in, hi_in)
+    changed = np.zeros(n, np.uint8)
+    lo = np.zeros(n, np.int64)
+    hi = np.zeros(n, np.int64)
+    slo = np.zeros(n, np.int64)
+    shi = np.zeros(n, np.int64)
+    arena8, arena32, arena64 = _views(state.arena.buf)
+    stage8 = plan.stage.view(np.uint8)
+    stage32 = plan.stage.view(np.float32)
+    stage64 = plan.stage
+    pos = 0
+    recomputed = 0
+    try:
+        while pos < n:
+            pos, done = pk.run_nodes(
+                pos, plan.kind, plan.group, plan.zero64, plan.pptr, plan.ppage, plan.pnode,
+                plan.w32, plan.w64, plan.child, plan.nbytes, plan.stage_off, state.slot, mark,
+                mlo, mhi, changed, lo, hi, slo, shi, arena8, arena32, arena64, stage8, stage32,
+                stage64, *plan.scratch,
+            )  # fmt: skip
+            recomputed += done
+            if pos >= n:
+                break
+            _run_host(plan, state, pos, stage8, changed, lo, hi, slo, shi, mark, mlo, mhi)
+            recomputed += 1
+            pos += 1
+    finally:
+        # an exception's traceback keeps this frame: it must not keep views of the mapping
+        del arena8, arena32, arena64
+    rows = np.flatnonzero(changed)
+    if rows.size == 0:
+        return PassResult(None, recomputed, np.zeros(0, np.int64))
+    pages = plan.child[rows]
+    item = plan.item[rows]
+    lo_r = lo[rows] // item * item  # whole elements, so typed reads of a delta make sense
+    hi_r = -(-hi[rows] // item) * item
+    lengths = hi_r - lo_r
+    payload = np.empty(int(lengths.sum()), np.uint8)
+    pk.gather_ranges(stage8, plan.stage_off[rows] + lo_r, lengths, payload)
+    pstarts = np.zeros(rows.size, np.int64)
+    np.cumsum(lengths[:-1], out=pstarts[1:])
+    head = '{"cause_lsn":' + str(int(cause_lsn))
+    metas = tuple(head + plan.meta_parts[i] for i in rows.tolist())
+    batch = DeltaBatch(
+        pages, lo_r, lengths, np.zeros(rows.size, np.uint8), pstarts, lengths.copy(),
+        np.full(rows.size, -1, np.int64), payload, np.zeros(0, np.uint8),
+        np.zeros(rows.size, np.uint16), ("propagation",), np.arange(rows.size, dtype=np.int32),
+        metas,
+    )  # fmt: skip
+    return PassResult(batch, recomputed, pages)
+
+
+def _run_host(
+    plan: Plan,
+    state: State,
+    i: int,
+    stage8: npt.NDArray[np.uint8],
+    changed: npt.NDArray[np.uint8],
+    lo: I64,
+    hi: I64,
+    slo: I64,
+    shi: I64,
+    mark: npt.NDArray[np.uint8],
+    mlo: I64,
+    mhi: I64,
+) -> None:
+    d = plan.derivations[i]
+    child = d.child
+    dtype = _DTYPES[int(state.dtype[child])]
+    size = int(plan.nbytes[i])
+    inputs = []
+    for k in range(int(plan.pptr[i]), int(plan.pptr[i + 1])):
+        page = int(plan.ppage[k])
+        pn = int(plan.pnode[k])
+        psize = int(state.size[page])
+        s = int(state.slot[page])
+        # a copy, not a view of the mapping: a function (or a traceback) that keeps its
+        # input would otherwise pin the mmap export, and the arena could never grow
+        raw = state.arena.buf[s : s + psize].copy()
+        if pn >= 0 and changed[pn]:  # recomputed this pass: its computed part is staged
+            o = int(plan.stage_off[pn])
+            a, b = int(slo[pn]), int(shi[pn])
+            raw[a:b] = stage8[o + a : o + b]
+        view = raw.view(_DTYPES[int(state.dtype[page])])
+        view.flags.writeable = False
+        inputs.append(view)
+    try:
+        if d.semiring is not None:
+            out: Any = d.semiring.fold(inputs, d.weights, dtype=dtype)
+        else:
+            assert d.fn is not None
+            out = d.fn(*inputs)
+            if any(v.flags.writeable for v in inputs):
+                raise ValueError("it made a read-only input writable")
+    except Exception as exc:
+        raise PropagationError(
+            f"derivation {d.name!r} of page {child} raised {type(exc).__name__}: {exc}",
+            child,
+            d.name,
+        ) from exc
+    new = _as_page_bytes(out, d.name, child, dtype, size)
+    o = int(plan.stage_off[i])
+    stage8[o : o + size] = new
+    s = int(state.slot[child])
+    first, end = pk.diff_range(new, state.arena.buf[s : s + size])
+    slo[i], shi[i] = 0, size
+    if first >= 0:
+        changed[i] = 1
+        lo[i], hi[i] = first, end
+        mark[child] = 1
+        mlo[child], mhi[child] = first, end
+
+
+def _as_page_bytes(
+    out: Any, name: str, page: int, dtype: np.dtype[Any], size: int
+) -> npt.NDArray[np.uint8]:
+    if isinstance(out, (bytes, bytearray, memoryview)):
+        raw = np.frombuffer(out, np.uint8)
+    elif isinstance(out, np.ndarray):
+        if out.dtype != dtype:
+            raise InvalidDeltaError(
+                f"derivation {name!r} returned dtype {out.dtype} for page {page} of dtype {dtype}"
+            )
+        raw = np.ascontiguousarray(out).reshape(-1).view(np.uint8)
+    else:
+        raise InvalidDeltaError(
+            f"derivation {name!r} returned {type(out).__name__} for page {page}; expected a "
+            "numpy array or bytes"
+        )
+    if raw.size != size:
+        raise InvalidDeltaError(
+            f"derivation {name!r} returned {raw.size} bytes for page {page} of {size} bytes"
+        )
+    return raw
+
+
+def describe(fn: Fn | None, semiring: Semiring | None, name: str | None) -> str:
+    if name is not None:
+        return name
+    if semiring is not None:
+        return semiring.name
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def check_page_id(page: Any, what: str) -> int:
+    """``page`` as an int; InvalidArgumentError for anything but an integer (1.5 must not
+    quietly become page 1)."""
+    if isinstance(page, (bool, np.bool_)) or not isinstance(page, (int, np.integer)):
+        raise InvalidArgumentError(f"{what} page id must be an integer, got {page!r}")
+    return int(page)
+
+
+def check_parents(parents: Sequence[int]) -> tuple[int, ...]:
+    try:
+        items = list(parents)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"parents must be a sequence of page ids, got {parents!r}"
+        ) from None
+    return tuple(check_page_id(p, "parent") for p in items)

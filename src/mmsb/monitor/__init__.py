@@ -1,0 +1,1 @@
+"""Monitoring: provenance, invariants, memory and GC."""

@@ -1,0 +1,110 @@
+"""Target #5: throughput of the whole commit call.
+
+Real deltas with payloads (16-byte range deltas, 64-byte dense-masked deltas) are committed
+in batches on an on-disk bus with ``sync="normal"`` and the log on; each figure is the wall
+time of the loop of whole ``apply_batch`` calls (checks, epochs, log frame, apply, publish).
+The 2-worker figure is its own run. The floor is a plain numpy scatter of the same bytes.
+Before the timings, the same batches committed with 1 and with 2 workers must leave equal
+states and byte-identical logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mmsb
+from mmsb.benchmarks import engine
+from mmsb.benchmarks.common import Result
+from mmsb.storage.log import list_segments
+from mmsb.validation.runner import Context, Outcome
+
+SEED_SINGLE = 1_000_000  # deltas/s, the seed's floor for one worker
+SEED_MULTI = 10_000_000  # deltas/s, the seed's floor for "multi"
+GOAL_SINGLE = 10_000_000
+GOAL_SPEEDUP = 1.7
+GOAL_DENSE = 3_000_000
+GOAL_FLOOR_RATIO = 2.0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        self.now += 1
+        return self.now
+
+
+def same_result_for_worker_counts(ctx: Context, batches: int, seed: int) -> bool:
+    """The same batches through 1 and 2 workers: equal state hashes and log bytes."""
+    digests, logs = [], []
+    for workers in (1, 2):
+        path = ctx.path(f"workers-{workers}")
+        rng = np.random.default_rng(seed)
+        with mmsb.open(path, sync="normal", clock=_Clock()) as bus:
+            ids = bus.create_pages(4096, 1024)
+            for b in engine.make_batches(rng, ids, 1024, 16, 100_000, batches, False):
+                bus.apply_batch(b, workers=workers)
+            digests.append(bus.state_hash())
+        logs.append(b"".join(Path(p).read_bytes() for _, p in list_segments(path + "/log")))
+    return digests[0] == digests[1] and logs[0] == logs[1]
+
+
+def run(ctx: Context, params: dict[str, Any]) -> Outcome:
+    total = int(params["deltas"])
+    dense_total = int(params["dense_deltas"])
+    batch = int(params["batch"])
+    seed = int(params["seed"])
+    same = same_result_for_worker_counts(ctx, int(params["check_batches"]), seed)
+
+    def progress(what: str) -> engine.Progress:
+        return lambda done, of: ctx.progress(what, done, of)
+
+    one = engine.commits(payload=16, workers=1, total=total, batch=batch, seed=seed,
+                         progress=progress("1 worker"))  # fmt: skip
+    two = engine.commits(payload=16, workers=2, total=total, batch=batch, seed=seed,
+                         progress=progress("2 workers"))  # fmt: skip
+    dense = engine.commits(payload=64, dense=True, workers=1, total=dense_total, batch=batch,
+                           seed=seed, progress=progress("dense, 1 worker"))  # fmt: skip
+    fl = engine.floor(payload=16, total=total, batch=batch, seed=seed)
+    seed_wl = engine.seed_workload(workers=1, total=total, progress=progress("seed workload"))
+    results: list[Result] = [one, two, dense, fl, seed_wl]
+    speedup = two.value / one.value
+    floor_ratio = fl.value / one.value
+    figures: dict[str, Any] = {
+        "single_deltas_per_s": round(one.value),
+        "two_workers_deltas_per_s": round(two.value),
+        "speedup_2_workers": round(speedup, 3),
+        "dense64_deltas_per_s": round(dense.value),
+        "floor_deltas_per_s": round(fl.value),
+        "floor_ratio": round(floor_ratio, 3),
+        "seed_workload_deltas_per_s": round(seed_wl.value),
+        "same_state_and_log_1_vs_2_workers": same,
+        "runs": [r.to_json() for r in results],
+    }
+    passed = same and one.value >= SEED_SINGLE and two.value >= SEED_MULTI
+    summary = (
+        f"1 worker {one.value / 1e6:.2f} M/s, 2 workers {two.value / 1e6:.2f} M/s "
+        f"(x{speedup:.2f}), 64 B dense {dense.value / 1e6:.2f} M/s, "
+        f"{floor_ratio:.2f}x the numpy floor, seed workload {seed_wl.value / 1e6:.2f} M/s"
+    )
+    notes = [f"{total:,} x 16 B range deltas, batches of {batch:,}, 4,096 x 1 KiB pages, "
+             "sync=normal, log on, this machine's cores shared with other work"]  # fmt: skip
+    missed = [
+        name
+        for name, ok in (
+            (f"1 worker >= {GOAL_SINGLE / 1e6:.0f} M/s", one.value >= GOAL_SINGLE),
+            (f"2 workers >= x{GOAL_SPEEDUP}", speedup >= GOAL_SPEEDUP),
+            (f"64 B dense >= {GOAL_DENSE / 1e6:.0f} M/s", dense.value >= GOAL_DENSE),
+            (f"within {GOAL_FLOOR_RATIO:.0f}x of the floor", floor_ratio <= GOAL_FLOOR_RATIO),
+        )
+        if not ok
+    ]
+    if missed:
+        notes.append("goals missed: " + ", ".join(missed))
+    if not same:
+        notes.append("1- and 2-worker runs differ")
+    return Outcome(passed, figures, summary, notes, correct=same)

@@ -1,0 +1,329 @@
+"""The multi-worker commit engine against the single-thread codec and the dict model."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mmsb
+from mmsb.delta import Delta
+from mmsb.engine import commit, driver
+from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
+from mmsb.storage import codec
+from mmsb.storage.log import list_segments
+from naive import Model, assert_matches
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000
+
+    def __call__(self) -> int:
+        self.now += 7
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def small_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let small test batches be cut into several shares."""
+    monkeypatch.setattr(driver, "MIN_ROWS_PER_WORKER", 4)
+
+
+def random_batch(rng: np.random.Generator, ids: list[int], size: int, n: int) -> mmsb.DeltaBatch:
+    """Mixed shapes, sources and metadata; pages repeat so row order matters."""
+    deltas = []
+    for _ in range(n):
+        pid = int(rng.choice(ids))
+        length = int(rng.integers(1, 24))
+        off = int(rng.integers(0, size - length + 1))
+        data = rng.integers(0, 256, length, dtype=np.uint8)
+        mask = rng.random(length) < 0.5
+        kind = int(rng.integers(0, 3))
+        source = str(rng.choice(["api", "sim", "net"]))
+        meta = None if rng.random() < 0.7 else {"k": int(rng.integers(0, 3))}
+        if kind == 0:
+            deltas.append(Delta.range(pid, data, off, source=source, metadata=meta))
+        elif kind == 1:
+            deltas.append(Delta.dense(pid, mask, data, off, source=source, metadata=meta))
+        else:
+            deltas.append(Delta.sparse(pid, mask, data[mask], off, source=source, metadata=meta))
+    return mmsb.DeltaBatch.from_deltas(deltas)
+
+
+def _join(pieces: list[bytes | memoryview]) -> bytes:
+    return b"".join(bytes(p) for p in pieces)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+@pytest.mark.parametrize("kind", ["mixed", "range", "uniform-range"])
+def test_frame_payload_equals_codec(workers: int, kind: str) -> None:
+    rng = np.random.default_rng(workers)
+    with mmsb.open(None) as bus:
+        ids = bus.create_pages(40, 64).tolist()
+        state = bus._state
+        assert state is not None
+        for _ in range(5):
+            if kind == "mixed":
+                batch = random_batch(rng, ids, 64, 200)
+            else:
+                pids = rng.choice(ids, 300)
+                offs = rng.integers(0, 48, 300)
+                if kind == "range":
+                    rows = [bytes(rng.integers(0, 256, int(k), dtype=np.uint8)) for k in
+                            rng.integers(1, 16, 300)]  # fmt: skip
+                    batch = mmsb.DeltaBatch.from_ranges(pids, offs, rows)
+                else:
+                    data = rng.integers(0, 256, (300, 16), dtype=np.uint8)
+                    batch = mmsb.DeltaBatch.from_ranges(pids, offs, data)
+            before = state.epoch.copy()
+            prepared = commit.prepare(state, batch, workers, 17)
+            after = state.epoch.copy()
+            state.epoch[:] = before
+            epochs = state.assign_epochs(batch.page_ids)
+            assert np.array_equal(state.epoch, after)
+            expected = _join(codec.encode_batch(batch, epochs, 17))
+            assert _join(prepared.pieces) == expected
+            assert prepared.epoch_col.tolist() == epochs.tolist()
+
+
+def test_non_contiguous_payload_pool_is_gathered() -> None:
+    with mmsb.open(None) as bus:
+        ids = bus.create_pages(8, 32)
+        base = mmsb.DeltaBatch.from_ranges(ids, np.zeros(8, np.int64), [b"abcd"] * 8)
+        # same rows, payload slices reversed inside the pool
+        batch = mmsb.DeltaBatch(
+            base.page_ids, base.offsets, base.lengths, base.kinds, base.pstarts[::-1].copy(),
+            base.plens, base.mstarts, np.frombuffer(b"ABCDabcdEFGHefgh" * 2, np.uint8).copy(),
+            base.mask, base.source_idx, base.sources, base.meta_idx, base.metas,
+        )  # fmt: skip
+        state = bus._state
+        assert state is not None
+        prepared = commit.prepare(state, batch, 2, 1)
+        commit.undo(state, batch)
+        epochs = state.assign_epochs(batch.page_ids)
+        state.undo_epochs(batch.page_ids, epochs)
+        assert _join(prepared.pieces) == _join(codec.encode_batch(batch, epochs, 1))
+
+
+def _run(path: Path, workers: int, seed: int) -> tuple[str, list[bytes], Model]:
+    rng = np.random.default_rng(seed)
+    model = Model()
+    with mmsb.open(path, sync="off", clock=Clock()) as bus:
+        ids = bus.create_pages(30, 48).tolist()
+        for _ in range(30):
+            model.create(48)
+        for _ in range(12):
+            batch = random_batch(rng, ids, 48, 150)
+            bus.apply_batch(batch, workers=workers)
+            model.apply_batch(batch)
+        assert_matches(bus, model)
+        digest = bus.state_hash()
+    logs = [Path(p).read_bytes() for _, p in list_segments(os.path.join(path, "log"))]
+    return digest, logs, model
+
+
+def test_same_state_and_log_for_every_worker_count(tmp_path: Path) -> None:
+    one = _run(tmp_path / "w1", 1, 3)
+    for workers in (2, 4):
+        other = _run(tmp_path / f"w{workers}", workers, 3)
+        assert other[0] == one[0]
+        assert other[1] == one[1]  # byte-identical log segments
+
+
+def test_multi_worker_log_replays_to_the_same_state(tmp_path: Path) -> None:
+    digest, _, model = _run(tmp_path / "b", 3, 9)
+    with mmsb.open(tmp_path / "b", readonly=True) as again:
+        assert again.state_hash() == digest
+        assert_matches(again, model)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_rejected_batch_changes_nothing(tmp_path: Path, workers: int) -> None:
+    rng = np.random.default_rng(0)
+    with mmsb.open(tmp_path / "b", sync="off") as bus:
+        ids = bus.create_pages(10, 32).tolist()
+        bus.apply_batch(random_batch(rng, ids, 32, 50), workers=workers)
+        state = bus._state
+        assert state is not None
+        epochs, lsn, h = state.epoch.copy(), bus.lsn, bus.state_hash()
+        good = random_batch(rng, ids, 32, 60)
+        bad_page = mmsb.DeltaBatch.concat(
+            [good, mmsb.DeltaBatch.from_ranges([999], [0], [b"x"]), good]
+        )
+        with pytest.raises(PageNotFoundError, match=r"target unknown or deleted pages \[999\]"):
+            bus.apply_batch(bad_page, workers=workers)
+        past_end = mmsb.DeltaBatch.concat(
+            [good, mmsb.DeltaBatch.from_ranges([ids[0]], [30], [b"xyz"])]
+        )
+        with pytest.raises(InvalidDeltaError, match="reach past the end of their page"):
+            bus.apply_batch(past_end, workers=workers)
+        broken = mmsb.DeltaBatch(
+            good.page_ids, good.offsets, good.lengths, good.kinds, good.pstarts + 10**6,
+            good.plens, good.mstarts, good.payload, good.mask, good.source_idx,
+            good.sources, good.meta_idx, good.metas,
+        )  # fmt: skip
+        with pytest.raises(InvalidDeltaError, match="payload slice outside the pool"):
+            bus.apply_batch(broken, workers=workers)
+        assert np.array_equal(state.epoch, epochs)
+        assert bus.lsn == lsn and bus.state_hash() == h
+
+
+def test_failed_log_append_takes_epochs_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    with mmsb.open(None) as bus:
+        ids = bus.create_pages(10, 32).tolist()
+        state, log = bus._state, bus._log
+        assert state is not None and log is not None
+        epochs, h = state.epoch.copy(), bus.state_hash()
+
+        def fail(*args: object, **kwargs: object) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(log, "append", fail)
+        with pytest.raises(OSError, match="No space"):
+            bus.apply_batch(random_batch(rng, ids, 32, 100), workers=2)
+        assert np.array_equal(state.epoch, epochs)
+        assert bus.state_hash() == h
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2", 65])
+def test_workers_must_be_a_sensible_integer(bad: object) -> None:
+    with mmsb.open(None) as bus:
+        pid = bus.create_page(8)
+        with pytest.raises(InvalidArgumentError, match="workers must be"):
+            bus.apply_batch(mmsb.DeltaBatch.from_ranges([pid], [0], [b"x"]), workers=bad)  # type: ignore[arg-type]
+
+
+def test_effective_workers_and_splits() -> None:
+    assert driver.effective_workers(4, 3) == 1
+    assert driver.effective_workers(4, 100) == 4
+    rows = driver.row_splits(10, 3)
+    assert rows[0][0] == 0 and rows[-1][1] == 10
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
+    pages = driver.page_splits(5, 4)
+    assert pages[0][0] < 1 and pages[-1][1] > 2**40
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pages))
+
+
+def test_a_failing_share_still_waits_for_the_others() -> None:
+    done: list[int] = []
+
+    def share(i: int) -> int:
+        if i == 0:
+            raise ValueError("boom")
+        done.append(i)
+        return i
+
+    with pytest.raises(ValueError, match="boom"):
+        driver.run_shares(share, [(0,), (1,), (2,)])
+    assert sorted(done) == [1, 2]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_scattered_mask_pool_packs_like_the_codec(workers: int) -> None:
+    """Masks not back to back in the pool take the kernel route (rows of odd lengths, so
+    bit starts are not byte-aligned); the frame must still equal the codec's."""
+    rng = np.random.default_rng(5)
+    with mmsb.open(None) as bus:
+        ids = bus.create_pages(20, 64).tolist()
+        base = random_batch(rng, ids, 64, 120)
+        n = len(base)
+        masked = np.flatnonzero(base.kinds)
+        order = masked[::-1]  # store the masks in reverse row order, with gaps between
+        pool = np.zeros(int(base.lengths[masked].sum()) + 3 * masked.size, np.uint8)
+        mstarts = np.full(n, -1, np.int64)
+        pos = 1
+        for r in order.tolist():
+            ln = int(base.lengths[r])
+            pool[pos : pos + ln] = base.mask[base.mstarts[r] : base.mstarts[r] + ln]
+            mstarts[r] = pos
+            pos += ln + 2
+        batch = mmsb.DeltaBatch(
+            base.page_ids, base.offsets, base.lengths, base.kinds, base.pstarts, base.plens,
+            mstarts, base.payload, pool, base.source_idx, base.sources, base.meta_idx,
+            base.metas,
+        )  # fmt: skip
+        batch._check_structure()
+        state = bus._state
+        assert state is not None
+        prepared = commit.prepare(state, batch, workers, 3)
+        commit.undo(state, batch)
+        epochs = state.assign_epochs(batch.page_ids)
+        state.undo_epochs(batch.page_ids, epochs)
+        assert _join(prepared.pieces) == _join(codec.encode_batch(batch, epochs, 3))
+        model = Model()
+        for _ in range(20):
+            model.create(64)
+        bus.apply_batch(batch, workers=workers)
+        model.apply_batch(batch)
+        assert_matches(bus, model)
+
+
+def test_throughput_target_runner_measures_and_checks(tmp_path: Path) -> None:
+    from mmsb.validation import throughput
+    from mmsb.validation.runner import Context
+
+    ctx = Context(str(tmp_path), seed=1, size="quick", progress=None)
+    params = {"deltas": 200_000, "dense_deltas": 200_000, "batch": 50_000,
+              "check_batches": 2, "seed": 1}  # fmt: skip
+    out = throughput.run(ctx, params)
+    f = out.figures
+    assert f["same_state_and_log_1_vs_2_workers"] is True
+    for key in ("single_deltas_per_s", "two_workers_deltas_per_s", "dense64_deltas_per_s",
+                "floor_deltas_per_s", "seed_workload_deltas_per_s"):  # fmt: skip
+        assert f[key] > 0
+    assert f["speedup_2_workers"] == pytest.approx(
+        f["two_workers_deltas_per_s"] / f["single_deltas_per_s"], rel=1e-2
+    )
+    assert {r["conditions"]["workers"] for r in f["runs"] if "workers" in r["conditions"]} == {
+        1, 2
+    }  # fmt: skip
+    assert "2 workers" in out.summary and "sync=normal" in out.notes[0]
+    assert out.correct is True
+
+
+def test_bench_command_writes_a_table_and_json(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mmsb.cli import cli
+
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(cli, ["bench", "--suite", "engine", "--scale", "0.01",
+                                   "--json", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "2 worker(s)" in res.output and "floor" in res.output
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["cpus"] >= 1
+    assert len(doc["results"]) == 7 and "speedup_2_workers" in doc["summary"]
+    assert all(r["conditions"] and r["value"] > 0 for r in doc["results"])
+    bad = CliRunner().invoke(cli, ["bench", "--scale", "0"])
+    assert bad.exit_code == 2
+
+
+def test_a_share_that_raises_leaves_no_epoch_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsb.engine import commit_kernels as ck
+
+    real = ck.check_rows
+
+    def flaky(lo: int, hi: int, *rest: object) -> int:
+        if lo > 0:
+            raise RuntimeError("share failed")
+        return int(real(lo, hi, *rest))
+
+    rng = np.random.default_rng(2)
+    with mmsb.open(None) as bus:
+        ids = bus.create_pages(30, 32).tolist()
+        state = bus._state
+        assert state is not None
+        before, h = state.epoch.copy(), bus.state_hash()
+        monkeypatch.setattr(ck, "check_rows", flaky)
+        with pytest.raises(RuntimeError, match="share failed"):
+            bus.apply_batch(random_batch(rng, ids, 32, 100), workers=3)
+        assert np.array_equal(state.epoch, before)
+        assert bus.state_hash() == h
