@@ -109,6 +109,13 @@ DEFAULT_SEGMENT_SIZE = 64 << 20
 DEFAULT_CHECKPOINT_EVERY = 128 << 20
 
 
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int, or :class:`InvalidArgumentError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{what} must be an integer, got {value!r}")
+    return int(value)
+
+
 def device_available() -> bool:
     """Whether a device backend for ``gpu``/``unified`` pages is present (none is built in)."""
     return False
@@ -150,7 +157,7 @@ class Bus(StateView):
             )
         if keep_checkpoints < 1:
             raise InvalidArgumentError("keep_checkpoints must be at least 1")
-        if segment_size < 4096:
+        if _integer(segment_size, "segment_size") < 4096:
             raise InvalidArgumentError("segment_size must be at least 4096 bytes")
         if path is None:
             if readonly:
@@ -435,6 +442,12 @@ class Bus(StateView):
 
     def delete_pages(self, page_ids: Iterable[int]) -> None:
         state, log = self._writable()
+        if isinstance(page_ids, (int, np.integer, str, bytes)) or not isinstance(
+            page_ids, (Iterable, np.ndarray)
+        ):
+            raise InvalidArgumentError(
+                f"delete_pages takes an iterable of page ids, got {type(page_ids).__name__}"
+            )
         ids = [state.require(p) for p in page_ids]
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("delete_pages got the same page id twice")
@@ -645,7 +658,7 @@ class Bus(StateView):
         if lsn is not None and time is not None:
             raise InvalidArgumentError("give either lsn or time, not both")
         if time is not None:
-            lsn = self._log_index().lsn_at_time(int(time))
+            lsn = self._log_index().lsn_at_time(_integer(time, "time"))
         if lsn is None:
             lsn = self._lsn
         if isinstance(lsn, bool) or not isinstance(lsn, (int, np.integer)):
@@ -665,10 +678,12 @@ class Bus(StateView):
     def history(self, page_id: int, limit: int | None = None) -> list[DeltaRecord]:
         """Deltas that touched a page, newest first (from an index, not a log scan)."""
         state = self._live_state()
+        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
+            state.require(page_id)  # the same typed error as every other page-id argument
         pid = int(page_id)
         if not (0 < pid < state.next_page_id):
             state.require(pid)
-        if limit is not None and limit < 0:
+        if limit is not None and _integer(limit, "limit") < 0:
             raise InvalidArgumentError("limit must be >= 0")
         return self._log_index().records(os.path.join(self.path, "log"), pid, limit)
 
@@ -679,7 +694,7 @@ class Bus(StateView):
 
     def diff(self, lsn_a: int, lsn_b: int) -> list[PageDiff]:
         """Pages and byte ranges that differ between two commits."""
-        lo, hi = sorted((int(lsn_a), int(lsn_b)))
+        lo, hi = sorted((_integer(lsn_a, "lsn_a"), _integer(lsn_b, "lsn_b")))
         a, b = self.at(lo), self.at(hi)
         assert a._state is not None and b._state is not None
         candidates = touched_pages(self.path, lo, hi)
@@ -693,7 +708,7 @@ class Bus(StateView):
         """Write a standalone bus at ``out`` holding this bus's history up to ``lsn``
         (default: now). Its log frames are byte-for-byte copies of this bus's."""
         self._live_state()
-        target = self._lsn if lsn is None else int(lsn)
+        target = self._lsn if lsn is None else _integer(lsn, "lsn")
         if target < 0 or target > self._lsn:
             raise HistoryUnavailableError(f"LSN {target} is outside [0, {self._lsn}]")
         if self._log is not None:

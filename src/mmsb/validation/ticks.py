@@ -3,7 +3,7 @@
 The stated workload: pages of 1 KiB (float64), derived pages in diamonds and chains
 (semiring and Python-function derivations mixed), random input deltas of 16–64 bytes per
 tick, on an on-disk bus with ``sync="normal"``. Every tick commits its batch, propagates,
-runs the maintenance step; p50/p99 over the measured ticks (after three warm-up ticks), and
+runs the maintenance step; p50/p99 over the measured ticks (after ten warm-up ticks), and
 the latency of ticks with no input change. Correctness: after the run, every derived page
 equals a recomputation from its parents (numpy, outside the bus).
 """
