@@ -459,3 +459,14 @@ def test_bad_input(row: Row, tmp_path: Path, request: pytest.FixtureRequest) -> 
     finally:
         if owner is not None:
             owner.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"sync_interval": 0}, {"sync_interval": -1.0}, {"sync_interval": "1"},
+     {"checkpoint_every": 0}, {"checkpoint_every": -1}, {"checkpoint_every": 1.5}],
+)  # fmt: skip
+def test_invalid_open_options_are_refused(tmp_path: Path, options: dict[str, Any]) -> None:
+    with pytest.raises(mmsb.InvalidArgumentError, match=next(iter(options))):
+        mmsb.open(tmp_path / "bus", **options)
+    assert not (tmp_path / "bus").exists()

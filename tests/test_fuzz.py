@@ -635,12 +635,9 @@ def load_state_from(data: bytes, tmp: Path) -> tuple[State, int, int]:
     return load_state(str(p), MemoryArena())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a CRC-valid create frame may claim any page count; replay then allocates the page "
-    "table for it and fails with MemoryError, not a typed error (needs a format limit)",
-)
 def test_create_frame_claiming_an_impossible_page_count() -> None:
+    """A CRC-valid create frame claiming more pages than the format allows is a typed
+    error, not a MemoryError from allocating the page table."""
     body = {"first": len(LAYOUT) + 1, "n": 2**40, "size": 8, "dtype": "uint8",
             "location": "cpu", "metadata": None}  # fmt: skip
     replay_payload(CREATE, json.dumps(body).encode())

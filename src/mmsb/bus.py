@@ -157,6 +157,14 @@ class Bus(StateView):
             )
         if keep_checkpoints < 1:
             raise InvalidArgumentError("keep_checkpoints must be at least 1")
+        if (
+            isinstance(sync_interval, bool)
+            or not isinstance(sync_interval, (int, float))
+            or not (sync_interval > 0)
+        ):
+            raise InvalidArgumentError(f"sync_interval must be > 0 seconds, got {sync_interval!r}")
+        if checkpoint_every is not None and _integer(checkpoint_every, "checkpoint_every") < 1:
+            raise InvalidArgumentError("checkpoint_every must be None or a positive byte count")
         if _integer(segment_size, "segment_size") < 4096:
             raise InvalidArgumentError("segment_size must be at least 4096 bytes")
         if path is None:

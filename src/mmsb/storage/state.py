@@ -24,6 +24,8 @@ from mmsb.storage.edges import EdgeTable
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS, MAX_PAGE_SIZE, PageInfo
 
 ALIGN = 8
+MAX_PAGES_PER_CREATE = 2**32  # a create frame claiming more is corrupt
+MAX_ARENA_BYTES = 2**46  # 64 TiB
 I64 = npt.NDArray[np.int64]
 
 
@@ -367,6 +369,11 @@ def check_page_shape(n: int, size: Any, dtype: int) -> None:
         raise InvalidArgumentError(f"page count must be >= 0, got {n}")
     if size <= 0 or size > MAX_PAGE_SIZE:
         raise InvalidArgumentError(f"page size must be in [1, {MAX_PAGE_SIZE}], got {size}")
+    if n > MAX_PAGES_PER_CREATE or n * aligned(int(size)) > MAX_ARENA_BYTES:
+        raise InvalidArgumentError(
+            f"{n} pages of {size} bytes exceed the format's limits ({MAX_PAGES_PER_CREATE} pages "
+            f"per commit, {MAX_ARENA_BYTES} arena bytes)"
+        )
     item = int(DTYPE_ITEMSIZE[dtype])
     if size % item:
         raise InvalidArgumentError(
