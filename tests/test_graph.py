@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +20,12 @@ import mmsb
 from mmsb.errors import CycleError, InvalidArgumentError, PageNotFoundError
 from mmsb.graph import KINDS, GraphReport
 from mmsb.storage.edges import EdgeTable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000
-
-    def __call__(self) -> int:
-        self.now += 10
-        return self.now
+from support import clocked_bus
 
 
 @pytest.fixture
-def bus(tmp_path: Path):
-    with mmsb.open(tmp_path / "bus", sync="off", clock=Clock()) as b:
-        yield b
+def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
+    yield from clocked_bus(tmp_path)
 
 
 def edge_set(view) -> set[tuple[int, int, str]]:

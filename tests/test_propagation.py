@@ -9,7 +9,7 @@ import itertools
 import os
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +37,12 @@ from mmsb.semiring import (
     SUM_PRODUCT,
     Semiring,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000
-
-    def __call__(self) -> int:
-        self.now += 10
-        return self.now
+from support import Clock, clocked_bus
 
 
 @pytest.fixture
-def bus(tmp_path: Path):
-    with mmsb.open(tmp_path / "bus", sync="off", clock=Clock()) as b:
-        yield b
+def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
+    yield from clocked_bus(tmp_path)
 
 
 def f64(*values: float) -> np.ndarray:

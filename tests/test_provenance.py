@@ -4,6 +4,7 @@ with parents as of the causing write, the depth limit, the cache, snapshots, and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +16,12 @@ from mmsb.errors import HistoryUnavailableError, InvalidArgumentError, PageNotFo
 from mmsb.monitor.provenance import Provenance, ProvenanceStep
 from mmsb.semiring import SUM_PRODUCT
 from mmsb.storage import log as logmod
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000
-
-    def __call__(self) -> int:
-        self.now += 10
-        return self.now
+from support import Clock, clocked_bus
 
 
 @pytest.fixture
-def bus(tmp_path: Path):
-    with mmsb.open(tmp_path / "bus", sync="off", clock=Clock()) as b:
-        yield b
+def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
+    yield from clocked_bus(tmp_path)
 
 
 def f64(*v: float) -> np.ndarray:
