@@ -9,6 +9,7 @@ every step's pause is recorded, and CPython's collections are timed with ``gc.ca
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mmsb.benchmarks import memory
@@ -67,7 +68,7 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         f"{x['cpython_gc_max_ms']:.2f} ms, create {create.value / 1e6:.1f} M pages/s"
     )
     notes = [f"GC budget {budget} ms per step; CPython start-up objects frozen (gc.freeze) "
-             "before the run; this machine's cores shared with other work"]  # fmt: skip
+             f"before the run; load average {os.getloadavg()[0]:.1f} at the end"]  # fmt: skip
     missed = [
         name
         for name, ok in (

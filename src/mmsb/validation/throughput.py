@@ -10,6 +10,7 @@ states and byte-identical logs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         f"{floor_ratio:.2f}x the numpy floor, seed workload {seed_wl.value / 1e6:.2f} M/s"
     )
     notes = [f"{total:,} x 16 B range deltas, batches of {batch:,}, 4,096 x 1 KiB pages, "
-             "sync=normal, log on, this machine's cores shared with other work"]  # fmt: skip
+             f"sync=normal, log on, load average {os.getloadavg()[0]:.1f} at the end"]  # fmt: skip
     missed = [
         name
         for name, ok in (
