@@ -25,15 +25,18 @@ import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
 from mmsb.delta import Delta, as_payload, check_offset, check_source
+from mmsb.engine import checksum
 from mmsb.engine import commit as engine
 from mmsb.engine.driver import check_workers
 from mmsb.errors import (
+    BusClosedError,
     BusNotFoundError,
     DeviceUnavailableError,
     FormatVersionError,
     HistoryUnavailableError,
     InvalidArgumentError,
     InvalidDeltaError,
+    LogWriteError,
     ReadOnlyError,
     ReentrantWriteError,
 )
@@ -70,6 +73,7 @@ from mmsb.storage.log import (
     Frame,
     LogWriter,
     PeriodicSync,
+    frame_size,
     fsync_dir,
     list_segments,
 )
@@ -174,6 +178,7 @@ class Bus(GraphOps, StateView):
         self._log: LogWriter | None = None
         self._index: LogIndex | None = None
         self._syncer: PeriodicSync | None = None
+        self._failure: str | None = None  # why the bus closed itself (see _fail_stop)
         self.tick_budget_ms = tick_budget_ms
         self.tick_gc_budget_ms = tick_gc_budget_ms
         self.invariant_every = invariant_every
@@ -321,6 +326,11 @@ class Bus(GraphOps, StateView):
         # a read-only bus first catches up with the writer's last published commit
         if self._follower is not None and self._state is not None:
             self._follow(force=False)
+        if self._state is None and self._failure is not None:
+            raise BusClosedError(
+                f"the bus closed itself after a failed log write ({self._failure}); "
+                "reopen it to recover"
+            )
         return super()._live_state()
 
     def _follow(self, *, force: bool) -> None:
@@ -555,12 +565,34 @@ class Bus(GraphOps, StateView):
         # trust offsets and pool slices, so prepare() checks the structure first
         first = state.next_delta_id
         prepared = engine.prepare(state, batch, workers, first)
+        pieces, shares = prepared.pieces, prepared.shares
         try:
-            lsn, ts, seg, off = self._log_frame(log, BATCH, prepared.pieces)
+            crc = checksum.crc32(pieces, shares)
+            # several workers write the frame and the arena at once, once the frame's
+            # space is reserved (so only a failing disk, not a full one, can stop it)
+            overlap = shares > 1 and log.reserve(self._lsn + 1, frame_size(pieces))
+            if not overlap:
+                lsn, ts, seg, off = self._log_frame(log, BATCH, pieces, crc)
         except BaseException:
             engine.undo(state, batch)
             raise
-        engine.apply(state, batch, prepared.shares)
+        if overlap:
+            lsn, ts = self._commit_stamp()
+            assert self._seq is not None
+            self._seq.begin()
+            try:
+                off = engine.apply_logged(
+                    state, batch, shares, lambda: self._append(log, BATCH, lsn, ts, pieces, crc)
+                )
+            except BaseException as exc:
+                self._fail_stop(exc)
+                raise LogWriteError(
+                    f"the log frame of commit {lsn} could not be written ({exc}); the bus "
+                    "closed itself without a clean shutdown: reopen it to recover"
+                ) from exc
+            seg = log.name
+        else:
+            engine.apply(state, batch, shares)
         state.next_delta_id = first + n
         self._publish(lsn, ts, seg, off, first, batch.page_ids)
         self._after_commit(
@@ -571,16 +603,47 @@ class Bus(GraphOps, StateView):
     # -- the log ------------------------------------------------------------------------
 
     def _log_frame(
-        self, log: LogWriter, ftype: int, pieces: list[bytes | memoryview]
+        self, log: LogWriter, ftype: int, pieces: list[bytes | memoryview], crc: int | None = None
     ) -> tuple[int, int, str, int]:
-        lsn = self._lsn + 1
-        ts = max(int(self._clock()), self._last_ts)  # commit times never go backwards
-        off = log.append(ftype, lsn, ts, pieces)
-        if self.sync == "always":
-            log.sync()
+        lsn, ts = self._commit_stamp()
+        off = self._append(log, ftype, lsn, ts, pieces, crc)
         assert self._seq is not None
         self._seq.begin()  # readers: the arena changes from here until _publish
         return lsn, ts, log.name, off
+
+    def _commit_stamp(self) -> tuple[int, int]:
+        """The next commit's LSN and time (commit times never go backwards)."""
+        return self._lsn + 1, max(int(self._clock()), self._last_ts)
+
+    def _append(
+        self,
+        log: LogWriter,
+        ftype: int,
+        lsn: int,
+        ts: int,
+        pieces: list[bytes | memoryview],
+        crc: int | None,
+    ) -> int:
+        off = log.append(ftype, lsn, ts, pieces, crc=crc)
+        if self.sync == "always":
+            log.sync()
+        return off
+
+    def _fail_stop(self, cause: BaseException) -> None:
+        """Close as a crash would: the arena holds bytes the log lacks, so no clean-shutdown
+        state is written and the next open recovers from the checkpoint and the log."""
+        self._failure = f"{type(cause).__name__}: {cause}"
+        log, self._log = self._log, None
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
+        if log is not None:
+            log.abandon()
+        if self._state is not None:
+            self._state.arena.abandon()
+        self._release()
+        if self._ephemeral:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def _publish(self, lsn: int, ts: int, seg: str, off: int, first_did: int, pages: Any) -> None:
         self._lsn = lsn

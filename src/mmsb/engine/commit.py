@@ -16,10 +16,13 @@ produces (tests compare the two).
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +39,7 @@ from mmsb.types import MAX_PAGE_SIZE
 
 _HEAD = struct.Struct("<IIQQQII")
 LITTLE = sys.byteorder == "little"
+T = TypeVar("T")
 
 
 @dataclass
@@ -228,6 +232,37 @@ def _pack_rows(
 def undo(state: State, batch: DeltaBatch) -> None:
     """Take back the epochs :func:`prepare` assigned (the log append failed)."""
     ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
+
+
+def apply_logged(state: State, batch: DeltaBatch, shares: int, write_log: Callable[[], T]) -> T:
+    """Apply a prepared batch on ``shares`` threads while the first one writes its log
+    frame (``write_log``), then joins the others; return what ``write_log`` returned.
+
+    The arena changes before the frame is on disk, so the caller makes sure the write
+    cannot fail for lack of space first (``LogWriter.reserve``) and treats any other
+    failure of it as fatal to the bus. Pages are cut into a few chunks per thread, taken
+    in turn, so the writing thread picks up less of the apply work.
+    """
+    chunks = page_splits(state.next_page_id, shares * _CHUNKS_PER_SHARE)
+    taken = itertools.count()
+    args: tuple[Any, ...] = (
+        state.arena.buf, state.slot, batch.page_ids, batch.offsets, batch.lengths,
+        batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask,
+    )  # fmt: skip
+
+    def share(writes: bool) -> T | None:
+        out = write_log() if writes else None
+        for k in taken:  # next() on a count is atomic under the GIL
+            if k >= len(chunks):
+                break
+            ck.apply_for_pages(*chunks[k], *args)
+        return out
+
+    results = run_shares(share, [(w == 0,) for w in range(shares)])
+    return cast(T, results[0])
+
+
+_CHUNKS_PER_SHARE = 3
 
 
 def apply(state: State, batch: DeltaBatch, shares: int) -> None:

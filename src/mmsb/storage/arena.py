@@ -139,6 +139,17 @@ class FileArena:
         self._mm = None
         os.close(self._fd)
 
+    def abandon(self) -> None:
+        """Close without waiting for views of the map to go (a failing writer's traceback
+        may still hold some): the mapping then goes with the last of them."""
+        if self._mm is None:
+            return
+        self.buf = np.zeros(0, dtype=np.uint8)
+        mm, self._mm = self._mm, None
+        with contextlib.suppress(BufferError):
+            mm.close()
+        os.close(self._fd)
+
 
 class ReadOnlyArena:
     """A read-only shared mapping of another process's arena file (a live reader's view).

@@ -17,13 +17,18 @@ across frames and segments; the first frame of a segment carries the segment's f
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import os
 import re
 import struct
+import sys
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mmsb.errors import CorruptLogError
 
@@ -81,14 +86,24 @@ def encode_segment_header(first_lsn: int) -> bytes:
 
 
 def encode_frame_header(
-    ftype: int, flags: int, lsn: int, ts: int, pieces: Sequence[bytes | memoryview]
+    ftype: int,
+    flags: int,
+    lsn: int,
+    ts: int,
+    pieces: Sequence[bytes | memoryview],
+    crc: int | None = None,
 ) -> tuple[bytes, int, int]:
-    """Header bytes, payload length and padding for a frame whose payload is ``pieces``."""
-    crc = 0
+    """Header bytes, payload length and padding for a frame whose payload is ``pieces``.
+
+    ``crc``, when given, is the caller's CRC-32 of the pieces (say, computed on several
+    threads); otherwise it is computed here."""
     length = 0
     for p in pieces:
-        crc = zlib.crc32(p, crc)
         length += len(p) if isinstance(p, bytes) else memoryview(p).nbytes
+    if crc is None:
+        crc = 0
+        for p in pieces:
+            crc = zlib.crc32(p, crc)
     if length > MAX_FRAME_PAYLOAD:
         raise ValueError(f"frame payload of {length} bytes exceeds the 4 GiB frame limit")
     pad = (-length) % 8
@@ -96,6 +111,12 @@ def encode_frame_header(
         crc = zlib.crc32(_ZEROS[:pad], crc)
     head = _HEAD_NO_CRC.pack(FRAME_MAGIC, ftype, flags, lsn, ts, length, crc)
     return head + _TRAILER.pack(zlib.crc32(head), 0), length, pad
+
+
+def frame_size(pieces: Sequence[bytes | memoryview]) -> int:
+    """Bytes a frame whose payload is ``pieces`` takes in its segment."""
+    length = sum(len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in pieces)
+    return FRAME_HEADER_SIZE + length + (-length) % 8
 
 
 _HEAD_NO_CRC = struct.Struct("<4sHHQQII")
@@ -264,7 +285,13 @@ class LogWriter:
     """
 
     def __init__(
-        self, log_dir: str, next_lsn: int, *, segment_size: int, fsync_enabled: bool
+        self,
+        log_dir: str,
+        next_lsn: int,
+        *,
+        segment_size: int,
+        fsync_enabled: bool,
+        preallocate: bool = True,
     ) -> None:
         self.log_dir = log_dir
         self.segment_size = segment_size
@@ -282,6 +309,11 @@ class LogWriter:
         # fsyncing it on the commit path (the mode promises durability within an interval)
         self.defer_roll_sync = False
         self._retired: list[int] = []  # descriptors of full segments awaiting their fsync
+        # a background syncer's early wake-up, called once ``backlog_limit`` bytes are unsynced
+        self.on_backlog: Callable[[], None] | None = None
+        self.backlog_limit = 0
+        self.preallocate = preallocate
+        self._reserved = 0  # bytes of the current segment whose blocks are reserved
         self._dir_unsynced = False
         segs = list_segments(log_dir)
         if segs:
@@ -294,12 +326,33 @@ class LogWriter:
         self.path = path
         self.name = os.path.basename(path)
         self.pos = os.fstat(self._fd).st_size
+        self._preallocate(self._fd)
+
+    def _preallocate(self, fd: int) -> None:
+        """Reserve the segment's blocks up front without changing its size (readers and
+        recovery go by the size): appends then skip the filesystem's per-page block
+        reservation, which makes a large ``writev`` about 1.5-6x cheaper on ext4 and keeps
+        its time steady. Best effort: where the call is missing or refused, appends simply
+        allocate as they go."""
+        self._reserved = 0
+        if self.preallocate:
+            err = _keep_size_fallocate(fd, self.segment_size)
+            if err == 0:
+                self._reserved = self.segment_size
+            elif err in (-1, errno.EOPNOTSUPP, errno.ENOSYS):  # not here: stop asking
+                self.preallocate = False
+
+    def _release(self, fd: int, pos: int) -> None:
+        """Give back the preallocated blocks past ``pos`` (the segment's end)."""
+        if self.preallocate:
+            os.ftruncate(fd, pos)
 
     def roll(self, first_lsn: int) -> None:
         """Start a new segment whose first frame will carry ``first_lsn``."""
         with self._lock:
             defer = self.defer_roll_sync and self.fsync_enabled
             if self._fd >= 0:
+                self._release(self._fd, self.pos)
                 if defer:
                     self._retired.append(self._fd)
                 else:
@@ -308,6 +361,7 @@ class LogWriter:
                 self._fd = -1
             path = os.path.join(self.log_dir, segment_name(first_lsn))
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            self._preallocate(fd)
             _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
             if defer:
                 self._dir_unsynced = True  # the next sync covers the header and the entry
@@ -318,17 +372,20 @@ class LogWriter:
             self.pos = SEG_HEADER_SIZE
 
     def append(
-        self, ftype: int, lsn: int, ts: int, pieces: Sequence[bytes | memoryview], flags: int = 0
+        self,
+        ftype: int,
+        lsn: int,
+        ts: int,
+        pieces: Sequence[bytes | memoryview],
+        flags: int = 0,
+        crc: int | None = None,
     ) -> int:
-        """Write one frame; return its offset. Rolls first when the segment is full."""
-        if self.sync_error is not None:
-            raise OSError(
-                f"an earlier background fsync of the log failed ({self.sync_error}); "
-                "commits that were acknowledged may not be durable, so writing stops here"
-            ) from self.sync_error
+        """Write one frame; return its offset. Rolls first when the segment is full.
+        ``crc`` is the pieces' CRC-32 when the caller computed it already."""
+        self._check_sync_error()
         if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
             self.roll(lsn)
-        head, length, pad = encode_frame_header(ftype, flags, lsn, ts, pieces)
+        head, length, pad = encode_frame_header(ftype, flags, lsn, ts, pieces, crc)
         parts = [head, *pieces]
         if pad:
             parts.append(_ZEROS[:pad])
@@ -343,7 +400,41 @@ class LogWriter:
         self.pos += size
         self.appended += size
         self.written += size
+        if self.on_backlog is not None and self.appended - self.synced >= self.backlog_limit:
+            self.on_backlog()
         return offset
+
+    def reserve(self, lsn: int, nbytes: int) -> bool:
+        """Make room for the frame ``lsn`` of ``nbytes`` before it is written: roll the
+        segment when it is full, then reserve the blocks the frame will occupy.
+
+        After it returns True, writing that frame cannot fail for lack of space, so a
+        caller may start changing state alongside the write; a full disk (or quota, or
+        file size limit) raises its ``OSError`` here, with nothing written. False: this filesystem makes no
+        such promise.
+        """
+        self._check_sync_error()
+        if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
+            self.roll(lsn)
+        if not self.preallocate:
+            return False
+        end = self.pos + nbytes
+        if end <= self._reserved:
+            return True
+        err = _keep_size_fallocate(self._fd, end)
+        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # the write would fail too
+            raise OSError(err, os.strerror(err), self.path)
+        if err:
+            return False
+        self._reserved = end
+        return True
+
+    def _check_sync_error(self) -> None:
+        if self.sync_error is not None:
+            raise OSError(
+                f"an earlier background fsync of the log failed ({self.sync_error}); "
+                "commits that were acknowledged may not be durable, so writing stops here"
+            ) from self.sync_error
 
     @property
     def unsynced(self) -> int:
@@ -392,19 +483,38 @@ class LogWriter:
                         os.close(fd)
                     self._retired = []
                     if self._fd >= 0:
+                        self._release(self._fd, self.pos)
                         os.close(self._fd)
                     self._fd = -1
+
+    def abandon(self) -> None:
+        """Close every descriptor without syncing or trimming (the owner is failing)."""
+        with self._lock:
+            fds, self._retired = [*self._retired, self._fd], []
+            self._fd = -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 class PeriodicSync:
     """A daemon thread that fsyncs the log every ``interval`` seconds while anything is
     unsynced (the ``normal`` sync mode): durability lags commits by at most about
-    ``interval``, even when the writer goes idle, and commits never wait for the disk."""
+    ``interval``, even when the writer goes idle, and commits never wait for the disk.
 
-    def __init__(self, writer: LogWriter, interval: float) -> None:
+    It also syncs early once ``backlog`` bytes are unsynced: a fast writer then never piles
+    up hundreds of megabytes of dirty log for the next checkpoint (which must sync the log
+    before it writes its image) to wait on; the disk works while the writer computes.
+    """
+
+    def __init__(self, writer: LogWriter, interval: float, backlog: int = 16 << 20) -> None:
         self.writer = writer
         self.interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        writer.backlog_limit = backlog
+        writer.on_backlog = self._wake.set
         self._thread = threading.Thread(target=self._run, name="mmsb-log-sync", daemon=True)
         self._thread.start()
 
@@ -417,12 +527,41 @@ class PeriodicSync:
             self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.run_once()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()
+        self.writer.on_backlog = None
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_fallocate: Any = None
+
+
+def _keep_size_fallocate(fd: int, length: int) -> int:
+    """``fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, length)``: 0, its errno, or -1 where the
+    call does not exist."""
+    global _fallocate
+    if _fallocate is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).fallocate
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fn.restype = ctypes.c_int
+            _fallocate = fn
+        except (OSError, AttributeError):
+            _fallocate = False
+    if _fallocate is False or not sys.platform.startswith("linux"):
+        return -1
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, length) == 0:
+        return 0
+    return ctypes.get_errno()
 
 
 def _write_all(fd: int, parts: Sequence[bytes | memoryview], total: int) -> None:
