@@ -12,6 +12,7 @@ import pytest
 
 import mmsb
 from mmsb.engine import checksum
+from mmsb.storage import crc
 from mmsb.storage.log import LogWriter, PeriodicSync
 
 
@@ -23,6 +24,16 @@ def test_split_crc_equals_one_pass(parts: int) -> None:
     pieces.insert(2, b"\x00" * 5)
     whole = b"".join(bytes(p) for p in pieces)
     assert checksum.crc32(pieces, parts) == zlib.crc32(whole)
+    assert checksum.crc32(pieces, parts, split=True) == zlib.crc32(whole)
+    assert checksum.crc32(pieces, parts, split=False) == zlib.crc32(whole)
+
+
+def test_the_fast_crc_is_zlibs() -> None:
+    rng = np.random.default_rng(9)
+    for n in (0, 1, 15, 16, 17, 4095, 1 << 20, 3_000_001):
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        assert crc.crc32(data) == zlib.crc32(data)
+        assert crc.crc32(data[1:], 12345) == zlib.crc32(data[1:], 12345)
 
 
 def test_spans_cover_the_stream_in_order() -> None:

@@ -62,6 +62,7 @@ from mmsb.monitor.memory import MemorySnapshot
 from mmsb.monitor.memory import snapshot as memory_snapshot
 from mmsb.monitor.provenance import ProvenanceIndex
 from mmsb.storage import codec
+from mmsb.storage.arena import FileArena
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
 from mmsb.storage.follow import Follower
 from mmsb.storage.lock import WriterLock, writer_active
@@ -639,8 +640,9 @@ class Bus(GraphOps, StateView):
             self._syncer = None
         if log is not None:
             log.abandon()
-        if self._state is not None:
-            self._state.arena.abandon()
+        arena = self._state.arena if self._state is not None else None
+        if isinstance(arena, FileArena):
+            arena.abandon()
         self._release()
         if self._ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from mmsb.errors import (
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import list_checkpoints
+from mmsb.storage.crc import crc32
 from mmsb.storage.log import (
     BATCH,
     CREATE,
@@ -288,7 +288,7 @@ def _read_frame(path: str, offset: int) -> memoryview:
         fields = FRAME_HEADER.unpack(head)
         length, pcrc = fields[5], fields[6]
         body = f.read(length + (-length) % 8)
-    if len(body) < length or zlib.crc32(body) != pcrc:
+    if len(body) < length or crc32(body) != pcrc:
         raise CorruptLogError(
             f"log frame in {os.path.basename(path)} at offset {offset} fails its checksum",
             os.path.basename(path),

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -33,6 +32,7 @@ import numpy.typing as npt
 from mmsb.engine import kernels
 from mmsb.errors import CorruptCheckpointError
 from mmsb.storage.arena import Arena
+from mmsb.storage.crc import crc32
 from mmsb.storage.edges import EdgeTable
 from mmsb.storage.log import fsync_dir
 from mmsb.storage.state import State, aligned
@@ -73,7 +73,7 @@ class CheckpointHeader:
 
 
 def _crc(arr: Any) -> int:
-    return zlib.crc32(memoryview(arr).cast("B"))
+    return crc32(memoryview(arr).cast("B"))
 
 
 def write_state(
@@ -113,7 +113,7 @@ def write_state(
         separators=(",", ":"),
     ).encode()
     header += b" " * ((-len(header)) % 8)
-    pre = _PRE.pack(MAGIC, VERSION, len(header), zlib.crc32(header))
+    pre = _PRE.pack(MAGIC, VERSION, len(header), crc32(header))
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -155,7 +155,7 @@ def read_header(f: BinaryIO, path: str) -> tuple[CheckpointHeader, int]:
     if version != VERSION:
         raise CorruptCheckpointError(f"checkpoint {name} has unsupported version {version}")
     raw = f.read(hlen)
-    if len(raw) != hlen or zlib.crc32(raw) != hcrc:
+    if len(raw) != hlen or crc32(raw) != hcrc:
         raise CorruptCheckpointError(f"checkpoint {name} header fails its checksum")
     try:
         h = json.loads(raw)
@@ -210,7 +210,7 @@ def load_state(path: str, arena: Arena, *, with_arena: bool = True) -> tuple[Sta
             off, length, crc = section(sname)
             f.seek(off)
             data = f.read(length)
-            if len(data) != length or zlib.crc32(data) != crc:
+            if len(data) != length or crc32(data) != crc:
                 raise CorruptCheckpointError(
                     f"checkpoint {name} section {sname!r} fails its checksum"
                 )
@@ -267,7 +267,7 @@ def load_state(path: str, arena: Arena, *, with_arena: bool = True) -> tuple[Sta
             view = arena.buf[:length]
             f.seek(off)
             mv: Any = memoryview(view)  # type: ignore[arg-type]
-            if f.readinto(mv) != length or zlib.crc32(mv) != crc:
+            if f.readinto(mv) != length or crc32(mv) != crc:
                 raise CorruptCheckpointError(f"checkpoint {name} arena fails its checksum")
             # free space must read as zeros (new pages rely on it)
             kernels.fill_slots(arena.buf, state.gap_start, state.gap_len, np.uint8(0))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -36,6 +35,7 @@ import numpy.typing as npt
 
 from mmsb.errors import CorruptLogError, CorruptStateError, MMSBError
 from mmsb.storage.arena import MemoryArena, ReadOnlyArena
+from mmsb.storage.crc import crc32
 from mmsb.storage.lock import writer_active
 from mmsb.storage.log import (
     BATCH,
@@ -229,7 +229,7 @@ class LogTail:
         if len(head) < FRAME_HEADER_SIZE:
             raise self._corrupt("frame header is cut short")
         magic, ftype, flags, lsn, ts, length, pcrc, hcrc, zero = FRAME_HEADER.unpack(head)
-        if magic != FRAME_MAGIC or zlib.crc32(head[:32]) != hcrc or zero:
+        if magic != FRAME_MAGIC or crc32(head[:32]) != hcrc or zero:
             raise self._corrupt("bad frame header checksum")
         if lsn != self.next_lsn:
             raise self._corrupt(f"frame has LSN {lsn}, expected {self.next_lsn}")
@@ -237,7 +237,7 @@ class LogTail:
             raise self._corrupt(f"unknown frame type {ftype}")
         padded = length + (-length) % 8
         body = os.pread(self._fd, padded, self._pos + FRAME_HEADER_SIZE)
-        if len(body) != padded or zlib.crc32(body) != pcrc:
+        if len(body) != padded or crc32(body) != pcrc:
             raise self._corrupt("payload checksum mismatch")
         frame = Frame(ftype, flags, lsn, ts, memoryview(body)[:length], self._name, self._pos)
         self._pos += FRAME_HEADER_SIZE + padded
@@ -253,7 +253,7 @@ class LogTail:
         ok = len(head) == SEG_HEADER_SIZE
         if ok:
             magic, _, _, first, crc, _ = SEG_HEADER.unpack(head)
-            ok = magic == SEGMENT_MAGIC and first == first_lsn and zlib.crc32(head[:24]) == crc
+            ok = magic == SEGMENT_MAGIC and first == first_lsn and crc32(head[:24]) == crc
         if not ok:
             os.close(fd)
             raise CorruptLogError(

@@ -25,12 +25,12 @@ import re
 import struct
 import sys
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mmsb.errors import CorruptLogError
+from mmsb.storage.crc import crc32
 
 SEGMENT_MAGIC = b"MMSBLOG1"
 FRAME_MAGIC = b"MMSF"
@@ -82,7 +82,7 @@ def _pad(n: int) -> int:
 
 def encode_segment_header(first_lsn: int) -> bytes:
     head = struct.pack("<8sIIQ", SEGMENT_MAGIC, LOG_VERSION, 0, first_lsn)
-    return head + struct.pack("<II", zlib.crc32(head), 0)
+    return head + struct.pack("<II", crc32(head), 0)
 
 
 def encode_frame_header(
@@ -103,14 +103,14 @@ def encode_frame_header(
     if crc is None:
         crc = 0
         for p in pieces:
-            crc = zlib.crc32(p, crc)
+            crc = crc32(p, crc)
     if length > MAX_FRAME_PAYLOAD:
         raise ValueError(f"frame payload of {length} bytes exceeds the 4 GiB frame limit")
     pad = (-length) % 8
     if pad:
-        crc = zlib.crc32(_ZEROS[:pad], crc)
+        crc = crc32(_ZEROS[:pad], crc)
     head = _HEAD_NO_CRC.pack(FRAME_MAGIC, ftype, flags, lsn, ts, length, crc)
-    return head + _TRAILER.pack(zlib.crc32(head), 0), length, pad
+    return head + _TRAILER.pack(crc32(head), 0), length, pad
 
 
 def frame_size(pieces: Sequence[bytes | memoryview]) -> int:
@@ -211,7 +211,7 @@ class LogReader:
                 return True
             head = data[offset : offset + FRAME_HEADER_SIZE]
             fields = FRAME_HEADER.unpack(head)
-            if zlib.crc32(head[:32]) != fields[7] or fields[0] != FRAME_MAGIC:
+            if crc32(head[:32]) != fields[7] or fields[0] != FRAME_MAGIC:
                 return False
             length = fields[5]
             return bool(offset + FRAME_HEADER_SIZE + length + _pad(length) >= size)
@@ -222,7 +222,7 @@ class LogReader:
                 raise err
             return
         magic, version, _, seg_first, crc, reserved = SEG_HEADER.unpack_from(data, 0)
-        bad = magic != SEGMENT_MAGIC or zlib.crc32(data[:24]) != crc or reserved != 0
+        bad = magic != SEGMENT_MAGIC or crc32(data[:24]) != crc or reserved != 0
         if bad or seg_first != first_lsn:
             err = damaged(0, "bad segment header")
             if err:
@@ -244,7 +244,7 @@ class LogReader:
                 return
             fields = FRAME_HEADER.unpack_from(data, pos)
             magic, ftype, flags, lsn, ts, length, pcrc, hcrc, _ = fields
-            if magic != FRAME_MAGIC or zlib.crc32(view[pos : pos + 32]) != hcrc or fields[8]:
+            if magic != FRAME_MAGIC or crc32(view[pos : pos + 32]) != hcrc or fields[8]:
                 err = damaged(pos, "bad frame header checksum")
                 if err:
                     raise err
@@ -256,7 +256,7 @@ class LogReader:
                 if err:
                     raise err
                 return
-            if not headers_only and zlib.crc32(view[body:stop]) != pcrc:
+            if not headers_only and crc32(view[body:stop]) != pcrc:
                 err = damaged(pos, "payload checksum mismatch")
                 if err:
                     raise err
@@ -410,8 +410,8 @@ class LogWriter:
 
         After it returns True, writing that frame cannot fail for lack of space, so a
         caller may start changing state alongside the write; a full disk (or quota, or
-        file size limit) raises its ``OSError`` here, with nothing written. False: this filesystem makes no
-        such promise.
+        file size limit) raises its ``OSError`` here, with nothing written. False: this
+        filesystem makes no such promise.
         """
         self._check_sync_error()
         if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
