@@ -22,6 +22,7 @@ from mmsb import (
     PageNotFoundError,
     ReadOnlyError,
 )
+from mmsb.storage.checkpoint import list_checkpoints
 from naive import Model, assert_matches
 
 
@@ -673,7 +674,75 @@ def test_auto_compaction_keeps_the_log_bounded(tmp_path: Path) -> None:
     # the log keeps what the oldest kept checkpoint (of 2) needs: about 2 intervals, plus
     # the segments that straddle the checkpoints
     assert peak_log <= 2 * every + 2 * segment
-    assert peak_ckpt <= 2
+    # the two kept, plus the one an automatic checkpoint is writing in the background until
+    # the commit after it finishes compacts
+    assert peak_ckpt <= 3
     with mmsb.open(path) as again:
         assert again.state_hash() == expected
+    assert mmsb.verify(path).ok
+
+
+def _batches(
+    bus: mmsb.Bus, rng: np.random.Generator, count: int, *, until_bg: bool = False
+) -> None:
+    """``count`` batches of about 10 KiB of log each (or, with ``until_bg``, up to the one
+    that starts an automatic checkpoint)."""
+    ids = bus.create_pages(32, 512) if len(bus) == 0 else bus.page_ids()
+    for _ in range(count):
+        rows = rng.integers(0, 256, (200, 32), dtype=np.uint8)
+        bus.apply_batch(
+            mmsb.DeltaBatch.from_ranges(rng.choice(ids, 200), rng.integers(0, 480, 200), rows)
+        )
+        if until_bg and bus._background is not None:
+            return
+    assert not until_bg, "no automatic checkpoint started"
+
+
+def test_automatic_checkpoints_are_written_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "bg"
+    rng = np.random.default_rng(8)
+    with mmsb.open(path, checkpoint_every=32 << 10) as bus:
+        _batches(bus, rng, 10, until_bg=True)  # the image is written off the commit path
+        crossing = bus.lsn
+        _batches(bus, rng, 2)
+        bus._join_checkpoint()
+        assert bus.last_checkpoint_error is None
+        ckpts = list_checkpoints(str(path / "ckpt"))
+        assert [lsn for lsn, _ in ckpts] == [crossing]
+        image = bus.at(crossing).state_hash()
+        final = bus.state_hash()
+    # the image is the state as of its LSN: recovery from it alone (log before it gone)
+    # reaches the same final state, and the checkpoint's own hash is the live one at that LSN
+    for seg in (path / "log").iterdir():
+        if int(seg.name.split(".")[0]) <= crossing:
+            seg.unlink()
+    (path / "state.clean").unlink()
+    with mmsb.open(path) as again:
+        assert again.state_hash() == final
+        assert again.at(crossing).state_hash() == image
+
+
+def test_a_failed_background_checkpoint_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "bgfail"
+    rng = np.random.default_rng(9)
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise OSError(5, "Input/output error")
+
+    with mmsb.open(path, checkpoint_every=32 << 10) as bus:
+        monkeypatch.setattr(mmsb.bus, "write_state", broken)
+        _batches(bus, rng, 10, until_bg=True)
+        bus._join_checkpoint()
+        assert isinstance(bus.last_checkpoint_error, OSError)
+        assert list_checkpoints(str(path / "ckpt")) == []
+        monkeypatch.undo()
+        _batches(bus, rng, 10, until_bg=True)  # the next threshold tries again, and succeeds
+        bus._join_checkpoint()
+        assert bus.last_checkpoint_error is None
+        assert list_checkpoints(str(path / "ckpt"))
+        final = bus.state_hash()
+    with mmsb.open(path) as again:
+        assert again.state_hash() == final
     assert mmsb.verify(path).ok

@@ -16,6 +16,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -102,6 +103,8 @@ from mmsb.view import StateView
 Clock = Callable[[], int]
 DEFAULT_SEGMENT_SIZE = 64 << 20
 DEFAULT_CHECKPOINT_EVERY = 128 << 20
+# automatic checkpoints of arenas up to this size are copied and written in the background
+BACKGROUND_CHECKPOINT_BYTES = 64 << 20
 
 
 def _integer(value: Any, what: str) -> int:
@@ -180,6 +183,11 @@ class Bus(GraphOps, StateView):
         self._index: LogIndex | None = None
         self._syncer: PeriodicSync | None = None
         self._failure: str | None = None  # why the bus closed itself (see _fail_stop)
+        self._background: threading.Thread | None = None  # an automatic checkpoint
+        self._background_error: BaseException | None = None
+        # why the last automatic checkpoint written in the background failed (None: it did
+        # not); the log still holds every commit, so nothing is lost
+        self.last_checkpoint_error: BaseException | None = None
         self.tick_budget_ms = tick_budget_ms
         self.tick_gc_budget_ms = tick_gc_budget_ms
         self.invariant_every = invariant_every
@@ -259,6 +267,7 @@ class Bus(GraphOps, StateView):
         if self._state is None:
             return
         try:
+            self._join_checkpoint()
             if self._log is not None and not self.readonly:
                 if self._syncer is not None:
                     self._syncer.stop()
@@ -634,6 +643,7 @@ class Bus(GraphOps, StateView):
         """Close as a crash would: the arena holds bytes the log lacks, so no clean-shutdown
         state is written and the next open recovers from the checkpoint and the log."""
         self._failure = f"{type(cause).__name__}: {cause}"
+        self._join_checkpoint()
         log, self._log = self._log, None
         if self._syncer is not None:
             self._syncer.stop()
@@ -656,10 +666,13 @@ class Bus(GraphOps, StateView):
             self._index.add(lsn, ts, seg, off, first_did, pages)
         log = self._log
         assert log is not None
-        if self.checkpoint_every is not None and log.written >= self.checkpoint_every:
-            self.checkpoint()
+        bg = self._background
+        if bg is not None and not bg.is_alive():
+            self._join_checkpoint()
             if self.auto_compact:
                 self.compact()
+        if self.checkpoint_every is not None and log.written >= self.checkpoint_every:
+            self._auto_checkpoint(log)
 
     def sync_now(self) -> None:
         """Force the log to stable storage now (whatever the sync mode)."""
@@ -668,9 +681,49 @@ class Bus(GraphOps, StateView):
 
     # -- checkpoints and compaction -----------------------------------------------------
 
+    def _auto_checkpoint(self, log: LogWriter) -> None:
+        """The checkpoint the log's growth calls for. A state whose arena is at most
+        ``BACKGROUND_CHECKPOINT_BYTES`` is copied (a memcpy) and written by a helper thread,
+        which first syncs the log up to that LSN, so the commit that crossed the threshold
+        does not wait for the disk; a larger one is written here, as :meth:`checkpoint`."""
+        if self._background is not None:
+            return  # one at a time: the next commit asks again
+        state = self._live_state()
+        if state.end > BACKGROUND_CHECKPOINT_BYTES:
+            self.checkpoint()
+            if self.auto_compact:
+                self.compact()
+            return
+        image, lsn, ts = copy_state(state), self._lsn, self._last_ts
+        if log.pos > SEG_HEADER_SIZE:
+            log.roll(lsn + 1)
+        log.written = 0
+        path = os.path.join(self.path, "ckpt", checkpoint_name(lsn))
+        sync = self.sync != "off"
+
+        def write() -> None:
+            try:
+                log.sync()  # the log up to ``lsn`` is durable before its image is
+                write_state(path, image, lsn, ts, with_arena=True, sync=sync)
+            except BaseException as exc:  # kept for the owner: see _join_checkpoint
+                self._background_error = exc
+
+        self._background_error = None
+        self._background = threading.Thread(target=write, name="mmsb-checkpoint", daemon=True)
+        self._background.start()
+
+    def _join_checkpoint(self) -> None:
+        """Wait for a background checkpoint; a failure leaves the log as the record (the
+        next threshold tries again) and is kept in ``last_checkpoint_error``."""
+        bg, self._background = self._background, None
+        if bg is not None:
+            bg.join()
+            self.last_checkpoint_error = self._background_error
+
     def checkpoint(self) -> CheckpointInfo:
         """Write a full image at the current LSN and start a new log segment."""
         state, log = self._writable()
+        self._join_checkpoint()
         t0 = time.perf_counter()
         log.sync()
         path = os.path.join(self.path, "ckpt", checkpoint_name(self._lsn))
@@ -686,6 +739,7 @@ class Bus(GraphOps, StateView):
         """Drop checkpoints beyond the newest ``keep_checkpoints`` and the log segments
         wholly covered by the oldest kept one. History before it becomes unavailable."""
         self._writable()
+        self._join_checkpoint()  # its temporary file must not be taken for debris
         ckpts = list_checkpoints(os.path.join(self.path, "ckpt"))
         removed_ck = 0
         for _, path in ckpts[self.keep_checkpoints :]:
