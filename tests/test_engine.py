@@ -380,3 +380,33 @@ def test_a_share_that_raises_leaves_no_epoch_behind(monkeypatch: pytest.MonkeyPa
             bus.apply_batch(random_batch(rng, ids, 32, 100), workers=3)
         assert np.array_equal(state.epoch, before)
         assert bus.state_hash() == h
+
+
+def test_an_interrupted_apply_closes_the_bus_and_reopening_finishes_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frame is logged, then the apply is interrupted: the bus stops as after a crash
+    and recovery replays the logged commit in full."""
+    rng = np.random.default_rng(4)
+    path = tmp_path / "b"
+    batch = None
+    with mmsb.open(path) as bus:
+        ids = bus.create_pages(16, 64).tolist()
+        batch = random_batch(rng, ids, 64, 500)
+        with mmsb.open(None) as twin:  # the same commits, uninterrupted
+            twin.create_pages(16, 64)
+            twin.apply_batch(batch)
+            want = twin.state_hash()
+
+        def interrupted(*args: object) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(commit, "apply", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            bus.apply_batch(batch)
+        assert bus.closed
+        with pytest.raises(mmsb.BusClosedError, match="KeyboardInterrupt"):
+            bus.read(ids[0])
+    monkeypatch.undo()
+    with mmsb.open(path) as again:
+        assert again.lsn == 2 and again.state_hash() == want

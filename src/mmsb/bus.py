@@ -602,7 +602,12 @@ class Bus(GraphOps, StateView):
                 ) from exc
             seg = log.name
         else:
-            engine.apply(state, batch, shares)
+            try:
+                engine.apply(state, batch, shares)
+            except BaseException as exc:  # say, KeyboardInterrupt between kernel calls
+                # the frame is logged but the arena holds part of it: recover from disk
+                self._fail_stop(exc)
+                raise
         state.next_delta_id = first + n
         self._publish(lsn, ts, seg, off, first, batch.page_ids)
         self._after_commit(
@@ -640,8 +645,9 @@ class Bus(GraphOps, StateView):
         return off
 
     def _fail_stop(self, cause: BaseException) -> None:
-        """Close as a crash would: the arena holds bytes the log lacks, so no clean-shutdown
-        state is written and the next open recovers from the checkpoint and the log."""
+        """Close as a crash would: the arena and the log disagree (bytes the log lacks, or
+        a logged commit half applied), so no clean-shutdown state is written and the next
+        open recovers from the checkpoint and the log."""
         self._failure = f"{type(cause).__name__}: {cause}"
         self._join_checkpoint()
         log, self._log = self._log, None
