@@ -257,9 +257,43 @@ def test_effective_workers_and_splits() -> None:
     rows = driver.row_splits(10, 3)
     assert rows[0][0] == 0 and rows[-1][1] == 10
     assert all(a[1] == b[0] for a, b in itertools.pairwise(rows))
-    pages = driver.page_splits(5, 4)
-    assert pages[0][0] < 1 and pages[-1][1] > 2**40
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(pages))
+    for n, parts in ((100_000, 2), (100_000, 4), (20, 3), (7, 7)):
+        shares = commit._weighted_rows(n, parts)
+        assert shares[0][0] == 0 and shares[-1][1] == n and len(shares) == parts
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(shares))
+    first, second = commit._weighted_rows(100_000, 2)
+    assert first[1] - first[0] < second[1] - second[0]  # the epoch pass's share is shorter
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 6, 13])
+def test_epochs_and_buckets_against_a_python_oracle(chunks: int) -> None:
+    from mmsb.engine import commit_kernels as ck
+
+    rng = np.random.default_rng(chunks)
+    limit = 300
+    page_ids = rng.integers(1, limit, 5000).astype(np.int64)
+    page_ids[::97] = limit + 5  # past the table: skipped (such a batch is rejected anyway)
+    epoch = rng.integers(0, 50, limit).astype(np.int64)
+    want_epoch, want_col = epoch.copy(), np.zeros(page_ids.size, np.uint32)
+    for i, p in enumerate(page_ids):
+        if 0 < p < limit:
+            want_epoch[p] += 1
+            want_col[i] = want_epoch[p]
+    col = np.zeros(page_ids.size, np.uint32)
+    order = np.empty(page_ids.size, np.int64)
+    starts = np.empty(chunks + 1, np.int64)
+    ck.epochs_and_buckets(limit, epoch, page_ids, col, chunks, order, starts)
+    assert np.array_equal(epoch, want_epoch) and np.array_equal(col, want_col)
+    valid = np.flatnonzero((page_ids > 0) & (page_ids < limit))
+    assert starts[0] == 0 and starts[-1] == valid.size
+    seen: set[int] = set()
+    for c in range(chunks):
+        rows = order[starts[c] : starts[c + 1]]
+        assert np.all(np.diff(rows) > 0)  # row order inside a chunk
+        pages = set(page_ids[rows].tolist())
+        assert not pages & seen  # no page in two chunks
+        seen |= pages
+    assert sorted(order[: valid.size].tolist()) == valid.tolist()  # every valid row once
 
 
 def test_a_failing_share_still_waits_for_the_others() -> None:

@@ -591,8 +591,8 @@ class Bus(GraphOps, StateView):
             assert self._seq is not None
             self._seq.begin()
             try:
-                off = engine.apply_logged(
-                    state, batch, shares, lambda: self._append(log, BATCH, lsn, ts, pieces, crc)
+                written = engine.apply_logged(
+                    state, batch, prepared, lambda: self._append(log, BATCH, lsn, ts, pieces, crc)
                 )
             except BaseException as exc:
                 self._fail_stop(exc)
@@ -600,10 +600,11 @@ class Bus(GraphOps, StateView):
                     f"the log frame of commit {lsn} could not be written ({exc}); the bus "
                     "closed itself without a clean shutdown: reopen it to recover"
                 ) from exc
-            seg = log.name
+            assert written is not None
+            off, seg = written, log.name
         else:
             try:
-                engine.apply(state, batch, shares)
+                engine.apply(state, batch, prepared)
             except BaseException as exc:  # say, KeyboardInterrupt between kernel calls
                 # the frame is logged but the arena holds part of it: recover from disk
                 self._fail_stop(exc)

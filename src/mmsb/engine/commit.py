@@ -22,7 +22,7 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ from mmsb.batch import DeltaBatch
 from mmsb.delta import row_starts
 from mmsb.engine import commit_kernels as ck
 from mmsb.engine import kernels
-from mmsb.engine.driver import effective_workers, page_splits, row_splits, run_shares
+from mmsb.engine.driver import effective_workers, row_splits, run_shares
 from mmsb.errors import InvalidDeltaError
 from mmsb.storage import codec
 from mmsb.storage.state import State
@@ -49,6 +49,10 @@ class Prepared:
     pieces: list[bytes | memoryview]
     epoch_col: npt.NDArray[np.uint32]  # view of the frame's epoch column
     shares: int
+    # several shares: row numbers grouped by apply chunk (chunk c is order[starts[c]:
+    # starts[c + 1]]); empty for one share
+    order: npt.NDArray[np.int64]
+    starts: npt.NDArray[np.int64]
 
 
 def _pad8(n: int) -> int:
@@ -105,11 +109,22 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
         col_plen = buf[:0].view(np.uint32)
 
     parts = effective_workers(workers, n)
-    rows = row_splits(n, parts)
-    pages = page_splits(state.next_page_id, parts)
+    rows = _weighted_rows(n, parts)
+    chunks = parts * CHUNKS_PER_SHARE if parts > 1 else 0
+    order = np.empty(n if parts > 1 else 0, np.int64)
+    starts = np.zeros(chunks + 1, np.int64)
 
     def share(w: int) -> tuple[int, bool]:
         lo, hi = rows[w]
+        if w == 0:
+            # optimistic: a rejected batch has its epochs taken back below
+            assigned[0] = True
+            if parts == 1:
+                ck.epochs_for_pages(-(2**62), 2**62, state.next_page_id, state.epoch,
+                                    batch.page_ids, col_ep)  # fmt: skip
+            else:
+                ck.epochs_and_buckets(state.next_page_id, state.epoch, batch.page_ids, col_ep,
+                                      chunks, order, starts)  # fmt: skip
         status = ck.check_rows(
             lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds,
             batch.pstarts, batch.plens, batch.mstarts, batch.source_idx, batch.meta_idx,
@@ -120,21 +135,16 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
             lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds, batch.plens,
             batch.pstarts, col_pid, col_off, col_len, col_kind, col_plen, masked,
         )  # fmt: skip
-        # optimistic: a rejected batch has its epochs taken back below
-        plo, phi = pages[w]
-        ck.epochs_for_pages(plo, phi, state.next_page_id, state.epoch, batch.page_ids, col_ep)
-        assigned[w] = True
         return int(status), bool(contiguous)
 
-    assigned = [False] * parts
+    assigned = [False]
     try:
         results = run_shares(share, [(w,) for w in range(parts)])
     except BaseException:
-        # a share that raised (say, columns of a type the kernels cannot take) may have
-        # left others' epochs assigned: take back exactly those
-        for w in range(parts):
-            if assigned[w]:
-                ck.undo_epochs_pages(*pages[w], state.next_page_id, state.epoch, batch.page_ids)
+        # a share that raised (say, columns of a type the kernels cannot take) after the
+        # epochs were assigned: take them back
+        if assigned[0]:
+            ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
         raise
     if any(s != ck.OK for s, _ in results):
         ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
@@ -145,7 +155,25 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
     except BaseException:
         ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
         raise
-    return Prepared(pieces, col_ep, parts)
+    return Prepared(pieces, col_ep, parts, order, starts)
+
+
+# apply chunks per worker: the thread that also writes the log frame takes fewer of them
+CHUNKS_PER_SHARE = 3
+# the epoch pass (run by the first share, over all rows) costs about this fraction of
+# checking and encoding the same rows; the first share gets fewer rows to make up for it
+_EPOCH_COST = 0.25
+
+
+def _weighted_rows(n: int, parts: int) -> list[tuple[int, int]]:
+    """Row ranges for ``parts`` shares, the first one shorter by the epoch pass's cost:
+    with ``f0 + e`` for the first and ``f`` for the others equal, ``f0 = (1 - (p-1)e)/p``."""
+    if parts == 1:
+        return [(0, n)]
+    f0 = max(0.0, (1.0 - (parts - 1) * _EPOCH_COST) / parts)
+    first = int(n * f0)
+    rest = row_splits(n - first, parts - 1)
+    return [(0, first)] + [(first + lo, first + hi) for lo, hi in rest]
 
 
 def _finish(
@@ -234,16 +262,20 @@ def undo(state: State, batch: DeltaBatch) -> None:
     ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
 
 
-def apply_logged(state: State, batch: DeltaBatch, shares: int, write_log: Callable[[], T]) -> T:
-    """Apply a prepared batch on ``shares`` threads while the first one writes its log
-    frame (``write_log``), then joins the others; return what ``write_log`` returned.
+def apply_logged(
+    state: State, batch: DeltaBatch, prepared: Prepared, write_log: Callable[[], T] | None
+) -> T | None:
+    """Write a prepared batch into the arena on ``prepared.shares`` threads, the first of
+    which writes its log frame first (``write_log``, when given) and then joins the others;
+    return what ``write_log`` returned.
 
-    The arena changes before the frame is on disk, so the caller makes sure the write
-    cannot fail for lack of space first (``LogWriter.reserve``) and treats any other
-    failure of it as fatal to the bus. Pages are cut into a few chunks per thread, taken
-    in turn, so the writing thread picks up less of the apply work.
+    With ``write_log`` the arena changes before the frame is on disk, so the caller makes
+    sure the write cannot fail for lack of space first (``LogWriter.reserve``) and treats
+    any other failure of it as fatal to the bus. Chunks (page-id ranges, each a list of
+    rows in row order) are taken in turn, so the writing thread picks up less of the work.
     """
-    chunks = page_splits(state.next_page_id, shares * _CHUNKS_PER_SHARE)
+    order, starts = prepared.order, prepared.starts
+    chunks = len(starts) - 1
     taken = itertools.count()
     args: tuple[Any, ...] = (
         state.arena.buf, state.slot, batch.page_ids, batch.offsets, batch.lengths,
@@ -251,26 +283,25 @@ def apply_logged(state: State, batch: DeltaBatch, shares: int, write_log: Callab
     )  # fmt: skip
 
     def share(writes: bool) -> T | None:
-        out = write_log() if writes else None
-        for k in taken:  # next() on a count is atomic under the GIL
-            if k >= len(chunks):
+        out = write_log() if writes and write_log is not None else None
+        for c in taken:  # next() on a count is atomic under the GIL
+            if c >= chunks:
                 break
-            ck.apply_for_pages(*chunks[k], *args)
+            ck.apply_rows(order, int(starts[c]), int(starts[c + 1]), True, *args)
         return out
 
-    results = run_shares(share, [(w == 0,) for w in range(shares)])
-    return cast(T, results[0])
+    first: T | None = run_shares(share, [(w == 0,) for w in range(prepared.shares)])[0]
+    return first
 
 
-_CHUNKS_PER_SHARE = 3
-
-
-def apply(state: State, batch: DeltaBatch, shares: int) -> None:
-    """Write a prepared batch into the arena, one page range per worker."""
-    pages = page_splits(state.next_page_id, shares)
-    run_shares(
-        ck.apply_for_pages,
-        [(plo, phi, state.arena.buf, state.slot, batch.page_ids, batch.offsets, batch.lengths,
-          batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask)
-         for plo, phi in pages],
+def apply(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
+    """Write a prepared batch into the arena (one thread, or one chunk of pages at a time
+    per thread)."""
+    if prepared.shares > 1:
+        apply_logged(state, batch, prepared, None)
+        return
+    ck.apply_rows(
+        prepared.order, 0, len(batch), False, state.arena.buf, state.slot, batch.page_ids,
+        batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.mstarts,
+        batch.payload, batch.mask,
     )  # fmt: skip

@@ -80,14 +80,3 @@ def row_splits(rows: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous row ranges covering ``[0, rows)`` (the first ones longer)."""
     edges = [rows * k // parts for k in range(parts + 1)]  # integers: no float rounding
     return [(edges[i], edges[i + 1]) for i in range(parts)]
-
-
-def page_splits(next_page_id: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous page-id ranges covering every id; the last is open-ended so a
-    page id past the table (rejected later by validation) still has exactly one owner."""
-    span = next_page_id - 1
-    edges = [1 + span * k // parts for k in range(parts + 1)]
-    out = [(edges[i], edges[i + 1]) for i in range(parts)]
-    out[0] = (-(2**62), out[0][1])
-    out[-1] = (out[-1][0], 2**62)
-    return out
