@@ -125,8 +125,13 @@ def million_pages(
     gc_budget_ms: float = 1.0,
     workers: int = 2,
     progress: Progress | None = None,
+    series: dict[str, list[float]] | None = None,
 ) -> Result:
-    """The million-page run (see the module doc). The value is the RSS growth in bytes."""
+    """The million-page run (see the module doc). The value is the RSS growth in bytes.
+
+    ``series``, when given, receives the samples behind the figures (for plots):
+    ``pages_written`` and ``rss_growth_bytes`` after each written chunk, every GC step's
+    pause (``gc_pause_ms``) and every CPython collection's (``cpython_gc_pause_ms``)."""
     _warm_up(page_size, workers)
     t0 = time.perf_counter()
     gc.collect()
@@ -252,6 +257,12 @@ def million_pages(
         gc.unfreeze()
     p = np.array(pauses, np.int64)
     cp = np.array(tracker.pauses_ns or [0], np.int64)
+    if series is not None:
+        written = -(-pages // chunk)  # the first samples are the write loop's, one per chunk
+        series["pages_written"] = [min(pages, (i + 1) * chunk) for i in range(written)]
+        series["rss_growth_bytes"] = [s - base_rss for s in rss_samples[:written]]
+        series["gc_pause_ms"] = (p / 1e6).tolist()
+        series["cpython_gc_pause_ms"] = [n / 1e6 for n in tracker.pauses_ns]
     return Result(
         f"{pages:,} pages of {page_size} B: RSS growth",
         float(rss_growth),

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmsb.benchmarks import engine, memory
+from mmsb.benchmarks import compare, engine, memory
 from mmsb.benchmarks.common import Result
 from mmsb.cli.output import console
 
@@ -55,6 +55,49 @@ def _value(r: Result) -> str:
     return f"{r.value:,.0f} {r.unit}" if r.value >= 100 else f"{r.value:.3f} {r.unit}"
 
 
+def _figure(f: compare.Figure) -> str:
+    return f"{f.value:,.0f} {f.unit}" if f.rate else f"{f.value * 1e3:,.2f} ms"
+
+
+def _versus(f: compare.Figure) -> str:
+    if f.advantage is None:
+        return "-"
+    a = f.advantage
+    return f"MMSB {a:.2f}x faster" if a >= 1 else f"MMSB {1 / a:.2f}x slower"
+
+
+def _compare(scale: float, json_path: str | None) -> None:
+    """Run :func:`mmsb.benchmarks.compare.run`; print its table, goal lines and skips."""
+    try:
+        with _bars(sys.stderr.isatty()) as sink:
+            rep = compare.run(scale, progress=sink)
+    except compare.MismatchError as e:
+        raise click.ClickException(f"comparison check failed: {e}") from e
+    table = Table(title="mmsb bench --compare")
+    for col in ("system", "workload", "figure", "conditions", "vs MMSB"):
+        table.add_column(col)
+    for key, title in compare.WORKLOADS.items():
+        for fig in rep.figures:
+            if fig.workload == key:
+                table.add_row(fig.system, title, _figure(fig), fig.conditions, _versus(fig))
+    out = console()
+    out.print(table)
+    s = rep.sizes
+    out.print(
+        f"{s['updates']:,} updates of {compare.PAYLOAD} B into {s['pages']:,} pages of "
+        f"{compare.PAGE} B in {s['batches']} batches of {s['batch']:,}; {s['reads']:,} "
+        f"reads; {s['durable']:,} durable commits; seed {rep.seed}"
+    )
+    for g in rep.goals:
+        out.print(g.text)
+    for name, why in rep.skipped.items():
+        out.print(f"{name} skipped: {why}")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump({"scale": scale, **rep.to_json()}, f, indent=2, ensure_ascii=False)
+        click.echo(f"results written to {json_path}", err=True)
+
+
 @click.command()
 @click.option("--suite", type=click.Choice(["all", "engine", "memory"]), default="all",
               show_default=True, help="Which benchmarks to run.")  # fmt: skip
@@ -62,11 +105,18 @@ def _value(r: Result) -> str:
               help="Multiply the stated sizes (deltas, pages) by this.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the results, with their conditions, to this file.")  # fmt: skip
-def bench(suite: str, scale: float, json_path: str | None) -> None:
+@click.option("--compare", "compare_peers", is_flag=True,
+              help="Instead of the suites: MMSB against LMDB, SQLite and numpy on shared "
+                   "memory (LMDB needs mmsb[compare]).")  # fmt: skip
+def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) -> None:
     """Measure commit throughput (1 and 2 workers, the numpy floor, the seed's workload)
-    and memory (page creation, a million pages, GC and CPython gc pauses)."""
+    and memory (page creation, a million pages, GC and CPython gc pauses); or, with
+    --compare, MMSB against LMDB, SQLite and numpy on the same workloads."""
     if not scale > 0:
         raise click.BadParameter("must be positive", param_hint="--scale")
+    if compare_peers:
+        _compare(scale, json_path)
+        return
     results: list[Result] = []
     with _bars(sys.stderr.isatty()) as sink:
         if suite in ("all", "engine"):

@@ -21,6 +21,7 @@ from mmsb.cli.output import EXIT_FAILED, CommandError
 from mmsb.validation import (
     TargetResult,
     append_history,
+    compare_with_history,
     format_line,
     format_report,
     load_targets,
@@ -65,6 +66,12 @@ def _progress_bars(enabled: bool) -> Iterator[ProgressSink | None]:
     type=click.Path(dir_okay=False),
     help="Write machine-readable results to this file.",
 )
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Write a self-contained HTML report with plots to this file.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the workloads.")
 @click.option(
     "--target",
@@ -93,6 +100,7 @@ def validate(
     quick: bool,
     full: bool,
     json_path: str | None,
+    html_path: str | None,
     seed: int,
     targets: tuple[int, ...],
     history_dir: str,
@@ -124,10 +132,20 @@ def validate(
             on_result=show,
             specs=specs,
         )
-    click.echo(format_report(report)[-1])
+    # compared with the previous comparable run before anything is written, so the JSON,
+    # the HTML and the new history entry carry the regression flags
+    for warning in compare_with_history(report, history_dir, specs):
+        click.echo(f"warning: {warning}", err=True)
+    for line in format_report(report)[len(report.results) :]:  # goals, result, regressions
+        click.echo(line)
     if json_path:
         write_json(report, json_path)
         click.echo(f"results written to {json_path}", err=True)
+    if html_path:
+        from mmsb.validation.html import write_html  # draws with matplotlib: loaded on demand
+
+        write_html(report, html_path)
+        click.echo(f"HTML report written to {html_path}", err=True)
     if not no_history:
         path = append_history(report, history_dir)
         click.echo(f"history appended to {path}", err=True)

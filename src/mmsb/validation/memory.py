@@ -14,6 +14,7 @@ from typing import Any
 
 from mmsb.benchmarks import memory
 from mmsb.validation.runner import Context, Outcome
+from mmsb.validation.series import log_histogram
 
 GIB = 1 << 30
 SEED_GC_MS = 3.0  # the seed's floor for a GC pause
@@ -27,11 +28,24 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     size = int(params["page_size"])
     budget = float(params["gc_budget_ms"])
     create = memory.create_rate(pages, size)
+    samples: dict[str, list[float]] = {}
     r = memory.million_pages(
         pages, size, gc_budget_ms=budget,
-        progress=lambda what, done, of: ctx.progress(what, done, of),
+        progress=lambda what, done, of: ctx.progress(what, done, of), series=samples,
     )  # fmt: skip
     x = r.extra
+    # for the HTML report's plots: RSS growth as pages are written, and the pause
+    # distributions as counts over shared log bins (a run takes thousands of GC steps)
+    top = max(samples["gc_pause_ms"] + samples["cpython_gc_pause_ms"], default=1.0)
+    gc_hist = log_histogram(samples["gc_pause_ms"], top=top)
+    cpython_hist = log_histogram(samples["cpython_gc_pause_ms"], top=top)
+    series = {
+        "pages_written": samples["pages_written"],
+        "rss_growth_bytes": samples["rss_growth_bytes"],
+        "pause_edges_ms": gc_hist["edges"],
+        "gc_pause_counts": gc_hist["counts"],
+        "cpython_gc_pause_counts": cpython_hist["counts"],
+    }
     allowed = GIB * pages / 1_000_000  # 1 GiB per million pages
     figures: dict[str, Any] = {
         "pages": pages,
@@ -53,6 +67,7 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "arena_file_after_bytes": x["arena_file_after_bytes"],
         "evicted_bytes": x["evicted_bytes"],
         "run": r.to_json(),
+        "series": series,
     }
     correct = x["mismatched_pages"] == 0 and bool(x["live_pages_unchanged_by_gc"])
     passed = (

@@ -14,6 +14,10 @@ compared byte for byte with three replays of its log:
 Divergence is the number of differing bytes over all pages plus the pages missing or extra;
 it must be exactly 0. Finally ``bus.at(lsn)`` (nearest checkpoint plus log) is compared with
 the recorded live hash at randomly sampled intermediate LSNs.
+
+Last, crash recovery is timed against the length of the log tail past the last checkpoint
+(:func:`mmsb.validation.series.recovery_sweep`; ``figures["series"]``, plotted by the HTML
+report); every recovered state must equal the writer's.
 """
 
 from __future__ import annotations
@@ -29,8 +33,13 @@ import numpy.typing as npt
 
 import mmsb
 from mmsb.validation.runner import Context, Outcome
+from mmsb.validation.series import recovery_sweep
 from mmsb.validation.workload import WorkloadParams, WorkloadRun
 from mmsb.view import StateView
+
+# log tails (deltas past the last checkpoint) whose crash recovery is timed
+RECOVERY_TAILS = (1_000, 10_000, 100_000, 1_000_000)
+RECOVERY_TAILS_QUICK = (1_000, 10_000, 100_000)
 
 
 @dataclass(frozen=True)
@@ -217,8 +226,19 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     t1 = time.perf_counter()
     snaps = check_snapshots(ctx, wl, int(params["lsn_checks"]), int(params["seed"]))
     t2 = time.perf_counter()
+    # recovery time against the length of the log tail past the last checkpoint (the plot
+    # of the HTML report); each recovered state must equal the writer's
+    tails = RECOVERY_TAILS_QUICK if ctx.size == "quick" else RECOVERY_TAILS
+    recovery, recovery_problems = recovery_sweep(
+        ctx.path, tails, seed=int(params["seed"]), progress=ctx.progress
+    )
+    t3 = time.perf_counter()
     zero, first, crash = checks
-    passed = all(c.ok for c in checks) and snaps["matched"] == snaps["checked"] > 0
+    passed = (
+        all(c.ok for c in checks)
+        and snaps["matched"] == snaps["checked"] > 0
+        and not recovery_problems
+    )
     figures: dict[str, Any] = {
         "divergence_from_zero": zero.divergence.total,
         "divergence_from_first_checkpoint": first.divergence.total,
@@ -241,7 +261,9 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "seconds_workload": round(wl.seconds, 3),
         "seconds_replays": round(t1 - t0, 3),
         "seconds_snapshots": round(t2 - t1, 3),
+        "seconds_recovery_sweep": round(t3 - t2, 3),
         "workload": wparams.as_dict(),
+        "series": recovery,
     }
     summary = (
         f"divergence {_fmt_div(zero)} from zero ({zero.frames_replayed:,} frames), "
@@ -249,7 +271,8 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         f"{_fmt_div(crash)} after crash recovery (LSN {crash.checkpoint_lsn:,}); "
         f"{snaps['matched']:,}/{snaps['checked']:,} random LSNs match the live hashes; "
         f"{wparams.ticks:,} ticks, {wl.lsn:,} commits, {wl.deltas:,} deltas + "
-        f"{wl.derived_deltas:,} derived by propagation"
+        f"{wl.derived_deltas:,} derived by propagation; crash recovery of a "
+        f"{recovery['tail_deltas'][-1]:,}-delta log tail {recovery['open_ms'][-1]:.0f} ms"
     )
     notes: list[str] = []
     for c in checks:
@@ -262,4 +285,5 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         notes += [f"{c.route}: {p}" for p in c.problems]
     if snaps["mismatched_lsns"]:
         notes.append(f"snapshots differ at LSNs {snaps['mismatched_lsns']}")
+    notes += [f"recovery sweep: {p}" for p in recovery_problems]
     return Outcome(passed, figures, summary, notes)

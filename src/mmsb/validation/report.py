@@ -1,30 +1,66 @@
-"""Validation reports: one text line per target, the JSON document, and the history file.
+"""Validation reports: one text line per target and the JSON document.
 
 Line format (the same for every target)::
 
-    ✓ #1 Replay determinism [quick: 200 of 1,000 ticks]: <figures>; 4.2 s — <notes>
+    ✓ #6 Tick latency [quick: 50 of 200 ticks]: <figures>; 4.2 s | floor p99_ms 9.1 < 16 ✓
+    | goal p99_ms 9.1 ≤ 16 ✓, idle_p99_ms 0.4 ≤ 1 ✓ ★ — <notes>
+    Goals met ★: 1/2
     Result: 2/2 PASS
 
-A reduced run says so on every line it reduces; the JSON carries ``reduced`` per target.
+(the first two are one line). ✓/✗ says whether the runner's correctness checks and every
+floor check passed, ★ that every goal check passed as well; the floor and goal parts show
+each check's figure, its bound and its own ✓/✗ (or the size it is left to), and a line
+carries [correct; a speed floor was missed] where only a floor failed. A reduced run says so
+on every line it reduces; the JSON carries ``reduced`` per target. The history file and the
+regression flags are :mod:`mmsb.validation.history`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
-from typing import Any
 
+from mmsb.validation.history import HISTORY_FILE, append_history
 from mmsb.validation.runner import TargetResult, ValidationReport
+from mmsb.validation.targets import CheckResult
 
-HISTORY_FILE = "validate.jsonl"
+__all__ = [
+    "HISTORY_FILE",
+    "append_history",
+    "format_checks",
+    "format_goals_line",
+    "format_line",
+    "format_report",
+    "format_result_line",
+    "write_json",
+]
+
+
+def format_checks(checks: list[CheckResult], kind: str, size: str) -> str:
+    parts = []
+    for c in checks:
+        if c.kind != kind:
+            continue
+        if c.met is None:
+            parts.append(f"{c.check.text()} (not checked at {size} size)")
+        else:
+            parts.append(f"{c.text()} {'✓' if c.met else '✗'}")
+    return f"{kind} " + ", ".join(parts) if parts else ""
 
 
 def format_line(result: TargetResult, size: str = "stated") -> str:
     mark = "✓" if result.passed else "✗"
     tag = f" [{size}: {'; '.join(result.reductions)}]" if result.reductions else ""
-    line = f"{mark} #{result.id} {result.name}{tag}: {result.summary}; {result.seconds:.1f} s"
-    if not result.passed and result.correct is True:
+    # the registry's goal checks decide the ★; a runner's own trailing ★ is not repeated
+    summary = result.summary.removesuffix(" ★")
+    line = f"{mark} #{result.id} {result.name}{tag}: {summary}; {result.seconds:.1f} s"
+    for kind in ("floor", "goal"):
+        part = format_checks(result.checks, kind, size)
+        if part:
+            line += " | " + part
+    if result.goal_met:
+        line += " ★"
+    if not result.passed and result.correct is True and result.error is None:
         line += " [correct; a speed floor was missed]"
     if result.notes:
         line += " — " + "; ".join(result.notes)
@@ -36,9 +72,15 @@ def format_result_line(report: ValidationReport) -> str:
     return f"Result: {report.passed}/{len(report.results)} {verdict}"
 
 
+def format_goals_line(report: ValidationReport) -> str:
+    return f"Goals met ★: {report.goals_met}/{len(report.results)}"
+
+
 def format_report(report: ValidationReport) -> list[str]:
+    """One line per target, the goals and result lines, then one line per regression."""
     lines = [format_line(r, report.size) for r in report.results]
-    lines.append(format_result_line(report))
+    lines += [format_goals_line(report), format_result_line(report)]
+    lines += [str(flag["text"]) for flag in report.regressions]
     return lines
 
 
@@ -52,22 +94,3 @@ def write_json(report: ValidationReport, path: str | os.PathLike[str]) -> None:
         json.dump(report.to_json(), f, indent=2, ensure_ascii=False)
         f.write("\n")
     os.replace(tmp, path)
-
-
-def append_history(report: ValidationReport, directory: str | os.PathLike[str]) -> str:
-    """Append one JSON line (timestamp + results) to the history file; return its path."""
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, HISTORY_FILE)
-    entry: dict[str, Any] = {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "results": report.to_json(),
-    }
-    line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False) + "\n"
-    # one write of one line with O_APPEND: concurrent runs never interleave within a line
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-    finally:
-        os.close(fd)
-    return path

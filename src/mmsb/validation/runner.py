@@ -3,6 +3,10 @@
 A runner module exposes ``run(ctx, params) -> Outcome``. The runner here resolves it from
 the registry, times it, and turns an exception into a failed result (a target that cannot
 be measured is not met), so one broken target never hides the others.
+
+A target passes (✓) when the runner's correctness checks pass and every floor check of the
+registry holds on its figures; its goal is met (★) when, besides, every goal check holds.
+The runner's own ``passed`` counts as its correctness only where it reports no ``correct``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import mmsb
-from mmsb.validation.targets import TargetSpec, load_targets
+from mmsb.validation.targets import CheckResult, TargetSpec, evaluate, load_targets
 from mmsb.validation.workload import Progress, WorkloadParams, WorkloadRun, run_workload
 
 
@@ -55,6 +59,10 @@ class TargetResult:
     error: str | None = None
     # every correctness check passed, speed floors aside (None: the same as ``passed``)
     correct: bool | None = None
+    # the registry's floor and goal checks on the figures (empty: none evaluated)
+    checks: list[CheckResult] = field(default_factory=list)
+    # every goal check met as well as the floor (None: no goal check could be judged)
+    goal_met: bool | None = None
 
     @property
     def is_correct(self) -> bool:
@@ -78,6 +86,8 @@ class TargetResult:
             "units": self.units,
             "error": self.error,
             "correct": self.is_correct,
+            "goal_met": self.goal_met,
+            "checks": [c.to_json() for c in self.checks],
         }
 
 
@@ -88,10 +98,17 @@ class ValidationReport:
     started: str  # ISO 8601, UTC
     seconds: float
     results: list[TargetResult]
+    # filled by the history comparison (mmsb.validation.history.compare_with_history)
+    regressions: list[dict[str, Any]] = field(default_factory=list)
+    compared_with: str | None = None  # the timestamp of the history entry compared with
 
     @property
     def passed(self) -> int:
         return sum(r.passed for r in self.results)
+
+    @property
+    def goals_met(self) -> int:
+        return sum(r.goal_met is True for r in self.results)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +128,7 @@ class ValidationReport:
             "started": self.started,
             "seconds": round(self.seconds, 3),
             "passed": self.passed,
+            "goals_met": self.goals_met,
             "total": len(self.results),
             "ok": self.ok,
             "correct": self.correct,
@@ -120,6 +138,8 @@ class ValidationReport:
                 "cpus": os.cpu_count(),
             },
             "targets": [r.to_json() for r in self.results],
+            "compared_with": self.compared_with,
+            "regressions": self.regressions,
         }
 
 
@@ -181,11 +201,14 @@ def run_target(ctx: Context, spec: TargetSpec, size: str) -> TargetResult:
     except Exception as exc:  # a target that cannot be measured is a missed target
         error = f"{type(exc).__name__}: {exc}"
         outcome = Outcome(False, {}, f"could not be measured ({error})")
+    correct = outcome.passed if outcome.correct is None else outcome.correct
+    checks, floor_met, goals = evaluate(spec, outcome.figures, size)
+    passed = correct and floor_met and error is None
     return TargetResult(
         id=spec.id,
         key=spec.key,
         name=spec.name,
-        passed=outcome.passed,
+        passed=passed,
         figures=outcome.figures,
         parameters=params,
         reduced=bool(reductions),
@@ -197,7 +220,9 @@ def run_target(ctx: Context, spec: TargetSpec, size: str) -> TargetResult:
         goal=spec.goal,
         units=spec.units,
         error=error,
-        correct=outcome.passed if outcome.correct is None else outcome.correct,
+        correct=correct,
+        checks=checks,
+        goal_met=None if goals is None or error is not None else passed and goals,
     )
 
 

@@ -21,6 +21,7 @@ from mmsb.benchmarks import engine
 from mmsb.benchmarks.common import Result
 from mmsb.storage.log import list_segments
 from mmsb.validation.runner import Context, Outcome
+from mmsb.validation.series import throughput_sweep
 
 SEED_SINGLE = 1_000_000  # deltas/s, the seed's floor for one worker
 SEED_MULTI = 10_000_000  # deltas/s, the seed's floor for "multi"
@@ -28,6 +29,7 @@ GOAL_SINGLE = 10_000_000
 GOAL_SPEEDUP = 1.7
 GOAL_DENSE = 3_000_000
 GOAL_FLOOR_RATIO = 2.0
+SWEEP_BATCHES = (1_000, 10_000)  # besides the target's own batch, for the HTML report's plot
 
 
 class _Clock:
@@ -72,6 +74,17 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
                            seed=seed, progress=progress("dense, 1 worker"))  # fmt: skip
     fl = engine.floor(payload=16, total=total, batch=batch, seed=seed)
     seed_wl = engine.seed_workload(workers=1, total=total, progress=progress("seed workload"))
+    # throughput against batch size and workers: smaller batches measured here (at most 200
+    # calls each), the target's batch size from the two runs above
+    sweep = throughput_sweep(
+        [(b, w, min(max(total // 10, 50 * b), 200 * b)) for b in SWEEP_BATCHES for w in (1, 2)],
+        seed=seed, progress=ctx.progress,
+    )  # fmt: skip
+    for r in (one, two):
+        sweep["batch"].append(batch)
+        sweep["workers"].append(int(r.conditions["workers"]))
+        sweep["deltas"].append(int(r.conditions["deltas"]))
+        sweep["deltas_per_s"].append(round(r.value))
     results: list[Result] = [one, two, dense, fl, seed_wl]
     speedup = two.value / one.value
     floor_ratio = fl.value / one.value
@@ -85,6 +98,7 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "seed_workload_deltas_per_s": round(seed_wl.value),
         "same_state_and_log_1_vs_2_workers": same,
         "runs": [r.to_json() for r in results],
+        "series": sweep,
     }
     passed = same and one.value >= SEED_SINGLE and two.value >= SEED_MULTI
     summary = (

@@ -1,0 +1,742 @@
+"""``mmsb bench --compare``: MMSB against LMDB, SQLite and a plain numpy array on shared
+memory, on the same bytes in the same run.
+
+Workloads (sizes at ``scale=1``; the page ids, in-page offsets and 64-byte payloads come
+from one seeded generator and every system receives exactly the same ones):
+
+* (a) 1,000,000 updates of 64 bytes into 65,536 pages of 4 KiB, in 100 batches of 10,000.
+  MMSB: ``DeltaBatch.from_ranges`` + ``Bus.apply_batch`` per batch, log on,
+  ``sync="normal"``. LMDB: one write transaction per batch, each update a get of the page,
+  a 64-byte splice and a put of the whole page, ``sync=False``. SQLite: WAL,
+  ``synchronous=NORMAL``, one transaction per batch holding an ``executemany`` of an UPDATE
+  that splices the bytes in SQL. numpy: one fancy-index assignment per batch into a 2-D
+  ``uint8`` array over ``multiprocessing.shared_memory`` -- no log, no checks: the floor.
+* (b) durable single-update commits, each fsynced: MMSB ``sync="always"``, LMDB
+  ``sync=True``, SQLite ``synchronous=FULL`` (WAL).
+* (c) random whole-page reads (the same page ids for every system).
+* (d) reopen after the same history: clean close, then open + read one page; and MMSB after
+  a crash (a writer process that applies (a) and leaves with ``os._exit``), recovered by
+  replaying its log.
+
+After (a) every system's pages are compared byte for byte with the numpy floor's, and after
+(b) the pages (b) touched with the floor plus (b)'s updates; a difference raises
+:class:`MismatchError`. LMDB is optional (``pip install 'mmsb[compare]'``); without it the
+other systems still run and the report says why LMDB was skipped.
+
+Run as ``python -m mmsb.benchmarks.compare [--scale X] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from multiprocessing import shared_memory
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+import mmsb
+
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+Progress = Callable[[str, int, int], None]
+
+PAGE = 4096
+PAYLOAD = 64
+FULL = {"pages": 65_536, "updates": 1_000_000, "batches": 100, "reads": 200_000, "durable": 200}
+WORKLOADS = {
+    "a": "(a) batched 64 B updates",
+    "b": "(b) durable commits",
+    "c": "(c) random page reads",
+    "d": "(d) reopen",
+}
+INSTALL_HINT = "install mmsb[compare] (pip install 'mmsb[compare]') to include LMDB"
+# SQLite's update: a splice of the blob in SQL (|| yields text holding the raw bytes, which
+# CAST turns back into a blob unchanged)
+SPLICE = (
+    "UPDATE pages SET page = CAST(substr(page, 1, ?) || ? || substr(page, ?) AS BLOB) WHERE id = ?"
+)
+SELECT = "SELECT page FROM pages WHERE id = ?"
+
+
+class MismatchError(RuntimeError):
+    """A system's pages differ from the floor's after the same writes.
+
+    This is the benchmark's own correctness check failing (a broken peer setup or a wrong
+    engine), not a user error, so it is not part of :mod:`mmsb.errors`.
+    """
+
+
+def load_lmdb() -> tuple[Any, str]:
+    """The ``lmdb`` module, or None and why it is missing."""
+    try:
+        return importlib.import_module("lmdb"), ""
+    except ImportError as e:
+        return None, f"lmdb is not importable ({e}); {INSTALL_HINT}"
+
+
+def sizes(scale: float) -> dict[str, int]:
+    """The workload sizes at ``scale`` x the full ones (with small floors for tests)."""
+    if not scale > 0:
+        raise mmsb.InvalidArgumentError(f"scale must be positive, got {scale!r}")
+    s = {k: max(int(v * scale), lo) for (k, v), lo in
+         zip(FULL.items(), (64, 1_000, 1, 1_000, 10), strict=True)}  # fmt: skip
+    s["batches"] = FULL["batches"]
+    s["batch"] = -(-s["updates"] // s["batches"])
+    return s
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The bytes every system writes and the pages every system reads."""
+
+    pages: int
+    batch: int
+    pids: I64  # page index 0..pages-1 of each (a) update
+    offs: I64  # byte offset of each update in its page
+    data: U8  # (updates, 64) payloads
+    read_ids: I64  # page indices for (c)
+    dur_pids: I64  # (b): one update per commit
+    dur_offs: I64
+    dur_data: U8
+
+    def batches(self) -> Iterator[tuple[I64, I64, U8]]:
+        for s in range(0, self.pids.size, self.batch):
+            e = s + self.batch
+            yield self.pids[s:e], self.offs[s:e], self.data[s:e]
+
+
+def make_workload(sz: dict[str, int], seed: int) -> Workload:
+    rng = np.random.default_rng(seed)
+    pages, n, d = sz["pages"], sz["updates"], sz["durable"]
+    return Workload(
+        pages, sz["batch"],
+        rng.integers(0, pages, n), rng.integers(0, PAGE - PAYLOAD + 1, n),
+        rng.integers(0, 256, (n, PAYLOAD), dtype=np.uint8),
+        rng.integers(0, pages, sz["reads"]),
+        rng.integers(0, pages, d), rng.integers(0, PAGE - PAYLOAD + 1, d),
+        rng.integers(0, 256, (d, PAYLOAD), dtype=np.uint8),
+    )  # fmt: skip
+
+
+def _rows(data: U8) -> list[bytes]:
+    flat = data.tobytes()
+    return [flat[i : i + PAYLOAD] for i in range(0, len(flat), PAYLOAD)]
+
+
+# -- the systems ---------------------------------------------------------------------------
+
+
+class Store:
+    """One system under test. ``apply``/``read_loop``/``reopen``/``durable`` return the
+    seconds of their timed part; inputs are converted to the system's form outside it."""
+
+    name = ""
+    conditions: dict[str, str]
+
+    def setup(self, root: str, pages: int) -> None:
+        raise NotImplementedError
+
+    def apply(self, pids: I64, offs: I64, data: U8) -> float:
+        raise NotImplementedError
+
+    def pages(self) -> Iterator[tuple[int, Any]]:
+        """(page index, bytes) of every page, in index order."""
+        raise NotImplementedError
+
+    def page(self, i: int) -> Any:
+        raise NotImplementedError
+
+    def read_loop(self, ids: list[int]) -> float:
+        raise NotImplementedError
+
+    def reopen(self) -> float:
+        """Close, then time opening again and reading one page; leaves it open."""
+        raise NotImplementedError
+
+    def durable(self, pids: I64, offs: I64, data: U8) -> float:
+        """Reopen in the durable mode, then time one fsynced commit per update."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class NumpyFloor(Store):
+    name = "numpy shm"
+
+    def __init__(self) -> None:
+        self.conditions = {
+            "a": "2-D uint8 array over multiprocessing.shared_memory; one fancy-index "
+            "assignment per batch; no log, no checks, nothing durable",
+            "c": "arr[i].copy() per read",
+        }
+        self.shm: shared_memory.SharedMemory | None = None
+        self.arr: U8 | None = None
+
+    def setup(self, root: str, pages: int) -> None:
+        self.shm = shared_memory.SharedMemory(create=True, size=pages * PAGE)
+        self.arr = np.ndarray((pages, PAGE), np.uint8, buffer=self.shm.buf)
+        self.within = np.arange(PAYLOAD, dtype=np.int64)
+
+    def apply(self, pids: I64, offs: I64, data: U8) -> float:
+        assert self.arr is not None
+        flat = self.arr.reshape(-1)
+        t = time.perf_counter()
+        flat[((pids * PAGE + offs)[:, None] + self.within).reshape(-1)] = data.reshape(-1)
+        return time.perf_counter() - t
+
+    def read_loop(self, ids: list[int]) -> float:
+        arr = self.arr
+        assert arr is not None
+        t = time.perf_counter()
+        for i in ids:
+            arr[i].copy()
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.arr = None  # no view of the buffer may outlive it
+        if self.shm is not None:
+            try:
+                self.shm.close()
+            finally:
+                self.shm.unlink()
+                self.shm = None
+
+
+class MMSBStore(Store):
+    name = "MMSB"
+
+    def __init__(self, batch: int) -> None:
+        self.conditions = {
+            "a": f"DeltaBatch.from_ranges + Bus.apply_batch per batch of {batch:,} (built "
+            "inside the timing), 1 worker, log on, sync=normal: no fsync per commit, the "
+            "log is fsynced by a background thread every 1 s and on close",
+            "b": "Bus.write of one 64 B range delta per commit, sync=always (log fsynced "
+            "before each commit returns)",
+            "c": "Bus.read(page) per read: a copy of the page as a numpy array",
+            "d": "clean close, then mmsb.open + Bus.read of one page (clean-shutdown "
+            "fast path; median of 3)",
+        }
+
+    def setup(self, root: str, pages: int) -> None:
+        with mmsb.open(None) as warm:  # compile the kernels outside the timings
+            ids = warm.create_pages(2, PAGE)
+            warm.apply_batch(mmsb.DeltaBatch.from_ranges(ids, [0, 64], np.ones((2, 64), "u1")))
+            warm.read(int(ids[0]))
+        self.path = os.path.join(root, "mmsb")
+        self.bus = mmsb.open(self.path, sync="normal")
+        self.ids = self.bus.create_pages(pages, PAGE)
+
+    def apply(self, pids: I64, offs: I64, data: U8) -> float:
+        bus, ids = self.bus, self.ids
+        t = time.perf_counter()
+        bus.apply_batch(mmsb.DeltaBatch.from_ranges(ids[pids], offs, data))
+        return time.perf_counter() - t
+
+    def pages(self) -> Iterator[tuple[int, Any]]:
+        for i, pid in enumerate(self.ids.tolist()):
+            yield i, self.bus.read(pid)
+
+    def page(self, i: int) -> Any:
+        return self.bus.read(int(self.ids[i]))
+
+    def read_loop(self, ids: list[int]) -> float:
+        pids = self.ids[np.asarray(ids, np.int64)].tolist()
+        read = self.bus.read
+        t = time.perf_counter()
+        for p in pids:
+            read(p)
+        return time.perf_counter() - t
+
+    def reopen(self) -> float:
+        self.bus.close()
+        first = int(self.ids[0])
+        t = time.perf_counter()
+        self.bus = mmsb.open(self.path, sync="normal")
+        self.bus.read(first)
+        dt = time.perf_counter() - t
+        if self.bus.recovery.mode != "clean":  # the figure is stated as the fast path
+            raise RuntimeError(f"MMSB reopened by {self.bus.recovery.mode}, not clean")
+        return dt
+
+    def durable(self, pids: I64, offs: I64, data: U8) -> float:
+        self.bus.close()
+        self.bus = bus = mmsb.open(self.path, sync="always")
+        items = list(zip(self.ids[pids].tolist(), offs.tolist(), list(data), strict=True))
+        t = time.perf_counter()
+        for p, o, d in items:
+            bus.write(p, d, offset=o)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+class LMDBStore(Store):
+    name = "LMDB"
+
+    def __init__(self, lmdb: Any, batch: int) -> None:
+        self.lmdb = lmdb
+        v = getattr(lmdb, "__version__", "?")
+        self.conditions = {
+            "a": f"py-lmdb {v}; one write txn per batch of {batch:,}; per update get the "
+            "page, splice 64 B, put the whole 4 KiB page; sync=False (no fsync per "
+            "commit: the OS writes back)",
+            "b": "one write txn (get, splice, put) per commit; sync=True",
+            "c": "txn.get per read inside one read txn (returns bytes)",
+            "d": "clean close, then lmdb.open + txn.get of one page (median of 3)",
+        }
+
+    def _open(self, sync: bool) -> None:
+        self.env = self.lmdb.open(self.path, map_size=self.map_size, sync=sync)
+
+    def setup(self, root: str, pages: int) -> None:
+        self.path = os.path.join(root, "lmdb")
+        # a 4 KiB value takes two LMDB pages, and copy-on-write needs room for a batch more
+        self.map_size = max(1 << 30, pages * PAGE * 8)
+        self._open(False)
+        self.keys = [i.to_bytes(8, "big") for i in range(pages)]
+        zero = bytes(PAGE)
+        with self.env.begin(write=True) as txn:
+            for k in self.keys:
+                txn.put(k, zero, append=True)
+
+    def apply(self, pids: I64, offs: I64, data: U8) -> float:
+        keys = self.keys
+        items = list(zip([keys[i] for i in pids.tolist()], offs.tolist(), _rows(data),
+                         strict=True))  # fmt: skip
+        t = time.perf_counter()
+        with self.env.begin(write=True) as txn:
+            get, put = txn.get, txn.put
+            for k, o, d in items:
+                page = bytearray(get(k))
+                page[o : o + PAYLOAD] = d
+                put(k, page)
+        return time.perf_counter() - t
+
+    def pages(self) -> Iterator[tuple[int, Any]]:
+        with self.env.begin() as txn:
+            for k, v in txn.cursor():
+                yield int.from_bytes(k, "big"), v
+
+    def page(self, i: int) -> Any:
+        with self.env.begin() as txn:
+            return txn.get(self.keys[i])
+
+    def read_loop(self, ids: list[int]) -> float:
+        keys = [self.keys[i] for i in ids]
+        t = time.perf_counter()
+        with self.env.begin() as txn:
+            get = txn.get
+            for k in keys:
+                get(k)
+        return time.perf_counter() - t
+
+    def reopen(self) -> float:
+        self.env.close()
+        t = time.perf_counter()
+        self._open(False)
+        with self.env.begin() as txn:
+            txn.get(self.keys[0])
+        return time.perf_counter() - t
+
+    def durable(self, pids: I64, offs: I64, data: U8) -> float:
+        self.env.close()
+        self._open(True)
+        items = list(zip([self.keys[i] for i in pids.tolist()], offs.tolist(), _rows(data),
+                         strict=True))  # fmt: skip
+        t = time.perf_counter()
+        for k, o, d in items:
+            with self.env.begin(write=True) as txn:
+                page = bytearray(txn.get(k))
+                page[o : o + PAYLOAD] = d
+                txn.put(k, page)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class SQLiteStore(Store):
+    name = "SQLite"
+
+    def __init__(self, batch: int) -> None:
+        v = sqlite3.sqlite_version
+        self.conditions = {
+            "a": f"SQLite {v}; table (id INTEGER PRIMARY KEY, page BLOB), WAL, "
+            f"synchronous=NORMAL, default 4 KiB page and cache; one transaction per batch of "
+            f"{batch:,} holding executemany of an UPDATE that splices the 64 B into the "
+            "blob in SQL (CAST(substr || ? || substr AS BLOB))",
+            "b": "the same UPDATE, one autocommit transaction per commit; WAL, "
+            "synchronous=FULL (WAL fsynced at each commit)",
+            "c": "SELECT page WHERE id = ? per read (returns bytes)",
+            "d": "clean close, then sqlite3.connect + SELECT of one page (median of 3)",
+        }
+
+    def _connect(self) -> None:
+        self.con = sqlite3.connect(self.path, isolation_level=None)
+
+    def setup(self, root: str, pages: int) -> None:
+        self.path = os.path.join(root, "sqlite.db")
+        self._connect()
+        self.con.execute("PRAGMA journal_mode=WAL")
+        self.con.execute("PRAGMA synchronous=NORMAL")
+        self.con.execute("CREATE TABLE pages (id INTEGER PRIMARY KEY, page BLOB NOT NULL)")
+        self.con.execute("BEGIN")
+        self.con.executemany(
+            f"INSERT INTO pages (id, page) VALUES (?, zeroblob({PAGE}))",
+            ((i,) for i in range(pages)),
+        )
+        self.con.execute("COMMIT")
+
+    def _params(self, pids: I64, offs: I64, data: U8) -> list[tuple[int, bytes, int, int]]:
+        return list(zip(offs.tolist(), _rows(data), (offs + PAYLOAD + 1).tolist(),
+                        pids.tolist(), strict=True))  # fmt: skip
+
+    def apply(self, pids: I64, offs: I64, data: U8) -> float:
+        rows = self._params(pids, offs, data)
+        con = self.con
+        t = time.perf_counter()
+        con.execute("BEGIN")
+        cur = con.executemany(SPLICE, rows)
+        con.execute("COMMIT")
+        dt = time.perf_counter() - t
+        if cur.rowcount != len(rows):
+            raise MismatchError(f"SQLite updated {cur.rowcount} rows of {len(rows)}")
+        return dt
+
+    def pages(self) -> Iterator[tuple[int, Any]]:
+        yield from self.con.execute("SELECT id, page FROM pages ORDER BY id")
+
+    def page(self, i: int) -> Any:
+        return self.con.execute(SELECT, (i,)).fetchone()[0]
+
+    def read_loop(self, ids: list[int]) -> float:
+        ex = self.con.cursor().execute
+        t = time.perf_counter()
+        for i in ids:
+            ex(SELECT, (i,)).fetchone()
+        return time.perf_counter() - t
+
+    def reopen(self) -> float:
+        self.con.close()
+        t = time.perf_counter()
+        self._connect()
+        self.con.execute(SELECT, (0,)).fetchone()
+        return time.perf_counter() - t
+
+    def durable(self, pids: I64, offs: I64, data: U8) -> float:
+        self.con.execute("PRAGMA synchronous=FULL")
+        rows = self._params(pids, offs, data)
+        ex = self.con.execute
+        t = time.perf_counter()
+        for r in rows:
+            ex(SPLICE, r)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.con.close()
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One measured figure. ``advantage``: how many times better MMSB's figure is (> 1:
+    MMSB faster), None on MMSB's own rows."""
+
+    workload: str
+    system: str
+    value: float
+    unit: str
+    conditions: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    advantage: float | None = None
+
+    @property
+    def rate(self) -> bool:
+        return self.unit.endswith("/s")
+
+
+@dataclass
+class Goal:
+    text: str
+    ratio: float | None  # None: a peer was skipped
+    met: bool | None
+
+
+@dataclass
+class Report:
+    sizes: dict[str, int]
+    seed: int
+    figures: list[Figure]
+    goals: list[Goal]
+    skipped: dict[str, str]
+    checks: list[str]
+    machine: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "sizes": self.sizes,
+            "seed": self.seed,
+            "workloads": {
+                k: {"title": t, "rows": [asdict(f) for f in self.figures if f.workload == k]}
+                for k, t in WORKLOADS.items()
+            },
+            "goals": [asdict(g) for g in self.goals],
+            "skipped": self.skipped,
+            "checks": self.checks,
+        }
+
+
+def _u8(v: Any) -> U8:
+    return v if isinstance(v, np.ndarray) else np.frombuffer(v, np.uint8)
+
+
+def check_all(store: Store, expected: U8, when: str) -> str:
+    """Every page of ``store`` equals ``expected`` (pages x 4096); else MismatchError."""
+    bad: list[int] = []
+    n = 0
+    for i, v in store.pages():
+        if i != n:
+            raise MismatchError(f"{store.name}: expected page {n} next, got page {i} ({when})")
+        if not np.array_equal(_u8(v), expected[i]):
+            bad.append(i)
+        n += 1
+    if n != expected.shape[0]:
+        raise MismatchError(f"{store.name}: {n} pages, the floor has {expected.shape[0]}")
+    if bad:
+        raise MismatchError(
+            f"{store.name}: {len(bad)} of {n} pages differ from the numpy floor {when} "
+            f"(first: {bad[:5]})"
+        )
+    return f"{store.name}: all {n:,} pages equal the numpy floor's {when}"
+
+
+def check_pages(store: Store, want: dict[int, U8], when: str) -> str:
+    bad = [i for i, row in want.items() if not np.array_equal(_u8(store.page(i)), row)]
+    if bad:
+        raise MismatchError(f"{store.name}: pages {bad[:5]} differ from the floor {when}")
+    return f"{store.name}: the {len(want):,} pages checked equal the floor's {when}"
+
+
+def _write_all(store: Store, w: Workload, progress: Progress) -> Figure:
+    times = []
+    total = -(-w.pids.size // w.batch)
+    for k, (p, o, d) in enumerate(w.batches()):
+        times.append(store.apply(p, o, d))
+        progress(f"(a) {store.name}", k + 1, total)
+    s = float(sum(times))
+    return Figure("a", store.name, w.pids.size / s, "updates/s", store.conditions["a"],
+                  {"seconds": s, "batches": len(times), "batch": w.batch,
+                   "batch_ms_median": statistics.median(times) * 1e3,
+                   "batch_ms_max": max(times) * 1e3})  # fmt: skip
+
+
+def _reads(store: Store, w: Workload) -> Figure:
+    ids = w.read_ids.tolist()
+    dt = store.read_loop(ids)
+    return Figure("c", store.name, len(ids) / dt, "reads/s", store.conditions["c"],
+                  {"seconds": dt, "reads": len(ids)})  # fmt: skip
+
+
+def run_store(store: Store, w: Workload, expected: U8, after_b: dict[int, U8], root: str,
+              figures: list[Figure], checks: list[str], progress: Progress) -> None:  # fmt: skip
+    """Workloads (a), (c), (d), (b) on one system, checking its pages against the floor."""
+    sub = tempfile.mkdtemp(prefix=store.name.lower() + "-", dir=root)
+    try:
+        store.setup(sub, w.pages)
+        try:
+            _measure(store, w, expected, after_b, figures, checks, progress)
+        finally:
+            store.close()
+    finally:
+        shutil.rmtree(sub, ignore_errors=True)
+
+
+def _measure(store: Store, w: Workload, expected: U8, after_b: dict[int, U8],
+             figures: list[Figure], checks: list[str], progress: Progress) -> None:  # fmt: skip
+    figures.append(_write_all(store, w, progress))
+    checks.append(check_all(store, expected, "after (a)"))
+    figures.append(_reads(store, w))
+    sample = {int(i): expected[i] for i in w.read_ids[:256]}
+    checks.append(check_pages(store, sample, "in (c)'s first reads"))
+    times = [store.reopen() for _ in range(3)]
+    figures.append(Figure("d", store.name, statistics.median(times), "s",
+                          store.conditions["d"], {"runs_s": times}))  # fmt: skip
+    n = w.dur_pids.size
+    dt = store.durable(w.dur_pids, w.dur_offs, w.dur_data)
+    figures.append(Figure("b", store.name, n / dt, "commits/s", store.conditions["b"],
+                          {"seconds": dt, "commits": n}))  # fmt: skip
+    checks.append(check_pages(store, after_b, "after (b)"))
+
+
+def run_floor(w: Workload, figures: list[Figure], progress: Progress) -> U8:
+    """The numpy floor's (a) and (c); returns its final pages, the oracle for the rest."""
+    floor = NumpyFloor()
+    floor.setup("", w.pages)
+    try:
+        figures.append(_write_all(floor, w, progress))
+        assert floor.arr is not None
+        expected = floor.arr.copy()
+        figures.append(_reads(floor, w))
+    finally:
+        floor.close()
+    return expected
+
+
+def crash_writer(path: str, scale: float, seed: int) -> NoReturn:
+    """Apply (a) to a new bus at ``path``, then leave without closing it (a crash)."""
+    w = make_workload(sizes(scale), seed)
+    bus = mmsb.open(path, sync="normal")
+    ids = bus.create_pages(w.pages, PAGE)
+    for p, o, d in w.batches():
+        bus.apply_batch(mmsb.DeltaBatch.from_ranges(ids[p], o, d))
+    print(f"applied lsn {bus.lsn}", flush=True)
+    os._exit(0)
+
+
+def run_crash(scale: float, seed: int, expected: U8, root: str, checks: list[str]) -> Figure:
+    """(d) for MMSB after a crash: a writer process applies (a) and exits without closing;
+    time mmsb.open (replay from the newest checkpoint) + one read; check every page."""
+    path = os.path.join(root, "mmsb-crash")
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(mmsb.__file__)))
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "mmsb.benchmarks.compare", "--crash-writer", path,
+           "--scale", repr(scale), "--seed", str(seed)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if r.returncode != 0 or "applied lsn" not in r.stdout:
+        raise RuntimeError(f"the crash writer failed (exit {r.returncode}): {r.stderr[-2000:]}")
+    store = MMSBStore(0)
+    store.path = path
+    t = time.perf_counter()
+    store.bus = bus = mmsb.open(path, sync="normal")
+    store.ids = bus.page_ids()
+    bus.read(int(store.ids[0]))
+    dt = time.perf_counter() - t
+    try:
+        info = bus.recovery
+        if info.mode != "replay":
+            raise MismatchError(f"MMSB after a crash opened in mode {info.mode!r}, not replay")
+        checks.append(check_all(store, expected, "after a crash and recovery"))
+    finally:
+        store.close()
+        shutil.rmtree(path, ignore_errors=True)
+    cond = (f"writer process applied (a) with sync=normal and left with os._exit (no close); "
+            f"mmsb.open replayed {info.frames_replayed} frames / {info.deltas_replayed:,} "
+            f"deltas after checkpoint LSN {info.checkpoint_lsn} + Bus.read of one page; "
+            "one run")  # fmt: skip
+    return Figure("d", "MMSB after crash", dt, "s", cond,
+                  {"recovery_seconds": info.seconds, "frames_replayed": info.frames_replayed,
+                   "deltas_replayed": info.deltas_replayed,
+                   "checkpoint_lsn": info.checkpoint_lsn})  # fmt: skip
+
+
+def _advantages(figures: list[Figure]) -> None:
+    for k in WORKLOADS:
+        ref = next((f for f in figures if f.workload == k and f.system == "MMSB"), None)
+        for f in figures:
+            if ref is None or f.workload != k or f.system.startswith("MMSB"):
+                continue
+            f.advantage = ref.value / f.value if f.rate else f.value / ref.value
+
+
+GOALS = (  # workload, peer, lowest MMSB advantage, how the ratio is written
+    ("a", "LMDB", 10.0, "MMSB/LMDB"),
+    ("a", "SQLite", 30.0, "MMSB/SQLite"),
+    ("a", "numpy shm", 0.5, "numpy/MMSB"),
+    ("c", "LMDB", 1.0, "MMSB/LMDB"),
+)
+
+
+def goals(figures: list[Figure], skipped: dict[str, str]) -> list[Goal]:
+    out = []
+    for k, peer, lowest, label in GOALS:
+        f = next((f for f in figures if f.workload == k and f.system == peer), None)
+        if f is None or f.advantage is None:
+            why = skipped.get(peer, "not measured")
+            out.append(Goal(f"({k}) {label}: skipped ({why})", None, None))
+            continue
+        inverted = label.startswith("numpy")
+        ratio = 1 / f.advantage if inverted else f.advantage
+        goal = f"≤ {1 / lowest:g}×" if inverted else f"≥ {lowest:g}×"
+        met = f.advantage >= lowest
+        out.append(Goal(f"({k}) {label} = {ratio:.2f}× (goal {goal}) {'✓' if met else '✗'}",
+                        ratio, met))  # fmt: skip
+    return out
+
+
+def run(scale: float = 1.0, *, seed: int = 0, crash: bool = True,
+        progress: Progress | None = None) -> Report:  # fmt: skip
+    """All four workloads on every available system; see the module docstring."""
+    sz = sizes(scale)
+    w = make_workload(sz, seed)
+    sink: Progress = progress or (lambda what, done, total: None)
+    lmdb, why = load_lmdb()
+    skipped = {} if lmdb is not None else {"LMDB": why}
+    figures: list[Figure] = []
+    checks: list[str] = []
+    expected = run_floor(w, figures, sink)
+    after_b = {int(i): expected[i].copy() for i in np.unique(w.dur_pids)}
+    for p, o, d in zip(w.dur_pids.tolist(), w.dur_offs.tolist(), w.dur_data, strict=True):
+        after_b[p][o : o + PAYLOAD] = d
+    stores: list[Store] = [MMSBStore(w.batch), SQLiteStore(w.batch)]
+    if lmdb is not None:
+        stores.insert(1, LMDBStore(lmdb, w.batch))
+    root = tempfile.mkdtemp(prefix="mmsb-compare-")
+    try:
+        for s in stores:
+            run_store(s, w, expected, after_b, root, figures, checks, sink)
+        if crash:
+            figures.append(run_crash(scale, seed, expected, root, checks))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    _advantages(figures)
+    machine = {"python": platform.python_version(), "platform": platform.platform(),
+               "cpus": os.cpu_count(), "loadavg": list(os.getloadavg())}  # fmt: skip
+    return Report(sz, seed, figures, goals(figures, skipped), skipped, checks, machine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="MMSB against LMDB, SQLite and numpy")
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--no-crash", action="store_true", help="skip MMSB's crash recovery")
+    ap.add_argument("--crash-writer", metavar="PATH", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.crash_writer:
+        crash_writer(args.crash_writer, args.scale, args.seed)
+    rep = run(args.scale, seed=args.seed, crash=not args.no_crash)
+    for f in rep.figures:
+        adv = "" if f.advantage is None else f"  MMSB x{f.advantage:.2f}"
+        print(f"{f.workload}  {f.system:<18} {f.value:>16,.4g} {f.unit}{adv}")
+    for g in rep.goals:
+        print(g.text)
+    for k, v in rep.skipped.items():
+        print(f"{k} skipped: {v}")
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as out:
+            json.dump(rep.to_json(), out, indent=2, ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""``mmsb bench --compare`` (mmsb.benchmarks.compare) at a small scale: every system ends
+with the same pages as the numpy floor, the floor itself matches a plain bytearray model,
+a system that loses writes is caught, every workload yields positive figures, the CLI writes
+JSON with the four workloads, and a missing lmdb is skipped with the reason. No timings are
+asserted."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import mmsb
+from mmsb.benchmarks import compare
+from mmsb.cli import cli
+
+SCALE = 0.005  # 327 pages, 5,000 updates in 100 batches of 50, 1,000 reads, 10 commits
+HAVE_LMDB = importlib.util.find_spec("lmdb") is not None
+
+
+@pytest.fixture(scope="module")
+def report() -> compare.Report:
+    return compare.run(SCALE, seed=3)
+
+
+def naive_pages(w: compare.Workload) -> list[bytearray]:
+    """The slow oracle: one bytearray per page, the updates applied one by one in order."""
+    pages = [bytearray(compare.PAGE) for _ in range(w.pages)]
+    for p, o, d in zip(w.pids.tolist(), w.offs.tolist(), w.data, strict=True):
+        pages[p][o : o + compare.PAYLOAD] = d.tobytes()
+    return pages
+
+
+def test_sizes_scale_and_reject_non_positive() -> None:
+    full = compare.sizes(1.0)
+    assert full == {**compare.FULL, "batch": 10_000}
+    small = compare.sizes(SCALE)
+    assert small["batches"] == 100 and small["batch"] * 100 >= small["updates"]
+    with pytest.raises(mmsb.InvalidArgumentError, match="scale must be positive"):
+        compare.sizes(0)
+
+
+def test_the_floor_matches_the_bytearray_model() -> None:
+    w = compare.make_workload(compare.sizes(SCALE), seed=5)
+    # pages written many times over, so the order of overlapping writes matters
+    assert np.unique(w.pids).size < w.pids.size // 4
+    expected = compare.run_floor(w, [], lambda *_: None)
+    want = np.frombuffer(b"".join(naive_pages(w)), np.uint8).reshape(w.pages, compare.PAGE)
+    assert np.array_equal(expected, want)
+
+
+def test_every_system_ends_byte_equal_to_the_floor(report: compare.Report) -> None:
+    systems = ["MMSB", "SQLite"] + (["LMDB"] if HAVE_LMDB else [])
+    for name in systems:
+        assert any(c.startswith(f"{name}: all ") and "after (a)" in c for c in report.checks)
+        assert any(c.startswith(f"{name}: the ") and "after (b)" in c for c in report.checks)
+    assert any("after a crash and recovery" in c for c in report.checks)
+    crash = next(f for f in report.figures if f.system == "MMSB after crash")
+    assert crash.extra["deltas_replayed"] >= report.sizes["updates"]
+
+
+def test_each_workload_gives_positive_figures_and_ratios(report: compare.Report) -> None:
+    by = {(f.workload, f.system): f for f in report.figures}
+    peers = ["SQLite"] + (["LMDB"] if HAVE_LMDB else [])
+    for k in "abcd":
+        for name in ["MMSB", *peers]:
+            f = by[(k, name)]
+            assert f.value > 0 and math.isfinite(f.value), f
+            assert f.conditions
+            assert (f.advantage is None) == (name == "MMSB")
+            if f.advantage is not None:
+                assert f.advantage > 0
+    assert {("a", "numpy shm"), ("c", "numpy shm")} <= set(by)
+    assert by[("a", "MMSB")].unit == "updates/s" and by[("d", "MMSB")].unit == "s"
+    assert by[("a", "MMSB")].extra["batch"] == report.sizes["batch"]
+    assert len(report.goals) == 4
+    for g in report.goals:
+        if g.met is None:
+            assert not HAVE_LMDB and "skipped" in g.text
+        else:
+            assert g.ratio is not None and g.ratio > 0
+            assert g.text.endswith("✓" if g.met else "✗")
+
+
+class LosesLastBatch(compare.MMSBStore):
+    """An MMSB store that silently drops its last batch: the check must catch it."""
+
+    def __init__(self, batch: int, batches: int) -> None:
+        super().__init__(batch)
+        self.left = batches
+
+    def apply(self, pids: compare.I64, offs: compare.I64, data: compare.U8) -> float:
+        self.left -= 1
+        return 1e-3 if self.left == 0 else super().apply(pids, offs, data)
+
+
+def test_a_system_that_loses_writes_fails_loudly(tmp_path: Path) -> None:
+    w = compare.make_workload(compare.sizes(SCALE), seed=1)
+    expected = compare.run_floor(w, [], lambda *_: None)
+    store = LosesLastBatch(w.batch, compare.sizes(SCALE)["batches"])
+    with pytest.raises(compare.MismatchError, match=r"MMSB: \d+ of 327 pages differ"):
+        compare.run_store(store, w, expected, {}, str(tmp_path), [], [], lambda *_: None)
+    assert list(tmp_path.iterdir()) == []  # its files are removed
+
+
+def test_missing_lmdb_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # makes `import lmdb` fail
+    rep = compare.run(SCALE, seed=2, crash=False)
+    assert "LMDB" in rep.skipped and "mmsb[compare]" in rep.skipped["LMDB"]
+    assert not any(f.system == "LMDB" for f in rep.figures)
+    assert {f.system for f in rep.figures} == {"numpy shm", "MMSB", "SQLite"}
+    lmdb_goals = [g for g in rep.goals if "LMDB" in g.text]
+    assert len(lmdb_goals) == 2
+    assert all(g.met is None and "skipped (lmdb is not importable" in g.text for g in lmdb_goals)
+    sqlite_goal = next(g for g in rep.goals if "SQLite" in g.text)
+    assert sqlite_goal.met is not None
+
+
+def test_cli_compare_writes_json_with_the_four_workloads(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(cli, ["bench", "--compare", "--scale", "0.01", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert set(doc["workloads"]) == {"a", "b", "c", "d"}
+    for k, w in doc["workloads"].items():
+        assert w["title"].startswith(f"({k})")
+        assert any(r["system"] == "MMSB" and r["value"] > 0 for r in w["rows"])
+    assert doc["scale"] == 0.01 and doc["sizes"]["pages"] == 655
+    assert len(doc["goals"]) == 4
+    assert "mmsb bench --compare" in result.stdout
+    assert "(a) MMSB/SQLite = " in result.stdout
+    assert "(goal ≥ 30×)" in result.stdout
+
+
+def test_cli_compare_without_lmdb_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "lmdb", None)
+    # the crash-recovery run is covered above; leaving it out keeps this test short
+    monkeypatch.setattr(compare, "run", functools.partial(compare.run, crash=False))
+    result = CliRunner().invoke(cli, ["bench", "--compare", "--scale", "0.002"])
+    assert result.exit_code == 0, result.output
+    assert "LMDB skipped: lmdb is not importable" in result.stdout
+    assert "(a) MMSB/LMDB: skipped" in result.stdout
