@@ -162,7 +162,7 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
 CHUNKS_PER_SHARE = 3
 # the epoch pass (run by the first share, over all rows) costs about this fraction of
 # checking and encoding the same rows; the first share gets fewer rows to make up for it
-_EPOCH_COST = 0.25
+_EPOCH_COST = 0.35
 
 
 def _weighted_rows(n: int, parts: int) -> list[tuple[int, int]]:
