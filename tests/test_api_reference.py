@@ -125,8 +125,8 @@ DOC_EDITS = [
         id="method-missing",
     ),
     pytest.param(
-        lambda d: drop_section(d, "#### `LogWriteError`"),
-        "LogWriteError: in the code but not documented",
+        lambda d: drop_section(d, "#### `CycleError`"),
+        "CycleError: in the code but not documented",
         id="exception-missing",
     ),
     pytest.param(

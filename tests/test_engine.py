@@ -174,8 +174,8 @@ def test_rejected_batch_changes_nothing(tmp_path: Path, workers: int) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_disk_changes_nothing(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
-    """Out of space before the arena changes (one worker: the append; several: the
-    reservation made before the overlapped write): the bus stays usable, nothing changed."""
+    """Out of space when the frame is appended, before the arena changes: the bus stays
+    usable and nothing changed."""
     rng = np.random.default_rng(1)
     with mmsb.open(None) as bus:
         ids = bus.create_pages(10, 32).tolist()
@@ -187,7 +187,6 @@ def test_a_full_disk_changes_nothing(monkeypatch: pytest.MonkeyPatch, workers: i
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(log, "append", full)
-        monkeypatch.setattr(log, "reserve", full)
         batch = random_batch(rng, ids, 32, 2000)
         with pytest.raises(OSError, match="No space"):
             bus.apply_batch(batch, workers=workers)
@@ -196,51 +195,6 @@ def test_a_full_disk_changes_nothing(monkeypatch: pytest.MonkeyPatch, workers: i
         monkeypatch.undo()
         bus.apply_batch(batch, workers=workers)  # space again: the same batch goes through
         assert bus.lsn == lsn + 1
-
-
-def test_reserve_reports_a_full_disk_before_anything_is_written(tmp_path: Path) -> None:
-    with mmsb.open(tmp_path / "b", segment_size=4096) as bus:
-        log = bus._log
-        assert log is not None
-        if not log.preallocate:
-            pytest.skip("this filesystem does not reserve blocks")
-        pos = log.pos
-        with pytest.raises(OSError) as err:
-            log.reserve(bus.lsn + 1, 1 << 62)  # more than any disk has
-        assert err.value.errno in (28, 27, 122)  # ENOSPC, EFBIG or EDQUOT
-        assert log.pos == pos
-        assert log.reserve(bus.lsn + 1, 100) is True
-
-
-def test_a_failing_disk_during_an_overlapped_write_closes_the_bus(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Several workers write the frame while the arena changes; an I/O error then stops
-    the bus like a crash, and reopening recovers exactly the logged commits."""
-    rng = np.random.default_rng(2)
-    path = tmp_path / "b"
-    with mmsb.open(path) as bus:
-        ids = bus.create_pages(64, 64).tolist()
-        bus.apply_batch(random_batch(rng, ids, 64, 3000), workers=2)
-        h, lsn = bus.state_hash(), bus.lsn
-        log = bus._log
-        assert log is not None
-        if not log.preallocate:
-            pytest.skip("this filesystem does not reserve blocks: no overlapped write")
-
-        def eio(*args: object, **kwargs: object) -> int:
-            raise OSError(5, "Input/output error")
-
-        monkeypatch.setattr(log, "append", eio)
-        with pytest.raises(mmsb.LogWriteError, match="reopen it to recover") as err:
-            bus.apply_batch(random_batch(rng, ids, 64, 3000), workers=2)
-        assert isinstance(err.value, OSError) and isinstance(err.value.__cause__, OSError)
-        assert bus.closed
-        with pytest.raises(mmsb.BusClosedError, match="failed log write"):
-            bus.read(ids[0])
-    assert not (path / "state.clean").exists()
-    with mmsb.open(path) as again:
-        assert again.lsn == lsn and again.state_hash() == h
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2", 65])

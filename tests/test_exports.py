@@ -20,7 +20,6 @@ CONTRACT = {
     "CorruptStateError", "CorruptLogError", "CorruptCheckpointError", "BusLockedError",
     "BusClosedError", "BusNotFoundError", "ReadOnlyError", "FormatVersionError",
     "HistoryUnavailableError", "DeviceUnavailableError", "CycleError", "PropagationError",
-    "LogWriteError",
     "ReentrantWriteError",
     "__version__",
 }  # fmt: skip

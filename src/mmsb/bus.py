@@ -37,7 +37,6 @@ from mmsb.errors import (
     HistoryUnavailableError,
     InvalidArgumentError,
     InvalidDeltaError,
-    LogWriteError,
     ReadOnlyError,
     ReentrantWriteError,
 )
@@ -75,7 +74,6 @@ from mmsb.storage.log import (
     Frame,
     LogWriter,
     PeriodicSync,
-    frame_size,
     fsync_dir,
     list_segments,
 )
@@ -338,7 +336,7 @@ class Bus(GraphOps, StateView):
             self._follow(force=False)
         if self._state is None and self._failure is not None:
             raise BusClosedError(
-                f"the bus closed itself after a failed log write ({self._failure}); "
+                f"the bus closed itself after a failed commit ({self._failure}); "
                 "reopen it to recover"
             )
         return super()._live_state()
@@ -575,40 +573,18 @@ class Bus(GraphOps, StateView):
         # trust offsets and pool slices, so prepare() checks the structure first
         first = state.next_delta_id
         prepared = engine.prepare(state, batch, workers, first)
-        pieces, shares = prepared.pieces, prepared.shares
         try:
-            crc = checksum.crc32(pieces, shares)
-            # several workers write the frame and the arena at once, once the frame's
-            # space is reserved (so only a failing disk, not a full one, can stop it)
-            overlap = shares > 1 and log.reserve(self._lsn + 1, frame_size(pieces))
-            if not overlap:
-                lsn, ts, seg, off = self._log_frame(log, BATCH, pieces, crc)
+            crc = checksum.crc32(prepared.pieces, prepared.shares)
+            lsn, ts, seg, off = self._log_frame(log, BATCH, prepared.pieces, crc)
         except BaseException:
             engine.undo(state, batch)
             raise
-        if overlap:
-            lsn, ts = self._commit_stamp()
-            assert self._seq is not None
-            self._seq.begin()
-            try:
-                written = engine.apply_logged(
-                    state, batch, prepared, lambda: self._append(log, BATCH, lsn, ts, pieces, crc)
-                )
-            except BaseException as exc:
-                self._fail_stop(exc)
-                raise LogWriteError(
-                    f"the log frame of commit {lsn} could not be written ({exc}); the bus "
-                    "closed itself without a clean shutdown: reopen it to recover"
-                ) from exc
-            assert written is not None
-            off, seg = written, log.name
-        else:
-            try:
-                engine.apply(state, batch, prepared)
-            except BaseException as exc:  # say, KeyboardInterrupt between kernel calls
-                # the frame is logged but the arena holds part of it: recover from disk
-                self._fail_stop(exc)
-                raise
+        try:
+            engine.apply(state, batch, prepared)
+        except BaseException as exc:  # say, KeyboardInterrupt between kernel calls
+            # the frame is logged but the arena holds part of it: recover from disk
+            self._fail_stop(exc)
+            raise
         state.next_delta_id = first + n
         self._publish(lsn, ts, seg, off, first, batch.page_ids)
         self._after_commit(

@@ -116,14 +116,6 @@ class ReentrantWriteError(MMSBError, RuntimeError):
     """An event handler tried to write to the bus while the bus was dispatching events."""
 
 
-class LogWriteError(MMSBError, OSError):
-    """A commit's log frame could not be written after its changes had begun to reach the
-    arena (a multi-worker batch writes the log and the arena at the same time). The bus
-    closed itself as after a crash, without its clean-shutdown state; reopening it recovers
-    every commit that was logged. ``__cause__`` is the original ``OSError``. A full disk
-    never gets here: space is reserved before the arena changes."""
-
-
 __all__ = [
     "BusClosedError",
     "BusLockedError",
@@ -137,7 +129,6 @@ __all__ = [
     "HistoryUnavailableError",
     "InvalidArgumentError",
     "InvalidDeltaError",
-    "LogWriteError",
     "MMSBError",
     "PageNotFoundError",
     "PropagationError",

@@ -20,9 +20,8 @@ import itertools
 import json
 import struct
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +38,6 @@ from mmsb.types import MAX_PAGE_SIZE
 
 _HEAD = struct.Struct("<IIQQQII")
 LITTLE = sys.byteorder == "little"
-T = TypeVar("T")
 
 
 @dataclass
@@ -158,7 +156,7 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
     return Prepared(pieces, col_ep, parts, order, starts)
 
 
-# apply chunks per worker: the thread that also writes the log frame takes fewer of them
+# apply chunks per worker, taken in turn (rows are rarely spread evenly over page ids)
 CHUNKS_PER_SHARE = 3
 # the epoch pass (run by the first share, over all rows) costs about this fraction of
 # checking and encoding the same rows; the first share gets fewer rows to make up for it
@@ -262,18 +260,9 @@ def undo(state: State, batch: DeltaBatch) -> None:
     ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
 
 
-def apply_logged(
-    state: State, batch: DeltaBatch, prepared: Prepared, write_log: Callable[[], T] | None
-) -> T | None:
-    """Write a prepared batch into the arena on ``prepared.shares`` threads, the first of
-    which writes its log frame first (``write_log``, when given) and then joins the others;
-    return what ``write_log`` returned.
-
-    With ``write_log`` the arena changes before the frame is on disk, so the caller makes
-    sure the write cannot fail for lack of space first (``LogWriter.reserve``) and treats
-    any other failure of it as fatal to the bus. Chunks (page-id ranges, each a list of
-    rows in row order) are taken in turn, so the writing thread picks up less of the work.
-    """
+def _apply_chunks(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
+    """Write a prepared batch into the arena on ``prepared.shares`` threads, which take
+    chunks (page-id ranges, each a list of rows in row order) in turn."""
     order, starts = prepared.order, prepared.starts
     chunks = len(starts) - 1
     taken = itertools.count()
@@ -282,23 +271,20 @@ def apply_logged(
         batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask,
     )  # fmt: skip
 
-    def share(writes: bool) -> T | None:
-        out = write_log() if writes and write_log is not None else None
+    def share() -> None:
         for c in taken:  # next() on a count is atomic under the GIL
             if c >= chunks:
                 break
             ck.apply_rows(order, int(starts[c]), int(starts[c + 1]), True, *args)
-        return out
 
-    first: T | None = run_shares(share, [(w == 0,) for w in range(prepared.shares)])[0]
-    return first
+    run_shares(share, [() for _ in range(prepared.shares)])
 
 
 def apply(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
     """Write a prepared batch into the arena (one thread, or one chunk of pages at a time
     per thread)."""
     if prepared.shares > 1:
-        apply_logged(state, batch, prepared, None)
+        _apply_chunks(state, batch, prepared)
         return
     ck.apply_rows(
         prepared.order, 0, len(batch), False, state.arena.buf, state.slot, batch.page_ids,

@@ -113,12 +113,6 @@ def encode_frame_header(
     return head + _TRAILER.pack(crc32(head), 0), length, pad
 
 
-def frame_size(pieces: Sequence[bytes | memoryview]) -> int:
-    """Bytes a frame whose payload is ``pieces`` takes in its segment."""
-    length = sum(len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in pieces)
-    return FRAME_HEADER_SIZE + length + (-length) % 8
-
-
 _HEAD_NO_CRC = struct.Struct("<4sHHQQII")
 _TRAILER = struct.Struct("<II")
 _ZEROS = bytes(8)
@@ -313,7 +307,6 @@ class LogWriter:
         self.on_backlog: Callable[[], None] | None = None
         self.backlog_limit = 0
         self.preallocate = preallocate
-        self._reserved = 0  # bytes of the current segment whose blocks are reserved
         self._dir_unsynced = False
         segs = list_segments(log_dir)
         if segs:
@@ -334,12 +327,9 @@ class LogWriter:
         reservation, which makes a large ``writev`` about 1.5-6x cheaper on ext4 and keeps
         its time steady. Best effort: where the call is missing or refused, appends simply
         allocate as they go."""
-        self._reserved = 0
         if self.preallocate:
             err = _keep_size_fallocate(fd, self.segment_size)
-            if err == 0:
-                self._reserved = self.segment_size
-            elif err in (-1, errno.EOPNOTSUPP, errno.ENOSYS):  # not here: stop asking
+            if err in (-1, errno.EOPNOTSUPP, errno.ENOSYS):  # not here: stop asking
                 self.preallocate = False
 
     def _release(self, fd: int, pos: int) -> None:
@@ -403,31 +393,6 @@ class LogWriter:
         if self.on_backlog is not None and self.appended - self.synced >= self.backlog_limit:
             self.on_backlog()
         return offset
-
-    def reserve(self, lsn: int, nbytes: int) -> bool:
-        """Make room for the frame ``lsn`` of ``nbytes`` before it is written: roll the
-        segment when it is full, then reserve the blocks the frame will occupy.
-
-        After it returns True, writing that frame cannot fail for lack of space, so a
-        caller may start changing state alongside the write; a full disk (or quota, or
-        file size limit) raises its ``OSError`` here, with nothing written. False: this
-        filesystem makes no such promise.
-        """
-        self._check_sync_error()
-        if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
-            self.roll(lsn)
-        if not self.preallocate:
-            return False
-        end = self.pos + nbytes
-        if end <= self._reserved:
-            return True
-        err = _keep_size_fallocate(self._fd, end)
-        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # the write would fail too
-            raise OSError(err, os.strerror(err), self.path)
-        if err:
-            return False
-        self._reserved = end
-        return True
 
     def _check_sync_error(self) -> None:
         if self.sync_error is not None:
