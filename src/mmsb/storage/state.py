@@ -27,6 +27,8 @@ ALIGN = 8
 MAX_PAGES_PER_CREATE = 2**32  # a create frame claiming more is corrupt
 MAX_ARENA_BYTES = 2**46  # 64 TiB
 I64 = npt.NDArray[np.int64]
+_DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)  # by code; "uint8" is code 0
+assert _DTYPES[0] == np.uint8
 
 
 def aligned(size: int | I64) -> Any:
@@ -111,11 +113,16 @@ class State:
 
     def read(self, page_id: int) -> npt.NDArray[Any]:
         """A copy of the page's bytes viewed with its dtype."""
-        pid = self.require(page_id)
-        s, n = int(self.slot[pid]), int(self.size[pid])
+        # the common case without require()'s type checks: a plain int naming a live page
+        if type(page_id) is int and 0 < page_id < self.next_page_id and self.live[page_id]:
+            pid = page_id
+        else:
+            pid = self.require(page_id)
+        s = int(self.slot[pid])
         self.last_access[pid] = self.access_now
-        out = self.arena.buf[s : s + n].copy()
-        return out.view(DTYPE_NAMES[int(self.dtype[pid])])
+        out = self.arena.buf[s : s + int(self.size[pid])].copy()
+        code = int(self.dtype[pid])
+        return out if code == 0 else out.view(_DTYPES[code])
 
     def raw(self, page_id: int) -> npt.NDArray[np.uint8]:
         """A view (no copy) of the page's bytes; valid only until the arena next grows."""
