@@ -328,6 +328,16 @@ class Bus(GraphOps, StateView):
             raise ReadOnlyError(f"bus at {self.path} is open read-only")
         return state, self._log
 
+    def read(self, page_id: int) -> npt.NDArray[Any]:
+        """A copy of the page's contents as a 1-D array of the page's dtype.
+
+        A copy, not a view: it never changes under the caller and never pins the arena.
+        """
+        state = self._state
+        if state is None or self._follower is not None:  # closed, or a live reader
+            state = self._live_state()
+        return state.read(page_id)
+
     # -- live readers -------------------------------------------------------------------
 
     def _live_state(self) -> State:
