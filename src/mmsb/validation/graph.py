@@ -32,7 +32,6 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         f"µs/edge (p99 {r['insert_us_p99']:.0f} µs), validate {r['validate_ms']:.2f} ms "
         f"({per_10k:.2f} ms per 10k pages), topo_order {r['topo_ms']:.2f} ms; "
         f"{r['cycles_refused']:,}/{r['cycles_tried']:,} cycle-closing edges refused"
-        + (" ★" if goal else "")
     )
     return Outcome(correct and speed, {**r, "ms_per_10k_pages": per_10k, "goal_met": goal},
                    summary, correct=correct)  # fmt: skip

@@ -29,6 +29,5 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         f"depth {r['resolved_depth']}/{depth} with {r['steps']} steps on a log of "
         f"{r['log_deltas']:,} deltas; byte-level {r['byte_resolve_ms']:.2f} ms; cached "
         f"{r['cached_ms']:.3f} ms; history index built once in {r['index_build_ms']:.0f} ms"
-        + (" ★" if goal else "")
     )
     return Outcome(correct and speed, {**r, "goal_met": goal}, summary, correct=correct)

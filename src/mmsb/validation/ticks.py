@@ -36,7 +36,6 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         f"({d['semiring']:,} semiring, {d['python']:,} Python), {r['deltas_per_tick']:,} "
         f"deltas/tick, {r['recomputed_mean']:.0f} recomputed/tick; derived pages equal "
         f"their recomputation: {r['derived'] - r['derived_mismatches']:,}/{r['derived']:,}"
-        + (" ★" if goal else "")
     )
     figures = {**r, "goal_met": goal, "series": {"tick_ms": samples}}  # per-tick latencies
     return Outcome(correct and speed, figures, summary, correct=correct)
