@@ -47,6 +47,7 @@ import mmsb
 from mmsb import semiring
 from mmsb.batch import DeltaBatch
 from mmsb.validation.runner import Context, Outcome
+from mmsb.validation.workload import make_clock
 
 F64 = npt.NDArray[np.float64]
 ROUNDING = 2.0**-40  # absolute allowance for float64 rounding (see the module doc)
@@ -101,15 +102,6 @@ def cumulative_bounds(layers: tuple[Layer, ...]) -> list[float]:
 
 
 STATED_BOUND = max(cumulative_bounds(LAYERS))  # C = 3 for the layers above
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        self.now += 1
-        return self.now
 
 
 @dataclass(frozen=True)
@@ -200,7 +192,7 @@ def measure(
         raise ValueError("numeric target: bad sizes (elements ≥ 8, sources ≥ 4, ticks ≥ 1, "
                          "0 < noise < 1e-3)")  # fmt: skip
     bounds = cumulative_bounds(layers)
-    buses = [mmsb.open(ctx.path(f"numeric-{n}"), sync="off", clock=_Clock())
+    buses = [mmsb.open(ctx.path(f"numeric-{n}"), sync="off", clock=make_clock())
              for n in ("clean", "noisy", "repeat")]  # fmt: skip
     try:
         built = [build(b, layers, sources, elements, seed) for b in buses]

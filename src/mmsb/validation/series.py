@@ -24,6 +24,7 @@ import numpy as np
 
 import mmsb
 from mmsb.benchmarks import engine
+from mmsb.validation.workload import make_clock
 
 # the recovery sweep's workload: 16-byte range deltas over 4,096 pages of 1 KiB
 RECOVERY_PAGES = 4096
@@ -59,15 +60,6 @@ def throughput_sweep(
     return out
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        self.now += 1
-        return self.now
-
-
 def recovery_sweep(
     workdir: Callable[[str], str],
     tails: Sequence[int],
@@ -97,7 +89,7 @@ def recovery_sweep(
     problems: list[str] = []
     rng = np.random.default_rng([seed, 2])
     path = workdir("recovery-sweep")
-    with mmsb.open(path, sync="normal", checkpoint_every=None, clock=_Clock()) as bus:
+    with mmsb.open(path, sync="normal", checkpoint_every=None, clock=make_clock()) as bus:
         ids = bus.create_pages(RECOVERY_PAGES, RECOVERY_PAGE_SIZE)
         pool = engine.make_batches(
             rng, ids, RECOVERY_PAGE_SIZE, RECOVERY_PAYLOAD, RECOVERY_BATCH, 8, False

@@ -22,6 +22,7 @@ from mmsb.benchmarks.common import Result
 from mmsb.storage.log import list_segments
 from mmsb.validation.runner import Context, Outcome
 from mmsb.validation.series import throughput_sweep
+from mmsb.validation.workload import make_clock
 
 SEED_SINGLE = 1_000_000  # deltas/s, the seed's floor for one worker
 SEED_MULTI = 10_000_000  # deltas/s, the seed's floor for "multi"
@@ -32,22 +33,13 @@ GOAL_FLOOR_RATIO = 2.0
 SWEEP_BATCHES = (1_000, 10_000)  # besides the target's own batch, for the HTML report's plot
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        self.now += 1
-        return self.now
-
-
 def same_result_for_worker_counts(ctx: Context, batches: int, seed: int) -> bool:
     """The same batches through 1 and 2 workers: equal state hashes and log bytes."""
     digests, logs = [], []
     for workers in (1, 2):
         path = ctx.path(f"workers-{workers}")
         rng = np.random.default_rng(seed)
-        with mmsb.open(path, sync="normal", clock=_Clock()) as bus:
+        with mmsb.open(path, sync="normal", clock=make_clock()) as bus:
             ids = bus.create_pages(4096, 1024)
             for b in engine.make_batches(rng, ids, 1024, 16, 100_000, batches, False):
                 bus.apply_batch(b, workers=workers)
