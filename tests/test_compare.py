@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import mmsb
-from mmsb.benchmarks import compare
+from mmsb.benchmarks import compare, peers
 from mmsb.cli import cli
 
 SCALE = 0.005  # 327 pages, 5,000 updates in 100 batches of 50, 1,000 reads, 10 commits
@@ -30,29 +30,29 @@ def report() -> compare.Report:
     return compare.run(SCALE, seed=3)
 
 
-def naive_pages(w: compare.Workload) -> list[bytearray]:
+def naive_pages(w: peers.Workload) -> list[bytearray]:
     """The slow oracle: one bytearray per page, the updates applied one by one in order."""
-    pages = [bytearray(compare.PAGE) for _ in range(w.pages)]
+    pages = [bytearray(peers.PAGE) for _ in range(w.pages)]
     for p, o, d in zip(w.pids.tolist(), w.offs.tolist(), w.data, strict=True):
-        pages[p][o : o + compare.PAYLOAD] = d.tobytes()
+        pages[p][o : o + peers.PAYLOAD] = d.tobytes()
     return pages
 
 
 def test_sizes_scale_and_reject_non_positive() -> None:
-    full = compare.sizes(1.0)
-    assert full == {**compare.FULL, "batch": 10_000}
-    small = compare.sizes(SCALE)
+    full = peers.sizes(1.0)
+    assert full == {**peers.FULL, "batch": 10_000}
+    small = peers.sizes(SCALE)
     assert small["batches"] == 100 and small["batch"] * 100 >= small["updates"]
     with pytest.raises(mmsb.InvalidArgumentError, match="scale must be positive"):
-        compare.sizes(0)
+        peers.sizes(0)
 
 
 def test_the_floor_matches_the_bytearray_model() -> None:
-    w = compare.make_workload(compare.sizes(SCALE), seed=5)
+    w = peers.make_workload(peers.sizes(SCALE), seed=5)
     # pages written many times over, so the order of overlapping writes matters
     assert np.unique(w.pids).size < w.pids.size // 4
     expected = compare.run_floor(w, [], lambda *_: None)
-    want = np.frombuffer(b"".join(naive_pages(w)), np.uint8).reshape(w.pages, compare.PAGE)
+    want = np.frombuffer(b"".join(naive_pages(w)), np.uint8).reshape(w.pages, peers.PAGE)
     assert np.array_equal(expected, want)
 
 
@@ -89,23 +89,23 @@ def test_each_workload_gives_positive_figures_and_ratios(report: compare.Report)
             assert g.text.endswith("✓" if g.met else "✗")
 
 
-class LosesLastBatch(compare.MMSBStore):
+class LosesLastBatch(peers.MMSBStore):
     """An MMSB store that silently drops its last batch: the check must catch it."""
 
     def __init__(self, batch: int, batches: int) -> None:
         super().__init__(batch)
         self.left = batches
 
-    def apply(self, pids: compare.I64, offs: compare.I64, data: compare.U8) -> float:
+    def apply(self, pids: peers.I64, offs: peers.I64, data: peers.U8) -> float:
         self.left -= 1
         return 1e-3 if self.left == 0 else super().apply(pids, offs, data)
 
 
 def test_a_system_that_loses_writes_fails_loudly(tmp_path: Path) -> None:
-    w = compare.make_workload(compare.sizes(SCALE), seed=1)
+    w = peers.make_workload(peers.sizes(SCALE), seed=1)
     expected = compare.run_floor(w, [], lambda *_: None)
-    store = LosesLastBatch(w.batch, compare.sizes(SCALE)["batches"])
-    with pytest.raises(compare.MismatchError, match=r"MMSB: \d+ of 327 pages differ"):
+    store = LosesLastBatch(w.batch, peers.sizes(SCALE)["batches"])
+    with pytest.raises(peers.MismatchError, match=r"MMSB: \d+ of 327 pages differ"):
         compare.run_store(store, w, expected, {}, str(tmp_path), [], [], lambda *_: None)
     assert list(tmp_path.iterdir()) == []  # its files are removed
 

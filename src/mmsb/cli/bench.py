@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmsb.benchmarks import compare, engine, memory
+from mmsb.benchmarks import compare, engine, memory, peers
 from mmsb.benchmarks.common import Result
 from mmsb.cli.output import console
 
@@ -71,12 +71,12 @@ def _compare(scale: float, json_path: str | None) -> None:
     try:
         with _bars(sys.stderr.isatty()) as sink:
             rep = compare.run(scale, progress=sink)
-    except compare.MismatchError as e:
+    except peers.MismatchError as e:
         raise click.ClickException(f"comparison check failed: {e}") from e
     table = Table(title="mmsb bench --compare")
     for col in ("system", "workload", "figure", "conditions", "vs MMSB"):
         table.add_column(col)
-    for key, title in compare.WORKLOADS.items():
+    for key, title in peers.WORKLOADS.items():
         for fig in rep.figures:
             if fig.workload == key:
                 table.add_row(fig.system, title, _figure(fig), fig.conditions, _versus(fig))
@@ -84,8 +84,8 @@ def _compare(scale: float, json_path: str | None) -> None:
     out.print(table)
     s = rep.sizes
     out.print(
-        f"{s['updates']:,} updates of {compare.PAYLOAD} B into {s['pages']:,} pages of "
-        f"{compare.PAGE} B in {s['batches']} batches of {s['batch']:,}; {s['reads']:,} "
+        f"{s['updates']:,} updates of {peers.PAYLOAD} B into {s['pages']:,} pages of "
+        f"{peers.PAGE} B in {s['batches']} batches of {s['batch']:,}; {s['reads']:,} "
         f"reads; {s['durable']:,} durable commits; seed {rep.seed}"
     )
     for g in rep.goals:
