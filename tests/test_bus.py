@@ -746,3 +746,44 @@ def test_a_failed_background_checkpoint_loses_nothing(
     with mmsb.open(path) as again:
         assert again.state_hash() == final
     assert mmsb.verify(path).ok
+
+
+def test_read_many_equals_one_read_per_page(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    with mmsb.open(tmp_path / "rm") as bus:
+        ids = bus.create_pages(300, 48)
+        n = 300
+        bus.apply_batch(
+            mmsb.DeltaBatch.from_ranges(
+                ids, rng.integers(0, 32, n), rng.integers(0, 256, (n, 16), dtype=np.uint8)
+            )
+        )
+        pick = rng.choice(ids, 1000)  # repeats included
+        rows = bus.read_many(pick)
+        assert rows.shape == (1000, 48) and rows.dtype == np.uint8
+        assert all(np.array_equal(rows[i], bus.read(int(p))) for i, p in enumerate(pick))
+        rows[0, 0] ^= 0xFF  # a copy: the bus is unchanged
+        assert bus.read(int(pick[0]))[0] != rows[0, 0]
+        floats = [bus.create_page(64, dtype="float64") for _ in range(3)]
+        bus.write(floats[1], np.arange(8, dtype=np.float64))
+        f = bus.read_many(floats[::-1])
+        assert f.dtype == np.float64 and np.array_equal(f[1], np.arange(8.0))
+        assert bus.read_many([]).shape == (0, 0)
+
+
+def test_read_many_refuses_bad_ids_and_mixed_pages(tmp_path: Path) -> None:
+    with mmsb.open(tmp_path / "rmbad") as bus:
+        a, b = bus.create_page(16), bus.create_page(32)
+        c = bus.create_page(16)
+        bus.delete_page(c)
+        with pytest.raises(PageNotFoundError) as err:
+            bus.read_many([a, c, 999])
+        assert err.value.page_ids == [c, 999]
+        with pytest.raises(mmsb.InvalidArgumentError, match="one size and dtype"):
+            bus.read_many([a, b])
+        with pytest.raises(mmsb.InvalidArgumentError, match="1-D"):
+            bus.read_many([[a]])
+        with pytest.raises(mmsb.InvalidArgumentError, match="integers"):
+            bus.read_many([1.5])
+    with pytest.raises(mmsb.BusClosedError):
+        bus.read_many([a])

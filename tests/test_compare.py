@@ -115,7 +115,7 @@ def test_missing_lmdb_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch
     rep = compare.run(SCALE, seed=2, crash=False)
     assert "LMDB" in rep.skipped and "mmsb[compare]" in rep.skipped["LMDB"]
     assert not any(f.system == "LMDB" for f in rep.figures)
-    assert {f.system for f in rep.figures} == {"numpy shm", "MMSB", "SQLite"}
+    assert {f.system for f in rep.figures} == {"numpy shm", "MMSB", "MMSB read_many", "SQLite"}
     lmdb_goals = [g for g in rep.goals if "LMDB" in g.text]
     assert len(lmdb_goals) == 2
     assert all(g.met is None and "skipped (lmdb is not importable" in g.text for g in lmdb_goals)

@@ -124,6 +124,35 @@ class State:
         code = int(self.dtype[pid])
         return out if code == 0 else out.view(_DTYPES[code])
 
+    def read_many(self, page_ids: Any) -> npt.NDArray[Any]:
+        """Copies of several pages of one size and dtype as one 2-D array (a row each, in
+        the order given; repeats allowed), gathered by one compiled loop."""
+        ids = np.asarray(page_ids)
+        if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise InvalidArgumentError("page ids must be a 1-D sequence of integers")
+        ids = ids.astype(np.int64, copy=False)
+        n = self.next_page_id
+        inside = (ids > 0) & (ids < n)
+        live = np.zeros(ids.size, bool)
+        live[inside] = self.live[ids[inside]]
+        if not live.all():
+            bad = ids[~live]
+            raise PageNotFoundError(
+                f"{bad.size} of {ids.size} page ids name no live page (first: {int(bad[0])})",
+                bad.tolist(),
+            )
+        if ids.size == 0:
+            return np.empty((0, 0), np.uint8)
+        sizes, codes = self.size[ids], self.dtype[ids]
+        size, code = int(sizes[0]), int(codes[0])
+        if (sizes != size).any() or (codes != code).any():
+            raise InvalidArgumentError("read_many needs pages of one size and dtype")
+        self.last_access[ids] = self.access_now
+        out = np.empty(ids.size * size, np.uint8)
+        kernels.gather_slots(self.arena.buf, self.slot[ids], sizes, out)
+        rows = out.reshape(ids.size, size)
+        return rows if code == 0 else rows.view(_DTYPES[code])
+
     def raw(self, page_id: int) -> npt.NDArray[np.uint8]:
         """A view (no copy) of the page's bytes; valid only until the arena next grows."""
         s, n = int(self.slot[page_id]), int(self.size[page_id])
