@@ -787,3 +787,29 @@ def test_read_many_refuses_bad_ids_and_mixed_pages(tmp_path: Path) -> None:
             bus.read_many([1.5])
     with pytest.raises(mmsb.BusClosedError):
         bus.read_many([a])
+
+
+def test_export_creates_private_files_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files are created 0600, not copied and chmod-ed afterwards (which leaves a window at
+    the umask's mode): with chmod doing nothing, they are still private."""
+    monkeypatch.setattr(os, "chmod", lambda *args, **kwargs: None)
+    with mmsb.open(tmp_path / "src") as bus:
+        pid = bus.create_page(64)
+        bus.write(pid, b"secret")
+        bus.checkpoint()
+        bus.write(pid, b"more")
+        out = tmp_path / "out"
+        out.mkdir(mode=0o755)  # an existing, empty, world-readable directory
+        old = os.umask(0)
+        try:
+            bus.export(out)
+        finally:
+            os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) >= 3  # manifest, a segment, a checkpoint
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+    assert all(p.stat().st_mode & 0o777 == 0o700 for p in out.rglob("*") if p.is_dir())
+    with mmsb.open(out) as again:
+        assert bytes(again.read(pid)[:4]) == b"more"

@@ -345,14 +345,22 @@ def byte_ranges(differs: npt.NDArray[np.bool_]) -> tuple[tuple[int, int], ...]:
     return tuple(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
+def _copy_private(src: str, dst: str) -> None:
+    """Copy ``src`` to a new file ``dst`` created with mode 0600 (never readable by others,
+    not even between the copy and a chmod)."""
+    import shutil
+
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 def export_prefix(src: str, out: str, lsn: int) -> None:
     """Write a standalone bus at ``out`` holding the history of ``src`` up to ``lsn``.
 
     Log frames are copied byte for byte (ids, epochs and timestamps unchanged), together
     with the checkpoints at or before ``lsn``; opening the result replays them.
     """
-    import shutil
-
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise InvalidArgumentError(f"output {out} already exists and is not empty")
     log_src = os.path.join(src, "log")
@@ -374,18 +382,15 @@ def export_prefix(src: str, out: str, lsn: int) -> None:
     os.makedirs(out, mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(out, "log"), mode=0o700)
     os.makedirs(os.path.join(out, "ckpt"), mode=0o700)
-    shutil.copyfile(os.path.join(src, "MANIFEST.json"), os.path.join(out, "MANIFEST.json"))
-    os.chmod(os.path.join(out, "MANIFEST.json"), 0o600)
+    _copy_private(os.path.join(src, "MANIFEST.json"), os.path.join(out, "MANIFEST.json"))
     for first, path in list_segments(log_src):
         if first > lsn:
             continue  # holds only later frames
         dst = os.path.join(out, "log", os.path.basename(path))
-        shutil.copyfile(path, dst)
-        os.chmod(dst, 0o600)
+        _copy_private(path, dst)
         if cut is not None and os.path.basename(path) == cut[0]:
             os.truncate(dst, cut[1])
     for ck_lsn, path in list_checkpoints(os.path.join(src, "ckpt")):
         if ck_lsn <= lsn:
             dst = os.path.join(out, "ckpt", os.path.basename(path))
-            shutil.copyfile(path, dst)
-            os.chmod(dst, 0o600)
+            _copy_private(path, dst)
