@@ -110,9 +110,16 @@ def test_negative_offset(offset: int) -> None:
         Delta.range(1, b"a", offset)
 
 
-def test_non_integer_offset() -> None:
+@pytest.mark.parametrize("offset", ["zero", "3", 2.0, 2.5, float("inf"), float("nan"), True, None])
+def test_non_integer_offset(offset: object) -> None:
+    # inf once raised a bare OverflowError (found by the long fuzz run); 2.5 was truncated
     with pytest.raises(InvalidDeltaError, match="offset must be an integer"):
-        Delta.range(1, b"a", "zero")  # type: ignore[arg-type]
+        Delta.range(1, b"a", offset)  # type: ignore[arg-type]
+
+
+def test_numpy_integer_offsets_are_integers() -> None:
+    assert Delta.range(1, b"a", np.int32(7)).offset == 7
+    assert Delta.range(1, b"a", np.uint64(8)).offset == 8
 
 
 def test_offset_past_largest_page() -> None:

@@ -6,6 +6,7 @@ sparse). :mod:`mmsb.batch` stacks many deltas into a columnar ``DeltaBatch``.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +60,11 @@ def as_mask(mask: Any) -> U8:
 
 
 def check_offset(offset: int) -> int:
+    if isinstance(offset, (bool, np.bool_)):
+        raise InvalidDeltaError(f"offset must be an integer, got {offset!r}")
     try:
-        off = int(offset)
-    except (TypeError, ValueError):
+        off = operator.index(offset)  # ints only: not 2.5, inf, nan or "3"
+    except TypeError:
         raise InvalidDeltaError(f"offset must be an integer, got {offset!r}") from None
     if off < 0 or off > MAX_PAGE_SIZE:
         raise InvalidDeltaError(f"offset {off} is out of range [0, {MAX_PAGE_SIZE}]")
