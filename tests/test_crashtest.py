@@ -15,6 +15,7 @@ import mmsb
 from mmsb.cli import app
 from mmsb.reliability import crashtest
 from mmsb.reliability.crashtest import Expected, make_bus, page_problem, run_campaign
+from mmsb.storage.checkpoint import list_checkpoints
 from mmsb.storage.log import LogReader, list_segments
 
 
@@ -64,12 +65,21 @@ def test_command_rejects_a_non_empty_work_directory(tmp_path: Path) -> None:
 
 
 def drop_last_frames(bus_path: Path) -> None:
-    """Cut the newest segment before its last two frames: acknowledged commits vanish."""
+    """Cut the log before its last two frames, with every checkpoint that covers them:
+    acknowledged commits vanish. (The newest segment alone may hold no frame at all when
+    the writer was killed just after a checkpoint rolled the log.)"""
     log_dir = str(bus_path / "log")
-    newest = os.path.basename(list_segments(log_dir)[-1][1])
-    offsets = [f.offset for f in LogReader(log_dir).frames() if f.segment == newest]
-    if offsets:
-        os.truncate(os.path.join(log_dir, newest), offsets[max(0, len(offsets) - 2)])
+    frames = list(LogReader(log_dir).frames(headers_only=True))
+    if len(frames) < 2:
+        return
+    cut = frames[-2]
+    os.truncate(os.path.join(log_dir, cut.segment), cut.offset)
+    for first, path in list_segments(log_dir):
+        if first > cut.lsn:
+            os.unlink(path)
+    for lsn, path in list_checkpoints(str(bus_path / "ckpt")):
+        if lsn >= cut.lsn:
+            os.unlink(path)
     (bus_path / "state.clean").unlink(missing_ok=True)
 
 
