@@ -275,7 +275,7 @@ def _apply_chunks(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
         for c in taken:  # next() on a count is atomic under the GIL
             if c >= chunks:
                 break
-            ck.apply_rows(order, int(starts[c]), int(starts[c + 1]), True, *args)
+            kernels.apply_rows_in(order, int(starts[c]), int(starts[c + 1]), True, *args)
 
     run_shares(share, [() for _ in range(prepared.shares)])
 
@@ -286,7 +286,7 @@ def apply(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
     if prepared.shares > 1:
         _apply_chunks(state, batch, prepared)
         return
-    ck.apply_rows(
+    kernels.apply_rows_in(
         prepared.order, 0, len(batch), False, state.arena.buf, state.slot, batch.page_ids,
         batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.mstarts,
         batch.payload, batch.mask,

@@ -144,56 +144,6 @@ def undo_epochs_rows(limit: int, epoch: I64, page_ids: I64) -> None:
 
 
 @njit(cache=True, nogil=True)
-def apply_rows(
-    order: I64,
-    lo: int,
-    hi: int,
-    indexed: bool,
-    arena: U8,
-    slots: I64,
-    page_ids: I64,
-    offsets: I64,
-    lengths: I64,
-    kinds: U8,
-    pstarts: I64,
-    mstarts: I64,
-    payload: U8,
-    mask: U8,
-) -> None:
-    """Apply rows ``order[lo:hi]`` in that order (one chunk of :func:`epochs_and_buckets`),
-    or, unless ``indexed``, rows ``lo..hi-1`` (same byte effect as ``kernels.apply_rows``).
-
-    One loop body for both (LLVM unswitches the loop on ``indexed``): a helper called per
-    row, even one numba inlines, measured 8-20x slower, the copies no longer vectorised.
-    Byte positions are unsigned: with signed indices numba adds a negative-index check to
-    every access, which keeps LLVM from vectorising the copy (about 10x slower here).
-    """
-    for t in range(lo, hi):
-        i = order[t] if indexed else t
-        base = np.uint64(slots[page_ids[i]] + offsets[i])
-        n = np.uint64(lengths[i])
-        ps = np.uint64(pstarts[i])
-        k = kinds[i]
-        if k == 0:
-            for j in range(n):
-                arena[base + j] = payload[ps + j]
-        elif k == 1:
-            # branchless blend: random masks would mispredict a branch on every other byte
-            ms = np.uint64(mstarts[i])
-            for j in range(n):
-                v = arena[base + j]
-                keep = np.uint8(0) - np.uint8(mask[ms + j] != 0)
-                arena[base + j] = v ^ ((v ^ payload[ps + j]) & keep)
-        else:
-            ms = np.uint64(mstarts[i])
-            c = ps
-            for j in range(n):
-                if mask[ms + j]:
-                    arena[base + j] = payload[c]
-                    c += np.uint64(1)
-
-
-@njit(cache=True, nogil=True)
 def epochs_and_buckets(
     limit: int,
     epoch: I64,
