@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import mmsb
+import mmsb.historyops
 from mmsb import (
     BusClosedError,
     BusLockedError,
@@ -732,7 +733,7 @@ def test_a_failed_background_checkpoint_loses_nothing(
         raise OSError(5, "Input/output error")
 
     with mmsb.open(path, checkpoint_every=32 << 10) as bus:
-        monkeypatch.setattr(mmsb.bus, "write_state", broken)
+        monkeypatch.setattr(mmsb.historyops, "write_state", broken)
         _batches(bus, rng, 10, until_bg=True)
         bus._join_checkpoint()
         assert isinstance(bus.last_checkpoint_error, OSError)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import mmsb.bus
+import mmsb.historyops
 import mmsb.storage.recovery
 from mmsb.bus import Bus
 from mmsb.cli import cli
@@ -190,7 +190,9 @@ def test_replay_target_fails_on_a_diverging_replay(
 def test_replay_target_fails_on_wrong_snapshots(
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mmsb.bus, "build_state", _flipped_snapshots(mmsb.bus.build_state))
+    monkeypatch.setattr(
+        mmsb.historyops, "build_state", _flipped_snapshots(mmsb.historyops.build_state)
+    )
     out = replay.run(ctx, dict(SMALL))
     assert not out.passed
     assert out.figures["divergence_from_zero"] == 0
@@ -358,7 +360,9 @@ def test_validate_quick(tmp_path: Path) -> None:
 def test_validate_exits_1_when_a_target_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mmsb.bus, "build_state", _flipped_snapshots(mmsb.bus.build_state))
+    monkeypatch.setattr(
+        mmsb.historyops, "build_state", _flipped_snapshots(mmsb.historyops.build_state)
+    )
     monkeypatch.chdir(tmp_path)
     out_json = tmp_path / "r.json"
     result = CliRunner().invoke(
