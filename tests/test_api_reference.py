@@ -149,7 +149,7 @@ DOC_EDITS = [
     ),
     pytest.param(
         lambda d: edit_in_section(
-            d, "#### `Bus`", "tick_budget_ms: float = 16.0", "tick_budget_ms: float = 8.0"
+            d, "#### `Bus`", "readonly: bool = False", "readonly: bool = True"
         ),
         "Bus: the documented signature",
         id="default-changed",

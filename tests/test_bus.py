@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import mmsb
-import mmsb.historyops
+import mmsb.history.component
+import mmsb.writer.checkpointer
 from mmsb import (
     BusClosedError,
     BusLockedError,
@@ -42,7 +43,7 @@ class Clock:
 
 def crash(bus: mmsb.Bus) -> None:
     """Drop the bus without a clean shutdown, as if the process had died."""
-    bus._release()
+    bus.abandon()
 
 
 @pytest.fixture
@@ -668,8 +669,8 @@ def test_auto_compaction_keeps_the_log_bounded(tmp_path: Path) -> None:
             peak_log = max(peak_log, _dir_bytes(path / "log"))
             peak_ckpt = max(peak_ckpt, len(list((path / "ckpt").iterdir())))
         expected = bus.state_hash()
-        assert bus._log is not None
-        appended = bus._log.appended  # log bytes this writer appended in all
+        assert bus._committer.log is not None
+        appended = bus._committer.log.appended  # log bytes this writer appended in all
     assert written == 400 * 50 * 16
     assert appended > 10 * every  # far more log than one checkpoint interval was written
     # the log keeps what the oldest kept checkpoint (of 2) needs: about 2 intervals, plus
@@ -694,7 +695,7 @@ def _batches(
         bus.apply_batch(
             mmsb.DeltaBatch.from_ranges(rng.choice(ids, 200), rng.integers(0, 480, 200), rows)
         )
-        if until_bg and bus._background is not None:
+        if until_bg and bus._checkpointer._thread is not None:
             return
     assert not until_bg, "no automatic checkpoint started"
 
@@ -706,7 +707,7 @@ def test_automatic_checkpoints_are_written_in_the_background(tmp_path: Path) -> 
         _batches(bus, rng, 10, until_bg=True)  # the image is written off the commit path
         crossing = bus.lsn
         _batches(bus, rng, 2)
-        bus._join_checkpoint()
+        bus._checkpointer.join()
         assert bus.last_checkpoint_error is None
         ckpts = list_checkpoints(str(path / "ckpt"))
         assert [lsn for lsn, _ in ckpts] == [crossing]
@@ -733,14 +734,14 @@ def test_a_failed_background_checkpoint_loses_nothing(
         raise OSError(5, "Input/output error")
 
     with mmsb.open(path, checkpoint_every=32 << 10) as bus:
-        monkeypatch.setattr(mmsb.historyops, "write_state", broken)
+        monkeypatch.setattr(mmsb.writer.checkpointer, "write_state", broken)
         _batches(bus, rng, 10, until_bg=True)
-        bus._join_checkpoint()
+        bus._checkpointer.join()
         assert isinstance(bus.last_checkpoint_error, OSError)
         assert list_checkpoints(str(path / "ckpt")) == []
         monkeypatch.undo()
         _batches(bus, rng, 10, until_bg=True)  # the next threshold tries again, and succeeds
-        bus._join_checkpoint()
+        bus._checkpointer.join()
         assert bus.last_checkpoint_error is None
         assert list_checkpoints(str(path / "ckpt"))
         final = bus.state_hash()

@@ -258,7 +258,7 @@ def test_forged_page_tables_are_rejected(tmp_path: Path, edit, message: str) -> 
 
 def crash(bus: mmsb.Bus) -> None:
     """Drop the bus without a clean shutdown, as if the process had died."""
-    bus._release()
+    bus.abandon()
 
 
 def workload(bus: mmsb.Bus, model: Model, rounds: int, seed: int) -> None:

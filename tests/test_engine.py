@@ -11,10 +11,11 @@ import pytest
 
 import mmsb
 from mmsb.delta import Delta
-from mmsb.engine import commit, driver
+from mmsb.engine import driver
 from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from mmsb.storage import codec
 from mmsb.storage.log import list_segments
+from mmsb.writer import stages as commit
 from naive import Model, assert_matches
 
 
@@ -179,7 +180,7 @@ def test_a_full_disk_changes_nothing(monkeypatch: pytest.MonkeyPatch, workers: i
     rng = np.random.default_rng(1)
     with mmsb.open(None) as bus:
         ids = bus.create_pages(10, 32).tolist()
-        state, log = bus._state, bus._log
+        state, log = bus._state, bus._committer.log
         assert state is not None and log is not None
         epochs, h, lsn = state.epoch.copy(), bus.state_hash(), bus.lsn
 

@@ -21,6 +21,7 @@ CONTRACT = {
     "BusClosedError", "BusNotFoundError", "ReadOnlyError", "FormatVersionError",
     "HistoryUnavailableError", "DeviceUnavailableError", "CycleError", "PropagationError",
     "ReentrantWriteError",
+    "LogWriteError",
     "__version__",
 }  # fmt: skip
 

@@ -26,10 +26,17 @@ from naive import Model, assert_matches
 
 def collector(bus: mmsb.Bus) -> Collector:
     bus.gc(budget_ms=1.0, cold_after_s=3600)  # creates the collector
-    col = bus.__dict__["_collector"]
+    col = bus._collector
     assert isinstance(col, Collector)
     col.min_free_bytes = 0
     return col
+
+
+def use_clock(bus: mmsb.Bus, now: list[float]) -> None:
+    """Drive the bus's collector from ``now[0]`` (seconds) instead of the monotonic clock."""
+    col = bus._collector
+    col.clock = lambda: now[0]
+    col._t0 = now[0]
 
 
 def run_gc(bus: mmsb.Bus, steps: int = 10_000) -> list[mmsb.Bus]:
@@ -235,7 +242,7 @@ def test_eviction_drops_resident_memory_and_keeps_bytes(tmp_path: Path) -> None:
         before = mapping_resident_bytes(arena)
         assert before >= 2048 * 4096
         now = [0.0]
-        bus.__dict__["_collector"] = Collector(bus, clock=lambda: now[0])
+        use_clock(bus, now)
         bus.gc(budget_ms=50.0)  # first look: pages are fresh, nothing is cold
         assert mapping_resident_bytes(arena) >= 2048 * 4096
         now[0] = 100.0
@@ -258,7 +265,7 @@ def test_recently_written_pages_are_not_cold(tmp_path: Path) -> None:
     with mmsb.open(tmp_path / "b", sync="off") as bus:
         ids = bus.create_pages(64, 4096)
         now = [0.0]
-        bus.__dict__["_collector"] = Collector(bus, clock=lambda: now[0])
+        use_clock(bus, now)
         bus.gc(budget_ms=50.0)
         now[0] = 100.0
         fill(bus, ids, 4096, 5)  # written after the last look: seen as accessed now

@@ -267,7 +267,7 @@ def test_delete_drops_edges_under_replay(tmp_path: Path) -> None:
     bus.graph.add_edges([(a, b), (b, c), (a, c)])
     bus.delete_page(b)
     expect = edge_set(bus.graph)
-    bus._release()  # crash: recovery replays CREATE, GRAPH, DELETE
+    bus.abandon()  # crash: recovery replays CREATE, GRAPH, DELETE
     with mmsb.open(path, sync="off") as bus:
         assert bus.recovery.frames_replayed >= 3
         assert edge_set(bus.graph) == expect == {(a, c, "data")}
@@ -327,9 +327,9 @@ def test_graph_survives(tmp_path: Path, how: str) -> None:
     elif how == "checkpoint_then_crash":
         bus.checkpoint()
         bus.graph.add_edge(2, 3, "control")
-        bus._release()
+        bus.abandon()
     else:
-        bus._release()
+        bus.abandon()
     extra = {(2, 3, "control")} if how == "checkpoint_then_crash" else set()
     with mmsb.open(path, sync="off", readonly=how == "readonly") as bus:
         assert edge_set(bus.graph) == EXPECTED[-1] | extra
@@ -475,7 +475,7 @@ class GraphMachine(RuleBasedStateMachine):
         if clean:
             self.bus.close()
         else:
-            self.bus._release()
+            self.bus.abandon()
         self.bus = mmsb.open(self.path, sync="off")
 
     @rule()

@@ -115,14 +115,15 @@ def test_no_orphan_deltas_violation(bus: mmsb.Bus) -> None:
     bus.delete_page(victim)
     # test-only: a logged delta for the deleted page, written past the write path's checks;
     # a checkpoint right after keeps replay (from that checkpoint) from ever reading it
-    log = bus._log
+    committer = bus._committer
     st = bus._state
-    assert log is not None and st is not None
-    lsn = bus._lsn + 1
+    assert committer is not None and st is not None
+    log = committer.log
+    lsn = committer.lsn + 1
     did = st.next_delta_id
-    log.append(BATCH, lsn, bus._last_ts, codec.encode_single_range(victim, 1, 0, b"x", did, "api",
-                                                                  None))  # fmt: skip
-    bus._lsn = lsn
+    frame = codec.encode_single_range(victim, 1, 0, b"x", did, "api", None)
+    log.append(BATCH, lsn, committer.timestamp, frame)
+    committer.lsn = lsn
     st.next_delta_id = did + 1
     bus.checkpoint()
     got = failing(bus.invariants.run())

@@ -422,7 +422,7 @@ def test_batch_that_writes_no_byte_is_logged_and_replayed(tmp_path: Path) -> Non
     commit = bus.apply_batch(DeltaBatch.from_deltas([Delta.sparse(pid, [0, 0, 0], b"")]))
     assert commit.count == 1
     assert bus.page(pid).epoch == 1  # the delta was applied, though it changed no byte
-    bus._release()  # no clean shutdown: the reopen replays the frame
+    bus.abandon()  # no clean shutdown: the reopen replays the frame
     with mmsb.open(path) as bus:
         assert bus.recovery.frames_replayed == 2
         assert bus.page(pid).epoch == 1

@@ -235,7 +235,7 @@ class BusMachine(RuleBasedStateMachine):
 
     @rule(sync=st.sampled_from(["off", "normal", "always"]))
     def crash_and_reopen(self, sync: str) -> None:
-        self.live._release()  # drop the bus without writing the clean-shutdown file
+        self.live.abandon()  # drop the bus without writing the clean-shutdown file
         assert not os.path.exists(os.path.join(self.path, "state.clean"))
         bus = self._reopen(sync)
         assert bus.recovery.mode == "replay"

@@ -744,7 +744,7 @@ def run_dag(nodes: list[tuple], ticks: list, path: str | None, reopens: list[str
             how = reopens[k] if k < len(reopens) else "keep"
             if how != "keep" and path is not None:
                 h = bus.state_hash()
-                bus.close() if how == "close" else bus._release()
+                bus.close() if how == "close" else bus.abandon()
                 bus = mmsb.open(path, sync="off")
                 assert bus.state_hash() == h and bus.derivations() == {}
                 _register_all(bus, nodes, ids, recorder)
@@ -796,7 +796,7 @@ def test_replay_is_deterministic(tmp_path: Path, how: str) -> None:
     if how == "close":
         bus.close()
     else:
-        bus._release()
+        bus.abandon()
     with mmsb.open(p2, sync="off", clock=Clock()) as other:
         assert _drive(other) == hashes  # same operations, same clock: same states
     with mmsb.open(p1, sync="off") as bus:

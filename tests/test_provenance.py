@@ -13,7 +13,7 @@ import pytest
 import mmsb
 from mmsb import DeltaBatch
 from mmsb.errors import HistoryUnavailableError, InvalidArgumentError, PageNotFoundError
-from mmsb.monitor.provenance import Provenance, ProvenanceStep
+from mmsb.history.provenance import Provenance, ProvenanceStep
 from mmsb.semiring import SUM_PRODUCT
 from mmsb.storage import log as logmod
 from support import Clock, clocked_bus
@@ -272,7 +272,9 @@ def test_cache_survives_unrelated_commits(bus: mmsb.Bus) -> None:
         # still the right answer, as of the current LSN, and served from the cache
         assert again.cached and again.lsn == bus.lsn and again.root == first.root
     assert again.record is not None and again.record.delta_id == did
-    assert bus._prov is not None and len(bus._prov._cache[a]) == 1  # one entry per key
+    assert (
+        bus._history._prov is not None and len(bus._history._prov._cache[a]) == 1
+    )  # one entry per key
 
 
 def test_readonly_bus_sees_the_writers_new_writes(tmp_path: Path) -> None:

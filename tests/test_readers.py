@@ -32,7 +32,7 @@ from mmsb.storage.seqlock import SEQ_FILE, SeqPublisher, SeqReader
 
 def crash(bus: mmsb.Bus) -> None:
     """Drop the bus without a clean shutdown, as if the process had died."""
-    bus._release()
+    bus.abandon()
 
 
 def table(bus: mmsb.Bus) -> dict[str, object]:
@@ -320,8 +320,8 @@ def test_writer_dying_mid_apply_leaves_the_last_consistent_view(tmp_path: Path) 
     expect = r.state_hash()
     # what a crash inside apply leaves: seq odd, half of a later write in the arena
     st = w._state
-    assert st is not None and w._seq is not None
-    w._seq.begin()
+    assert st is not None and w._committer is not None
+    w._committer.seq.begin()
     st.arena.buf[int(st.slot[pid]) : int(st.slot[pid]) + 4] = np.frombuffer(b"BBBB", np.uint8)
     crash(w)
     assert not r.writer_alive

@@ -73,7 +73,7 @@ def build_history(
     # the last frame is always a batch with several masked and unmasked rows
     bus.apply_batch(random_batch(rng, pages, 5))
     hashes[bus.lsn] = bus.state_hash()
-    bus._release()
+    bus.abandon()
     return hashes
 
 
@@ -118,7 +118,7 @@ def test_torn_tail_at_every_offset_of_the_last_frame(tmp_path: Path) -> None:
             if cut > last.offset:
                 assert rec.torn_tail_segment == last.segment
         finally:
-            bus._release()
+            bus.abandon()
         assert seg.stat().st_size == last.offset, cut  # truncated to the frame start
     # the whole frame present: nothing torn, the last commit is there
     seg.write_bytes(original)
@@ -140,7 +140,7 @@ def test_log_after_a_truncated_tail_takes_new_commits(tmp_path: Path) -> None:
     bus.write(pid, b"after the tear")
     expected = bus.state_hash()
     assert bus.lsn == last.lsn  # the torn LSN is reused by the new commit
-    bus._release()
+    bus.abandon()
     with mmsb.open(path, sync="off") as bus:
         assert bus.recovery.mode == "replay"
         assert bus.recovery.torn_tail_bytes == 0
@@ -176,7 +176,7 @@ def test_torn_segment_header_after_a_checkpoint(tmp_path: Path, cut: int) -> Non
     bus.checkpoint()
     expected = bus.state_hash()
     lsn = bus.lsn
-    bus._release()
+    bus.abandon()
     newest = sorted((path / "log").iterdir())[-1]
     assert newest.stat().st_size == SEG_HEADER_SIZE
     newest.write_bytes(newest.read_bytes()[:cut])
@@ -187,7 +187,7 @@ def test_torn_segment_header_after_a_checkpoint(tmp_path: Path, cut: int) -> Non
     assert not newest.exists()
     bus.write(pid, b"\x02" * 4)
     expected = bus.state_hash()
-    bus._release()
+    bus.abandon()
     with mmsb.open(path, sync="off") as bus:
         assert bus.lsn == lsn + 1
         assert bus.state_hash() == expected
@@ -268,7 +268,7 @@ def test_damaged_last_payload_after_a_clean_shutdown_is_not_buried(tmp_path: Pat
     assert (bus.lsn, bus.state_hash()) == (last.lsn - 1, before)
     bus.write(pid, b"c")
     expected = bus.state_hash()
-    bus._release()  # crash: the next open replays across where the damage was
+    bus.abandon()  # crash: the next open replays across where the damage was
     with mmsb.open(path, sync="off") as again:
         assert again.state_hash() == expected
     assert mmsb.verify(path).ok
@@ -463,7 +463,7 @@ def test_compaction_cut_short_leaves_a_verifiable_bus(tmp_path: Path) -> None:
                 bus.checkpoint()
         expected = bus.state_hash()
         (path / "ckpt" / f"{first:020d}.ckpt").unlink()  # compact()'s first step, then a kill
-        bus._release()
+        bus.abandon()
     segments = sorted(p.name for p in (path / "log").iterdir())
     assert segments[0] == f"{first + 1:020d}.seg"  # covered segments are still there
     report = mmsb.verify(path)

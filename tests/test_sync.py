@@ -67,7 +67,7 @@ def test_normal_syncs_an_idle_writer_within_the_interval(tmp_path: Path, fsyncs:
     with mmsb.open(tmp_path / "b", sync="normal", sync_interval=0.01) as bus:
         pid = bus.create_page(64)
         bus.write(pid, b"last words")
-        log = bus._log
+        log = bus._committer.log
         assert log is not None
         deadline = time.monotonic() + 30.0
         while log.unsynced and time.monotonic() < deadline:
@@ -94,7 +94,7 @@ def test_failed_background_fsync_stops_further_commits(
         bus.write(pid, b"b")
     assert bus.lsn == lsn
     monkeypatch.undo()
-    bus._release()
+    bus.abandon()
 
 
 def test_off_never_syncs(tmp_path: Path, fsyncs: list[str]) -> None:

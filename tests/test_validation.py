@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import mmsb.historyops
+import mmsb.history.component
 import mmsb.storage.recovery
-from mmsb.bus import Bus
+import mmsb.writer.checkpointer
 from mmsb.cli import cli
 from mmsb.storage.log import SEG_HEADER_SIZE, list_segments
 from mmsb.validation import (
@@ -37,6 +37,7 @@ from mmsb.validation import (
 from mmsb.validation.history import regressions
 from mmsb.validation.targets import evaluate
 from mmsb.validation.workload import WorkloadParams, run_workload
+from mmsb.writer.writer import Writer
 
 SMALL = {"ticks": 40, "lsn_checks": 15, "pages": 32, "seed": 3}
 
@@ -191,7 +192,7 @@ def test_replay_target_fails_on_wrong_snapshots(
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        mmsb.historyops, "build_state", _flipped_snapshots(mmsb.historyops.build_state)
+        mmsb.history.component, "state_at", _flipped_snapshots(mmsb.history.component.state_at)
     )
     out = replay.run(ctx, dict(SMALL))
     assert not out.passed
@@ -204,7 +205,7 @@ def test_integrity_target_fails_when_a_bad_delta_is_accepted(
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the dtype check is switched off: typed writes of the wrong dtype get through
-    monkeypatch.setattr(Bus, "_check_dtype", lambda self, pid, dtype, offset: None)
+    monkeypatch.setattr(Writer, "check_dtype", lambda self, pid, dtype, offset: None)
     out = integrity.run(ctx, dict(SMALL))
     assert not out.passed
     f = out.figures
@@ -361,7 +362,7 @@ def test_validate_exits_1_when_a_target_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        mmsb.historyops, "build_state", _flipped_snapshots(mmsb.historyops.build_state)
+        mmsb.history.component, "state_at", _flipped_snapshots(mmsb.history.component.state_at)
     )
     monkeypatch.chdir(tmp_path)
     out_json = tmp_path / "r.json"

@@ -16,6 +16,7 @@ from mmsb.errors import (
     HistoryUnavailableError,
     InvalidArgumentError,
     InvalidDeltaError,
+    LogWriteError,
     MMSBError,
     PageNotFoundError,
     PropagationError,
@@ -24,8 +25,8 @@ from mmsb.errors import (
 )
 from mmsb.graph import Event, GraphReport, Subscription, TickReport
 from mmsb.history import Snapshot
+from mmsb.history.provenance import Provenance, ProvenanceStep
 from mmsb.monitor.invariants import InvariantResult
-from mmsb.monitor.provenance import Provenance, ProvenanceStep
 from mmsb.semiring import Semiring
 from mmsb.types import (
     CheckpointInfo,
@@ -64,6 +65,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidDeltaError",
     "InvariantResult",
+    "LogWriteError",
     "MMSBError",
     "PageDiff",
     "PageInfo",

@@ -1,99 +1,113 @@
-"""The bus: the write path (validate -> log -> apply -> publish) and the read API.
+"""The bus: a facade over the components that each own one part of an open bus.
 
-A bus is a directory::
+===================  ======================================================================
+component            owns
+===================  ======================================================================
+``State``            pages, arena, page table, edges (:mod:`mmsb.storage.state`)
+``Committer``        the LSN, the log, publication, listeners: the one write path
+``Writer``           page and delta changes, checked, then committed
+``Checkpointer``     checkpoints (automatic ones in the background) and compaction
+``History``          ``at``, ``history``, ``diff``, ``export``, ``verify``, provenance
+``Propagator``       graph, derivations, ticks, page flags
+``Collector``        the incremental GC; ``Invariants`` the invariant checks
+``EventHub``         subscriptions and event dispatch
+===================  ======================================================================
 
-    MANIFEST.json      format version and configuration
-    LOCK               writer lock (flock)
-    arena.bin          page bytes, memory-mapped, grows by doubling
-    log/*.seg          transaction log segments
-    ckpt/*.ckpt        checkpoints
-    state.clean        page table at a clean shutdown (present only while closed cleanly)
+A bus is a directory; :mod:`mmsb.storage.layout` names what is in it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.batch import DeltaBatch
-from mmsb.delta import Delta, as_payload, check_offset, check_source
-from mmsb.engine import checksum
-from mmsb.engine import commit as engine
-from mmsb.engine.driver import check_workers
-from mmsb.errors import (
-    BusClosedError,
-    BusNotFoundError,
-    DeviceUnavailableError,
-    FormatVersionError,
-    InvalidArgumentError,
-    InvalidDeltaError,
-    ReadOnlyError,
-    ReentrantWriteError,
-)
-from mmsb.graph.busops import GraphOps
+from mmsb.errors import BusClosedError, InvalidArgumentError, ReadOnlyError, ReentrantWriteError
 from mmsb.graph.dag import Graph
-from mmsb.graph.events import EventHub
-from mmsb.graph.propagate import (
-    Derivation,
-    Plan,
-)
-from mmsb.history import (
-    LogIndex,
-)
-from mmsb.historyops import HistoryOps, integer_arg
+from mmsb.graph.propagator import Propagator
+from mmsb.history.component import History
 from mmsb.monitor.gc import Collector, GCReport
 from mmsb.monitor.invariants import Invariants
 from mmsb.monitor.memory import MemorySnapshot
 from mmsb.monitor.memory import snapshot as memory_snapshot
-from mmsb.monitor.provenance import ProvenanceIndex
-from mmsb.storage import codec
+from mmsb.options import Options
+from mmsb.storage import layout
 from mmsb.storage.arena import FileArena
 from mmsb.storage.checkpoint import write_state
+from mmsb.storage.directory import open_directory
 from mmsb.storage.follow import Follower
 from mmsb.storage.lock import WriterLock, writer_active
-from mmsb.storage.log import (
-    BATCH,
-    CREATE,
-    DELETE,
-    Frame,
-    LogWriter,
-    PeriodicSync,
-)
-from mmsb.storage.manifest import FORMAT_VERSION, Manifest, read_manifest, write_manifest
+from mmsb.storage.log import LogWriter, PeriodicSync
 from mmsb.storage.readers import ReaderSafeArena
-from mmsb.storage.recovery import CLEAN_FILE, Recovered, recover
+from mmsb.storage.recovery import recover
 from mmsb.storage.seqlock import SeqPublisher
-from mmsb.storage.state import State, check_page_shape
-from mmsb.types import (
-    DTYPE_NAMES,
-    SYNC_MODES,
-    Commit,
-    RecoveryInfo,
-    dtype_code,
-    encode_metadata,
-    location_code,
-)
+from mmsb.storage.state import State
+from mmsb.types import RecoveryInfo
 from mmsb.view import StateView
+from mmsb.writer.checkpointer import Checkpointer
+from mmsb.writer.committer import Committer
+from mmsb.writer.events import EventHub
+from mmsb.writer.writer import Writer, device_available
 
 Clock = Callable[[], int]
-DEFAULT_SEGMENT_SIZE = 64 << 20
-DEFAULT_CHECKPOINT_EVERY = 128 << 20
+__all__ = ["Bus", "device_available", "open"]
 
 
-def device_available() -> bool:
-    """Whether a device backend for ``gpu``/``unified`` pages is present (none is built in)."""
-    return False
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class Bus(GraphOps, HistoryOps, StateView):
+def _via(get: Callable[[Bus], Any], fn: Callable[Concatenate[Any, P], R], name: str = "") \
+        -> Callable[Concatenate[Bus, P], R]:  # fmt: skip
+    """A bus method that runs component method ``fn`` on ``get(bus)`` (which checks that
+    the bus is open, and writable where it must be); signature and docs are ``fn``'s."""
+
+    def method(self: Bus, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return fn(get(self), *args, **kwargs)
+
+    functools.update_wrapper(method, fn)
+    method.__name__ = name or fn.__name__
+    method.__qualname__ = f"Bus.{method.__name__}"
+    return method
+
+
+def _writing(bus: Bus) -> Writer:
+    return bus._writer()
+
+
+def _checkpoints(bus: Bus) -> Checkpointer:
+    bus._writer()
+    return bus._checkpointer
+
+
+def _gc(bus: Bus) -> Collector:
+    bus._writer()
+    return bus._collector
+
+
+def _history(bus: Bus) -> History:
+    bus._live_state()
+    return bus._history
+
+
+def _graph(bus: Bus) -> Propagator:
+    bus._live_state()
+    return bus._propagator
+
+
+def _events(bus: Bus) -> EventHub:
+    bus._live_state()
+    return bus._events
+
+
+class Bus(StateView):
     """An open bus. Create with :func:`mmsb.open`; use as a context manager.
 
     Only one process may hold a bus open for writing. A ``readonly=True`` open follows a
@@ -109,153 +123,120 @@ class Bus(GraphOps, HistoryOps, StateView):
         readonly: bool = False,
         sync: str | None = None,
         clock: Clock | None = None,
-        cpu_fallback: bool = False,
-        checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY,
-        keep_checkpoints: int = 2,
-        auto_compact: bool = False,
-        segment_size: int = DEFAULT_SEGMENT_SIZE,
-        sync_interval: float = 1.0,
-        tick_budget_ms: float = 16.0,
-        tick_gc_budget_ms: float = 1.0,
-        invariant_every: int = 100,
+        **options: Any,
     ) -> None:
-        self._state = None
+        self._state: State | None = None
         self._ephemeral = path is None
-        if sync is None:
-            sync = "off" if path is None else "normal"
-        if sync not in SYNC_MODES:
-            raise InvalidArgumentError(
-                f"unknown sync mode {sync!r}; expected one of {', '.join(SYNC_MODES)}"
-            )
-        if keep_checkpoints < 1:
-            raise InvalidArgumentError("keep_checkpoints must be at least 1")
-        if (
-            isinstance(sync_interval, bool)
-            or not isinstance(sync_interval, (int, float))
-            or not (sync_interval > 0)
-        ):
-            raise InvalidArgumentError(f"sync_interval must be > 0 seconds, got {sync_interval!r}")
-        if checkpoint_every is not None and integer_arg(checkpoint_every, "checkpoint_every") < 1:
-            raise InvalidArgumentError("checkpoint_every must be None or a positive byte count")
-        if integer_arg(segment_size, "segment_size") < 4096:
-            raise InvalidArgumentError("segment_size must be at least 4096 bytes")
+        opts = self.options = Options.check(path is None, sync, **options)
         if path is None:
             if readonly:
                 raise InvalidArgumentError("an ephemeral bus cannot be read-only")
             path = tempfile.mkdtemp(prefix="mmsb-")
-        self.path = os.fspath(path)
-        self.sync = sync
-        self.readonly = readonly
-        self.cpu_fallback = cpu_fallback
-        self.checkpoint_every = checkpoint_every
-        self.keep_checkpoints = keep_checkpoints
-        self.auto_compact = auto_compact
-        self.sync_interval = sync_interval
-        self._clock: Clock = clock or time.time_ns
+        self.path: str = os.fspath(path)
+        self.sync: str = opts.sync
+        self.readonly: bool = readonly
+        self.cpu_fallback = opts.cpu_fallback
         self._lock: WriterLock | None = None
-        self._log: LogWriter | None = None
-        self._index: LogIndex | None = None
-        self._syncer: PeriodicSync | None = None
-        self._failure: str | None = None  # why the bus closed itself (see _fail_stop)
-        self._background: threading.Thread | None = None  # an automatic checkpoint
-        self._background_error: BaseException | None = None
-        # why the last automatic checkpoint written in the background failed (None: it did
-        # not); the log still holds every commit, so nothing is lost
-        self.last_checkpoint_error: BaseException | None = None
-        self.tick_budget_ms = tick_budget_ms
-        self.tick_gc_budget_ms = tick_gc_budget_ms
-        self.invariant_every = invariant_every
-        self._graph: Graph | None = None
-        self._derivations: dict[int, Derivation] = {}
-        self._plan: Plan | None = None
-        self._plan_key: tuple[int, int] = (-1, -1)
-        self._deriv_version = 0  # bumped when a derivation is registered or dropped
-        self._dirty: list[npt.NDArray[np.int64]] = []  # pages written since the last pass
-        self._dirty_lo: list[npt.NDArray[np.int64]] = []  # and the byte range of each write
-        self._dirty_hi: list[npt.NDArray[np.int64]] = []
-        self._dirty_lsn = 0  # the last commit that added to _dirty
-        self._seeds: list[npt.NDArray[np.int64]] = []  # parents of new derivations
-        self._flags = np.zeros(0, np.uint8)
-        self._events = EventHub()
-        self._ticks = 0
-        self._propagating = False
-        self._prov: ProvenanceIndex | None = None
-        self.invariants = Invariants(self)
-        self._seq: SeqPublisher | None = None  # writer: publishes commits to readers
         self._follower: Follower | None = None  # read-only: follows the writer, if any
+        self._committer: Committer | None = None  # writable: the one write path
+        self._syncer: PeriodicSync | None = None
+        self._events = EventHub()
         try:
-            self._open(create, segment_size)
+            self._open(create, clock or time.time_ns)
         except BaseException:
             self._release()
             raise
 
-    # -- opening and closing ------------------------------------------------------------
-
-    def _open(self, create: bool, segment_size: int) -> None:
-        d = self.path
-        exists = os.path.isdir(d) and os.path.exists(os.path.join(d, "MANIFEST.json"))
-        if not exists:
-            if self.readonly or not create:
-                if os.path.isdir(d) and os.listdir(d):
-                    raise FormatVersionError(f"{d} is not an MMSB bus (no MANIFEST.json)")
-                raise BusNotFoundError(f"no bus at {d}")
-            if os.path.exists(d) and not os.path.isdir(d):
-                raise FormatVersionError(f"{d} exists and is not a directory")
-            if os.path.isdir(d) and os.listdir(d):
-                raise FormatVersionError(
-                    f"{d} is a non-empty directory without an MMSB manifest; refusing to "
-                    "create a bus over it"
-                )
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            os.makedirs(os.path.join(d, "log"), mode=0o700, exist_ok=True)
-            os.makedirs(os.path.join(d, "ckpt"), mode=0o700, exist_ok=True)
-            write_manifest(d, Manifest(FORMAT_VERSION, time.time_ns(), segment_size))
-        self.manifest = read_manifest(d)
+    def _open(self, create: bool, clock: Clock) -> None:
+        opts, d = self.options, self.path
+        self.manifest = open_directory(d, create=create, readonly=self.readonly,
+                                       segment_size=opts.segment_size)  # fmt: skip
+        h = self._history = History(d, self._head, readonly=self.readonly)
         if self.readonly:
-            f = self._follower = Follower(d, on_frame=self._index_frame, on_reset=self._drop_index)
-            rec = Recovered(f.state, f.lsn, f.timestamp, f.info)
+            f = h.follower = self._follower = Follower(d, on_frame=h.followed,
+                                                       on_reset=h.forget_index)  # fmt: skip
+            state, lsn, ts, info = f.state, f.lsn, f.timestamp, f.info
         else:
-            self._lock = WriterLock(os.path.join(d, "LOCK"))
-            self._seq = SeqPublisher(d)  # seq odd: recovery may rewrite the arena
-            os.makedirs(os.path.join(d, "log"), mode=0o700, exist_ok=True)
-            os.makedirs(os.path.join(d, "ckpt"), mode=0o700, exist_ok=True)
-            rec = recover(d, ReaderSafeArena(os.path.join(d, "arena.bin")), readonly=False)
-            self._log = LogWriter(
-                os.path.join(d, "log"),
-                rec.lsn + 1,
-                segment_size=self.manifest.segment_size,
-                fsync_enabled=self.sync != "off",
-            )
+            self._lock = WriterLock(os.path.join(d, layout.LOCK_FILE))
+            seq = SeqPublisher(d)  # seq odd: recovery may rewrite the arena
+            layout.make_dirs(d)
+            rec = recover(d, ReaderSafeArena(os.path.join(d, layout.ARENA_FILE)), readonly=False)
+            state, lsn, ts, info = rec.state, rec.lsn, rec.timestamp, rec.info
+            log = LogWriter(os.path.join(d, layout.LOG_DIR), lsn + 1,
+                            segment_size=self.manifest.segment_size,
+                            fsync_enabled=self.sync != "off")  # fmt: skip
+            c = self._committer = Committer(log, seq, lsn=lsn, timestamp=ts, clock=clock,
+                                            sync_always=self.sync == "always",
+                                            on_fail_stop=self._abandon)  # fmt: skip
             if self.sync == "normal":
-                self._log.defer_roll_sync = True  # full segments are synced by the thread
-                self._syncer = PeriodicSync(self._log, self.sync_interval)
-        self._state = rec.state
-        self._lsn = rec.lsn
-        self._last_ts = rec.timestamp
-        self.recovery: RecoveryInfo = rec.info
-        if self._seq is not None:
-            self._seq.publish(rec.lsn, rec.timestamp)
+                log.defer_roll_sync = True  # full segments are synced by the thread
+                self._syncer = PeriodicSync(log, opts.sync_interval)
+            self._writer_c = Writer(state, c, cpu_fallback=opts.cpu_fallback)
+            self._checkpointer = Checkpointer(
+                d, state, c, sync=self.sync != "off", every=opts.checkpoint_every,
+                keep=opts.keep_checkpoints, auto_compact=opts.auto_compact,
+                on_compacted=h.forget_index,
+            )  # fmt: skip
+            self._collector = Collector(
+                d, state, c, keep_checkpoints=opts.keep_checkpoints,
+                auto_compact=opts.auto_compact, on_segments_dropped=h.forget_index,
+            )  # fmt: skip
+            h.before_export = log.sync
+            seq.publish(lsn, ts)
+        self._state, self._lsn, self._last_ts = state, lsn, ts
+        self.recovery: RecoveryInfo = info
+        self.invariants = Invariants(d, self._live_state, lambda: self.lsn,
+                                     lambda: self.graph.validate(), self)  # fmt: skip
+        self._propagator = Propagator(
+            self._live_state, lambda: self.lsn, self._writer, self._events,
+            maintenance=self._tick_gc, check_invariants=self._tick_invariants,
+            budget_ms=opts.tick_budget_ms, invariant_every=opts.invariant_every,
+        )  # fmt: skip
+        self.tick_gc_budget_ms = opts.tick_gc_budget_ms
+        if self._committer is not None:
+            c = self._committer
+            c.listeners += [self._history.committed, self._propagator.committed,
+                            self._events.committed]  # fmt: skip
+            c.after_publish.append(self._checkpointer.after_commit)
+
+    # -- closing --------------------------------------------------------------------------
 
     def close(self) -> None:
         """Flush, write the clean-shutdown state, release the lock. Idempotent."""
         if self._state is None:
             return
         try:
-            self._join_checkpoint()
-            if self._log is not None and not self.readonly:
+            c = self._committer
+            if c is not None:
+                self._checkpointer.join()
                 if self._syncer is not None:
                     self._syncer.stop()
                     self._syncer = None
-                self._log.close()
+                c.log.close()
                 self._state.arena.flush()
-                write_state(
-                    os.path.join(self.path, CLEAN_FILE), self._state, self._lsn, self._last_ts,
-                    with_arena=False, sync=self.sync != "off",
-                )  # fmt: skip
+                write_state(os.path.join(self.path, layout.CLEAN_FILE), self._state, c.lsn,
+                            c.timestamp, with_arena=False, sync=self.sync != "off")  # fmt: skip
         finally:
             self._release()
-            if self._ephemeral:
-                shutil.rmtree(self.path, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """Drop this bus without a clean close, as if its process had died: nothing is
+        flushed or synced and no clean-shutdown state is written, so the next open runs
+        crash recovery. For crash tests; commits not yet synced may be lost, exactly as in
+        a crash under the bus's sync mode."""
+        if self._state is not None:
+            self._abandon(None)
+
+    def _abandon(self, cause: BaseException | None) -> None:
+        if self._committer is not None:
+            self._checkpointer.join()
+            if self._syncer is not None:
+                self._syncer.stop()
+                self._syncer = None
+            self._committer.log.abandon()
+            if self._state is not None and isinstance(self._state.arena, FileArena):
+                self._state.arena.abandon()
+        self._release()
 
     def _release(self) -> None:
         state, self._state = self._state, None
@@ -264,18 +245,16 @@ class Bus(GraphOps, HistoryOps, StateView):
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._follower is not None:
-            self._follower.close()
-            self._follower = None
-        if self._seq is not None:
-            self._seq.close()
-            self._seq = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        c = self._committer
+        if c is not None:
+            c.log.close() if c.failure is None else c.log.abandon()
+            c.seq.close()
+        for res in (self._follower, self._lock):
+            if res is not None:
+                res.close() if isinstance(res, Follower) else res.release()
+        self._follower = self._lock = None
+        if self._ephemeral:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> Bus:
         return self
@@ -287,28 +266,51 @@ class Bus(GraphOps, HistoryOps, StateView):
         if self._state is None:
             return f"Bus({self.path!r}, closed)"
         mode = "readonly" if self.readonly else f"sync={self.sync}"
-        return f"Bus({self.path!r}, {mode}, lsn={self._lsn}, pages={len(self)})"
+        return f"Bus({self.path!r}, {mode}, lsn={self.lsn}, pages={len(self)})"
 
     @property
     def closed(self) -> bool:
         return self._state is None
 
-    def _writable(self) -> tuple[State, LogWriter]:
+    # -- state access -----------------------------------------------------------------------
+
+    def _live_state(self) -> State:
+        f = self._follower  # a read-only bus first catches up with the writer's last commit
+        if f is not None and self._state is not None:
+            f.poll()
+            self._state, self._lsn, self._last_ts = f.state, f.lsn, f.timestamp
+        if self._state is None:
+            c = self._committer
+            if c is not None and c.failure is not None:
+                raise BusClosedError(f"the bus closed itself after a failed commit "
+                                     f"({c.failure}); reopen it to recover")  # fmt: skip
+            raise BusClosedError("Bus is closed")
+        return self._state
+
+    def _head(self) -> tuple[State, int, int]:
         state = self._live_state()
+        c = self._committer
+        return (state, c.lsn, c.timestamp) if c is not None else (state, self._lsn, self._last_ts)
+
+    def _writer(self) -> Writer:
+        self._live_state()
         if self._events.dispatching:
             raise ReentrantWriteError(
                 "an event handler cannot write to the bus; queue the write and make it after "
                 "the call that raised the event returns"
             )
-        if self.readonly or self._log is None:
+        if self._committer is None:
             raise ReadOnlyError(f"bus at {self.path} is open read-only")
-        return state, self._log
+        return self._writer_c
+
+    @property
+    def lsn(self) -> int:
+        """The LSN of the last commit this bus reflects (a read-only bus catches up first)."""
+        return self._head()[1] if self._state is not None else self._lsn
 
     def read(self, page_id: int) -> npt.NDArray[Any]:
-        """A copy of the page's contents as a 1-D array of the page's dtype.
-
-        A copy, not a view: it never changes under the caller and never pins the arena.
-        """
+        """A copy of the page's contents as a 1-D array of the page's dtype (never a view:
+        it never changes under the caller and never pins the arena)."""
         state = self._state
         if state is None or self._follower is not None:  # closed, or a live reader
             state = self._live_state()
@@ -316,61 +318,17 @@ class Bus(GraphOps, HistoryOps, StateView):
 
     def read_many(self, page_ids: npt.ArrayLike) -> npt.NDArray[Any]:
         """Copies of several pages of one size and dtype as a 2-D array, a row per id in
-        the order given: one call and one compiled gather instead of a ``read`` each.
-
-        Raises ``PageNotFoundError`` (listing the ids) if any names no live page and
-        ``InvalidArgumentError`` if the pages differ in size or dtype.
-        """
+        the order given, from one compiled gather. ``PageNotFoundError`` lists ids that
+        name no live page; ``InvalidArgumentError`` if sizes or dtypes differ."""
         return self._live_state().read_many(page_ids)
 
-    # -- live readers -------------------------------------------------------------------
-
-    def _live_state(self) -> State:
-        # a read-only bus first catches up with the writer's last published commit
-        if self._follower is not None and self._state is not None:
-            self._follow(force=False)
-        if self._state is None and self._failure is not None:
-            raise BusClosedError(
-                f"the bus closed itself after a failed commit ({self._failure}); "
-                "reopen it to recover"
-            )
-        return super()._live_state()
-
-    def _follow(self, *, force: bool) -> None:
-        f = self._follower
-        assert f is not None
-        if force:
-            f.poll(force=True)
-        else:
-            f.poll()
-        self._state, self._lsn, self._last_ts = f.state, f.lsn, f.timestamp
-
-    def _index_frame(self, frame: Frame) -> None:
-        if self._index is not None:
-            self._index.add_frame(frame)
-
-    def _drop_index(self) -> None:
-        self._index = None
-
-    @property
-    def lsn(self) -> int:
-        """The LSN of the last commit this bus reflects (a read-only bus catches up first)."""
-        if self._follower is not None and self._state is not None:
-            self._follow(force=False)
-        return self._lsn
-
     def refresh(self) -> int:
-        """Bring a read-only bus to the writer's last published commit now; return its LSN.
-
-        Every read already does this when the writer published since (one look at the
-        shared ``SEQ`` header), so this is for callers that only want the LSN, or that
-        wait for a writer that was not running when the bus was opened. On a writable bus
-        it just returns the LSN.
-        """
+        """Bring a read-only bus to the writer's last published commit now; return its
+        LSN (every read already does this; on a writable bus this returns the LSN)."""
         self._live_state()
         if self._follower is not None:
-            self._follow(force=True)
-        return self._lsn
+            self._follower.poll(force=True)
+        return self.lsn
 
     def wait_for(self, lsn: int, timeout: float | None = None) -> bool:
         """Block until this bus reflects commit ``lsn`` (or a later one); False when
@@ -396,268 +354,27 @@ class Bus(GraphOps, HistoryOps, StateView):
         """Whether a writer process holds this bus open now (always True for an open
         writable bus). A read-only bus whose writer is gone keeps its last view."""
         self._live_state()
-        if not self.readonly:
-            return True
-        return writer_active(os.path.join(self.path, "LOCK"))
+        return not self.readonly or writer_active(os.path.join(self.path, layout.LOCK_FILE))
 
-    # -- pages --------------------------------------------------------------------------
+    # -- changes (components: Writer, Checkpointer, Collector) ------------------------------
 
-    def create_page(
-        self,
-        size: int,
-        *,
-        dtype: Any = "uint8",
-        location: str = "cpu",
-        metadata: dict[str, Any] | None = None,
-    ) -> int:
-        """Create one zero-filled page of ``size`` bytes; return its id."""
-        return int(self.create_pages(1, size, dtype=dtype, location=location, metadata=metadata)[0])
+    create_page = _via(_writing, Writer.create_page)
+    create_pages = _via(_writing, Writer.create_pages)
+    delete_page = _via(_writing, Writer.delete_page)
+    delete_pages = _via(_writing, Writer.delete_pages)
+    write = _via(_writing, Writer.write)
+    apply = _via(_writing, Writer.apply)
+    apply_batch = _via(_writing, Writer.apply_batch)
+    sync_now = _via(_writing, Writer.sync_now)
+    checkpoint = _via(_checkpoints, Checkpointer.checkpoint)
+    compact = _via(_checkpoints, Checkpointer.compact)
+    gc = _via(_gc, Collector.gc)
 
-    def create_pages(
-        self,
-        n: int,
-        size: int,
-        *,
-        dtype: Any = "uint8",
-        location: str = "cpu",
-        metadata: dict[str, Any] | None = None,
-    ) -> npt.NDArray[np.int64]:
-        """Create ``n`` zero-filled pages of one size in one commit; return their ids."""
-        state, log = self._writable()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InvalidArgumentError(f"page count must be a positive integer, got {n!r}")
-        code = dtype_code(dtype)
-        loc = location_code(location)
-        if loc != 0 and not device_available() and not self.cpu_fallback:
-            raise DeviceUnavailableError(
-                f"location {location!r} needs a device backend and none is available; open "
-                "the bus with cpu_fallback=True to keep such pages in host memory"
-            )
-        meta = encode_metadata(metadata, "page")
-        check_page_shape(int(n), size, code)
-        rec = codec.CreateRecord(state.next_page_id, int(n), int(size), code, loc, meta)
-        # make room first: growing the arena can fail (disk full, a pinned mapping), and it
-        # must fail before the frame is logged, never after
-        state.arena.ensure(state.end + int(n) * ((int(size) + 7) // 8 * 8))
-        lsn, ts, seg, off = self._log_frame(log, CREATE, codec.encode_create(rec))
-        first = state.create(int(n), int(size), code, loc, meta)
-        self._publish(lsn, ts, seg, off, 0, None)
-        ids = np.arange(first, first + int(n), dtype=np.int64)
-        if self._events.wants("page_created"):
-            self._events.emit("page_created", lsn, ids)
-        return ids
-
-    def delete_page(self, page_id: int) -> None:
-        """Delete a page; its id is never reused and its space is reused."""
-        self.delete_pages([page_id])
-
-    def delete_pages(self, page_ids: Iterable[int]) -> None:
-        state, log = self._writable()
-        if isinstance(page_ids, (int, np.integer, str, bytes)) or not isinstance(
-            page_ids, (Iterable, np.ndarray)
-        ):
-            raise InvalidArgumentError(
-                f"delete_pages takes an iterable of page ids, got {type(page_ids).__name__}"
-            )
-        ids = [state.require(p) for p in page_ids]
-        if len(set(ids)) != len(ids):
-            raise InvalidArgumentError("delete_pages got the same page id twice")
-        if not ids:
-            return
-        arr = np.asarray(ids, np.int64)
-        lsn, ts, seg, off = self._log_frame(log, DELETE, codec.encode_delete(arr))
-        state.delete(arr)  # drops the pages' edges too
-        dead = set(ids)
-        for c, d in list(self._derivations.items()):
-            # the deleted pages' own derivations, and those that read a deleted page
-            if c in dead or not dead.isdisjoint(d.parents):
-                del self._derivations[c]
-                self._deriv_version += 1
-        self._publish(lsn, ts, seg, off, 0, None)
-        if self._prov is not None:
-            self._prov.invalidate(arr)
-        if self._events.wants("page_deleted"):
-            self._events.emit("page_deleted", lsn, arr)
-
-    # -- deltas -------------------------------------------------------------------------
-
-    def write(
-        self,
-        page_id: int,
-        data: Any,
-        *,
-        offset: int = 0,
-        source: str = "api",
-        metadata: dict[str, Any] | None = None,
-    ) -> int:
-        """Write ``data`` at byte ``offset`` of a page (one range delta); return its id.
-
-        A typed numpy array must have the page's dtype and start at a multiple of its
-        itemsize; bytes-like data is written as is.
-        """
-        state, log = self._writable()
-        pid = state.require(page_id)
-        payload = as_payload(data)
-        n = payload.size
-        if n == 0:
-            raise InvalidDeltaError(f"empty payload for page {pid}")
-        off = check_offset(offset)
-        if isinstance(data, np.ndarray):
-            self._check_dtype(pid, data.dtype.name, off)
-        size = int(state.size[pid])
-        if off + n > size:
-            raise InvalidDeltaError(
-                f"write to page {pid} reaches past the end of the page (offset {off} + "
-                f"length {n} > page size {size})"
-            )
-        check_source(source)
-        meta = encode_metadata(metadata, "delta")
-        # one range delta: the batch path's effect and log bytes, without building columns
-        epoch = int(state.epoch[pid]) + 1
-        first = state.next_delta_id
-        pieces = codec.encode_single_range(pid, epoch, off, payload.tobytes(), first, source, meta)
-        lsn, ts, seg, foff = self._log_frame(log, BATCH, pieces)
-        state.epoch[pid] = epoch
-        start = int(state.slot[pid]) + off
-        state.arena.buf[start : start + n] = payload
-        state.next_delta_id = first + 1
-        pages = None if self._index is None else np.array([pid], np.int64)
-        self._publish(lsn, ts, seg, foff, first, pages)
-        self._after_commit(
-            np.array([pid], np.int64) if pages is None else pages, lsn, first, 1, off, off + n
-        )
-        return first
-
-    def apply(self, delta: Delta) -> int:
-        """Commit one delta; return its delta id."""
-        if not isinstance(delta, Delta):
-            raise InvalidDeltaError(f"expected a Delta, got {type(delta).__name__}")
-        if delta.dtype is not None:
-            self._check_dtype(self._live_state().require(delta.page_id), delta.dtype, delta.offset)
-        return self.apply_batch(DeltaBatch.from_deltas([delta])).first_delta_id
-
-    def _check_dtype(self, pid: int, dtype: str, offset: int) -> None:
-        state = self._live_state()
-        page_dtype = DTYPE_NAMES[int(state.dtype[pid])]
-        if dtype != page_dtype:
-            raise InvalidDeltaError(
-                f"payload dtype {dtype} does not match page {pid} dtype {page_dtype}"
-            )
-        item = np.dtype(page_dtype).itemsize
-        if offset % item:
-            raise InvalidDeltaError(
-                f"offset {offset} is not a multiple of page {pid}'s {page_dtype} itemsize {item}"
-            )
-
-    def apply_batch(self, batch: DeltaBatch, *, workers: int = 1) -> Commit:
-        """Commit a batch atomically: all rows are logged and applied, or none is.
-
-        Order: validate -> append one log frame (fsync when ``sync="always"``) -> apply to
-        the arena -> publish the new LSN. ``workers`` > 1 splits checking, encoding and
-        applying across that many threads, by page (see :mod:`mmsb.engine.commit`); the
-        bytes, epochs and log frame are the same for every worker count.
-        """
-        state, log = self._writable()
-        workers = check_workers(workers)
-        if not isinstance(batch, DeltaBatch):
-            raise InvalidDeltaError(f"expected a DeltaBatch, got {type(batch).__name__}")
-        n = len(batch)
-        if n == 0:
-            return Commit(self._lsn, 0, -1, 0, self._last_ts)
-        # a batch built from raw columns skipped the constructors' checks; the kernels
-        # trust offsets and pool slices, so prepare() checks the structure first
-        first = state.next_delta_id
-        prepared = engine.prepare(state, batch, workers, first)
-        try:
-            crc = checksum.crc32(prepared.pieces, prepared.shares)
-            lsn, ts, seg, off = self._log_frame(log, BATCH, prepared.pieces, crc)
-        except BaseException:
-            engine.undo(state, batch)
-            raise
-        try:
-            engine.apply(state, batch, prepared)
-        except BaseException as exc:  # say, KeyboardInterrupt between kernel calls
-            # the frame is logged but the arena holds part of it: recover from disk
-            self._fail_stop(exc)
-            raise
-        state.next_delta_id = first + n
-        self._publish(lsn, ts, seg, off, first, batch.page_ids)
-        self._after_commit(
-            batch.page_ids, lsn, first, n, batch.offsets, batch.offsets + batch.lengths
-        )
-        return Commit(lsn, first, first + n - 1, n, ts)
-
-    # -- the log ------------------------------------------------------------------------
-
-    def _log_frame(
-        self, log: LogWriter, ftype: int, pieces: list[bytes | memoryview], crc: int | None = None
-    ) -> tuple[int, int, str, int]:
-        lsn, ts = self._commit_stamp()
-        off = self._append(log, ftype, lsn, ts, pieces, crc)
-        assert self._seq is not None
-        self._seq.begin()  # readers: the arena changes from here until _publish
-        return lsn, ts, log.name, off
-
-    def _commit_stamp(self) -> tuple[int, int]:
-        """The next commit's LSN and time (commit times never go backwards)."""
-        return self._lsn + 1, max(int(self._clock()), self._last_ts)
-
-    def _append(
-        self,
-        log: LogWriter,
-        ftype: int,
-        lsn: int,
-        ts: int,
-        pieces: list[bytes | memoryview],
-        crc: int | None,
-    ) -> int:
-        off = log.append(ftype, lsn, ts, pieces, crc=crc)
-        if self.sync == "always":
-            log.sync()
-        return off
-
-    def _fail_stop(self, cause: BaseException) -> None:
-        """Close as a crash would: the arena and the log disagree (bytes the log lacks, or
-        a logged commit half applied), so no clean-shutdown state is written and the next
-        open recovers from the checkpoint and the log."""
-        self._failure = f"{type(cause).__name__}: {cause}"
-        self._join_checkpoint()
-        log, self._log = self._log, None
-        if self._syncer is not None:
-            self._syncer.stop()
-            self._syncer = None
-        if log is not None:
-            log.abandon()
-        arena = self._state.arena if self._state is not None else None
-        if isinstance(arena, FileArena):
-            arena.abandon()
-        self._release()
-        if self._ephemeral:
-            shutil.rmtree(self.path, ignore_errors=True)
-
-    def _publish(self, lsn: int, ts: int, seg: str, off: int, first_did: int, pages: Any) -> None:
-        self._lsn = lsn
-        self._last_ts = ts
-        assert self._seq is not None
-        self._seq.publish(lsn, ts)
-        if self._index is not None:
-            self._index.add(lsn, ts, seg, off, first_did, pages)
-        log = self._log
-        assert log is not None
-        bg = self._background
-        if bg is not None and not bg.is_alive():
-            self._join_checkpoint()
-            if self.auto_compact:
-                self.compact()
-        if self.checkpoint_every is not None and log.written >= self.checkpoint_every:
-            self._auto_checkpoint(log)
-
-    def sync_now(self) -> None:
-        """Force the log to stable storage now (whatever the sync mode)."""
-        _, log = self._writable()
-        log.sync(force=True)
-
-    # -- memory and garbage collection ----------------------------------------------------
+    @property
+    def last_checkpoint_error(self) -> BaseException | None:
+        """Why the last automatic checkpoint written in the background failed (None: it
+        did not); the log still holds every commit, so nothing was lost."""
+        return None if self._committer is None else self._checkpointer.last_error
 
     def memory(self) -> MemorySnapshot:
         """Where this bus's memory goes: pages, bookkeeping, log, arena, free lists, and the
@@ -666,26 +383,48 @@ class Bus(GraphOps, HistoryOps, StateView):
         arena = getattr(state.arena, "path", None)
         return memory_snapshot(state, self.path, arena if isinstance(arena, str) else None)
 
-    def gc(self, budget_ms: float = 1.0, *, cold_after_s: float | None = None) -> GCReport:
-        """One incremental GC step of about ``budget_ms``: drop covered log segments,
-        compact and shrink the arena, evict cold pages (see :mod:`mmsb.monitor.gc`).
+    # -- history (component: History) ------------------------------------------------------
 
-        Never frees or changes live data; returns what it did and its pause.
-        """
-        self._writable()
-        if (
-            isinstance(budget_ms, bool)
-            or not isinstance(budget_ms, (int, float))
-            or not (budget_ms > 0)
-        ):
-            raise InvalidArgumentError(f"budget_ms must be a positive number, got {budget_ms!r}")
-        if cold_after_s is not None and not cold_after_s >= 0:
-            raise InvalidArgumentError(f"cold_after_s must be >= 0, got {cold_after_s!r}")
-        collector = self.__dict__.get("_collector")
-        if collector is None:
-            collector = self.__dict__["_collector"] = Collector(self)
-        report: GCReport = collector.step(float(budget_ms), cold_after_s)
-        return report
+    at = _via(_history, History.at)
+    history = _via(_history, History.history)
+    diff = _via(_history, History.diff)
+    export = _via(_history, History.export)
+    verify = _via(_history, History.verify)
+    provenance = _via(_history, History.provenance)
+
+    # -- graph, propagation, ticks, events (components: Propagator, EventHub) -----------------
+
+    @property
+    def graph(self) -> Graph:
+        """The live dependency graph (see :class:`mmsb.graph.Graph`)."""
+        return _graph(self).graph
+
+    derive = _via(_graph, Propagator.derive)
+    derive_semiring = _via(_graph, Propagator.derive_semiring)
+    underive = _via(_graph, Propagator.underive)
+    derivations = _via(_graph, Propagator.derivations)
+    tick = _via(_graph, Propagator.tick)
+    page = _via(_graph, Propagator.page)
+    mark_gpu_synced = _via(_graph, Propagator.mark_gpu_synced)
+    subscribe = _via(_events, EventHub.subscribe)
+    unsubscribe = _via(_events, EventHub.unsubscribe)
+    event_stats = _via(_events, EventHub.stats, "event_stats")
+
+    @property
+    def tick_budget_ms(self) -> float:
+        """The time a tick may take before its report says ``overrun``."""
+        return self._propagator.budget_ms
+
+    @tick_budget_ms.setter
+    def tick_budget_ms(self, value: float) -> None:
+        self._propagator.budget_ms = value
+
+    def _tick_gc(self) -> GCReport | None:
+        budget = self.tick_gc_budget_ms
+        return self._collector.gc(budget) if budget > 0 and self._committer else None
+
+    def _tick_invariants(self) -> list[str]:
+        return [r.name for r in self.invariants.run(sample=True) if not r.passed]
 
 
 def open(
@@ -723,6 +462,10 @@ def open(
         :meth:`Bus.compact`; default 2), ``auto_compact`` (compact after each automatic
         checkpoint, bounding the log; default False, which keeps all history),
         ``segment_size`` (log segment bytes for a new bus; default 64 MiB),
-        ``sync_interval`` (seconds, for ``sync="normal"``; default 1.0).
+        ``sync_interval`` (seconds, for ``sync="normal"``; default 1.0),
+        ``tick_budget_ms`` (default 16), ``tick_gc_budget_ms`` (the GC step each tick
+        runs; default 1, 0 for none), ``invariant_every`` (ticks between sampled
+        invariant checks; default 100, 0 for never). An unknown option raises
+        :class:`InvalidArgumentError`.
     """
     return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

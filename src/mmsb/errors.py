@@ -77,6 +77,11 @@ class CorruptLogError(CorruptStateError):
         return str(self.args[0])
 
 
+class LogWriteError(MMSBError, OSError):
+    """The log could not take a commit (a failed write or fsync). Nothing of that commit
+    was applied; after a failed fsync the bus has also closed itself (reopen to recover)."""
+
+
 class CorruptCheckpointError(CorruptStateError):
     """A checkpoint file fails its checks (and no usable older one exists)."""
 

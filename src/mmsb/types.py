@@ -158,3 +158,10 @@ class PageDiff:
     page_id: int
     status: Literal["added", "removed", "changed"]
     ranges: tuple[tuple[int, int], ...]
+
+
+def integer_arg(value: Any, what: str) -> int:
+    """``value`` as an int, or :class:`InvalidArgumentError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{what} must be an integer, got {value!r}")
+    return int(value)

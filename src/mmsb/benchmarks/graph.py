@@ -213,7 +213,7 @@ def recompute_mismatches(bus: mmsb.Bus) -> int:
     """How many derived pages differ from a recomputation of their derivation over their
     parents' current contents (numpy, outside the propagation engine)."""
     bad = 0
-    for child, d in bus._derivations.items():
+    for child, d in bus._propagator._derivations.items():
         parents = [bus.read(p) for p in d.parents]
         want: Any
         if d.semiring is not None:
@@ -254,9 +254,9 @@ def provenance_depth(
             if ticks % 10 == 0:
                 progress("provenance: writing the log", written, total_deltas)
         tail = int(chain[-1])
-        bus._index = None  # time the one log scan that builds the history index
+        bus._history.forget_index()  # time the one log scan that builds the history index
         t = time.perf_counter_ns()
-        bus._log_index()
+        bus._history.index()
         index_ns = time.perf_counter_ns() - t
         t = time.perf_counter_ns()
         bus.provenance(tail, depth=depth + 2)
@@ -264,7 +264,7 @@ def provenance_depth(
         resolve = []
         for _ in range(20):
             t = time.perf_counter_ns()
-            p = bus._prov.resolve(  # type: ignore[union-attr]
+            p = bus._history._provenance_index().resolve(
                 bus._live_state(), tail, None, depth + 2, bus.lsn, cache=False
             )
             resolve.append(time.perf_counter_ns() - t)

@@ -95,7 +95,7 @@ def recovery(tail: int = 1_000_000, batch: int = 10_000, payload: int = 16) -> R
         for i in range(tail // batch):
             bus.apply_batch(pool[i % len(pool)])
         expected = bus.state_hash()
-        bus._release()  # a crash: no clean-shutdown file, the tail must be replayed
+        bus.abandon()  # a crash: no clean-shutdown file, the tail must be replayed
         t0 = time.perf_counter()
         with mmsb.open(path) as again:
             dt = time.perf_counter() - t0

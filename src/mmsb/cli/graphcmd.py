@@ -14,7 +14,7 @@ import numpy as np
 import mmsb
 from mmsb.cli.output import EXIT_FAILED, console, emit_json, grid, kv_table, require_bus
 from mmsb.graph import KINDS
-from mmsb.monitor.provenance import ProvenanceStep
+from mmsb.history.provenance import ProvenanceStep
 
 
 def graph_data(path: str, limit: int) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The dependency graph: edges and their queries, propagation, ticks and events."""
 
 from mmsb.graph.dag import EDGE_DTYPE, KINDS, Graph, GraphReport, GraphView
-from mmsb.graph.events import EVENTS, Event, Subscription
 from mmsb.graph.tick import TickReport
+from mmsb.writer.events import EVENTS, Event, Subscription
 
 __all__ = [
     "EDGE_DTYPE",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,9 +20,6 @@ from mmsb.errors import CycleError, InvalidArgumentError
 from mmsb.storage import codec
 from mmsb.storage.edges import DATA, KINDS, kind_code
 from mmsb.storage.state import State
-
-if TYPE_CHECKING:
-    from mmsb.bus import Bus
 
 I64 = npt.NDArray[np.int64]
 EDGE_DTYPE = np.dtype([("parent", "<i8"), ("child", "<i8"), ("kind", "u1")])
@@ -161,9 +158,9 @@ class Graph(GraphView):
     the delete's effect, so replay reproduces it.
     """
 
-    def __init__(self, bus: Bus) -> None:
-        super().__init__(bus._live_state)
-        self._bus = bus
+    def __init__(self, state_of: Callable[[], State], change: Callable[..., int]) -> None:
+        super().__init__(state_of)
+        self._change = change  # Propagator._change_edges: checks, logs, then applies
 
     def add_edge(self, parent: int, child: int, kind: str = "data") -> bool:
         """Add ``parent -> child``; False if that edge already exists.
@@ -172,24 +169,24 @@ class Graph(GraphView):
         close a cycle, :class:`PageNotFoundError` for a page that is not live; the graph
         is unchanged in both cases.
         """
-        return self._bus._change_edges([_pair(parent, child)], kind_code(kind), add=True) == 1
+        return self._change([_pair(parent, child)], kind_code(kind), add=True) == 1
 
     def add_edges(
         self, edges: Iterable[tuple[int, int]] | npt.ArrayLike, kind: str = "data"
     ) -> int:
         """Add many edges of one kind in one logged change, all or none; return how many
         were new. Duplicates of existing edges are skipped."""
-        return self._bus._change_edges(_rows(edges), kind_code(kind), add=True)
+        return self._change(_rows(edges), kind_code(kind), add=True)
 
     def remove_edge(self, parent: int, child: int, kind: str = "data") -> None:
         """Remove ``parent -> child``; :class:`InvalidArgumentError` if there is none."""
-        self._bus._change_edges([_pair(parent, child)], kind_code(kind), add=False)
+        self._change([_pair(parent, child)], kind_code(kind), add=False)
 
     def remove_edges(
         self, edges: Iterable[tuple[int, int]] | npt.ArrayLike, kind: str = "data"
     ) -> None:
         """Remove many edges of one kind in one logged change, all or none."""
-        self._bus._change_edges(_rows(edges), kind_code(kind), add=False)
+        self._change(_rows(edges), kind_code(kind), add=False)
 
 
 def _pair(parent: Any, child: Any) -> tuple[int, int]:
@@ -213,11 +210,12 @@ def _rows(edges: Any) -> list[tuple[int, int]]:
     return [(int(p), int(c)) for p, c in arr.tolist()]
 
 
-def check_and_apply(
+def check_edges(
     state: State, rows: list[tuple[int, int]], kind: int, add: bool
 ) -> list[tuple[int, int]]:
-    """Validate edge changes against ``state`` and apply them in order; return the rows that
-    changed something (the undo list). On error nothing stays applied."""
+    """Validate edge changes against ``state`` in order (each row sees the ones before it);
+    return the rows that change something. ``state`` is left as it was: the rows are tried
+    and taken back, and :func:`apply_edges` makes them once their frame is logged."""
     edges = state.edges
     done: list[tuple[int, int]] = []
     try:
@@ -237,18 +235,19 @@ def check_and_apply(
             elif not edges.remove(p, c, kind):
                 raise InvalidArgumentError(f"no {KINDS[kind]} edge {p} -> {c} to remove")
             done.append((p, c))
-    except BaseException:
-        undo(state, done, kind, add)
-        raise
+    finally:
+        apply_edges(state, done[::-1], kind, not add)
     return done
 
 
-def undo(state: State, done: list[tuple[int, int]], kind: int, add: bool) -> None:
-    for p, c in reversed(done):
+def apply_edges(state: State, rows: list[tuple[int, int]], kind: int, add: bool) -> None:
+    """Add (or remove) each checked row's edge, in order."""
+    edges = state.edges
+    for p, c in rows:
         if add:
-            state.edges.remove(p, c, kind)
+            edges.add(p, c, kind)
         else:
-            state.edges.add(p, c, kind)
+            edges.remove(p, c, kind)
 
 
 def graph_frame(done: list[tuple[int, int]], kind: int, add: bool) -> list[bytes | memoryview]:

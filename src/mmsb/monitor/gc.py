@@ -35,21 +35,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mmsb.engine import gc_kernels
+from mmsb.errors import InvalidArgumentError
+from mmsb.storage import layout
 from mmsb.storage.arena import grown_capacity
 from mmsb.storage.checkpoint import list_checkpoints
 from mmsb.storage.log import RELAYOUT, list_segments
 from mmsb.storage.readers import readers_attached
 from mmsb.storage.relayout import encode_relayout
 from mmsb.storage.state import State
-
-if TYPE_CHECKING:
-    from mmsb.bus import Bus
+from mmsb.writer.committer import Committer
 
 I64 = npt.NDArray[np.int64]
 OS_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -115,8 +115,23 @@ class _Tally:
 class Collector:
     """Per-bus GC state between steps (cursors, the compaction plan, tuning)."""
 
-    def __init__(self, bus: Bus, clock: Callable[[], float] = time.monotonic) -> None:
-        self.bus = bus
+    def __init__(
+        self,
+        path: str,
+        state: State,
+        committer: Committer,
+        *,
+        keep_checkpoints: int,
+        auto_compact: bool,
+        on_segments_dropped: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.state = state
+        self.committer = committer  # relayouts are commits like any other
+        self.keep_checkpoints = keep_checkpoints
+        self.auto_compact = auto_compact
+        self.on_segments_dropped = on_segments_dropped  # history indexes point into them
         self.clock = clock
         self._t0 = clock()
         self.cold_after_s = 30.0
@@ -142,17 +157,33 @@ class Collector:
 
     # -- the step -------------------------------------------------------------------------
 
+    def gc(self, budget_ms: float = 1.0, *, cold_after_s: float | None = None) -> GCReport:
+        """One incremental GC step of about ``budget_ms``: drop covered log segments,
+        compact and shrink the arena, evict cold pages (see :mod:`mmsb.monitor.gc`).
+
+        Never frees or changes live data; returns what it did and its pause.
+        """
+        if (
+            isinstance(budget_ms, bool)
+            or not isinstance(budget_ms, (int, float))
+            or not (budget_ms > 0)
+        ):
+            raise InvalidArgumentError(f"budget_ms must be a positive number, got {budget_ms!r}")
+        if cold_after_s is not None and not cold_after_s >= 0:
+            raise InvalidArgumentError(f"cold_after_s must be >= 0, got {cold_after_s!r}")
+        return self.step(float(budget_ms), cold_after_s)
+
     def step(self, budget_ms: float, cold_after_s: float | None = None) -> GCReport:
         t0 = time.perf_counter_ns()
         c0 = time.thread_time_ns()
         deadline = t0 + int(budget_ms * 1e6)
-        state, log = self.bus._writable()
+        state = self.state
         state.access_now = 1 + int(self.clock() - self._t0)
         tally = _Tally()
         self._drop_segments(tally)
         t1 = time.perf_counter_ns()
         if t1 < deadline:
-            self._compact(state, log, deadline, tally)
+            self._compact(state, deadline, tally)
         elif self._plan is not None:
             tally.deferred.append("compaction: budget spent before its turn")
         t2 = time.perf_counter_ns()
@@ -184,22 +215,22 @@ class Collector:
     def _drop_segments(self, tally: _Tally) -> None:
         if not self._doomed.empty():
             return  # the last dropped segment is still being unlinked
-        bus = self.bus
+        log_dir = os.path.join(self.path, layout.LOG_DIR)
         if not self._swept_leftovers:  # segments renamed for unlinking before a crash
             self._swept_leftovers = True
-            log_dir = os.path.join(bus.path, "log")
             for name in os.listdir(log_dir):
-                if name.endswith(".seg.drop"):
+                if name.endswith(layout.SEGMENT_SUFFIX + layout.DROP_SUFFIX):
                     _unlink_quietly(os.path.join(log_dir, name))
-        kept = list_checkpoints(os.path.join(bus.path, "ckpt"))[: bus.keep_checkpoints]
+        ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
+        kept = list_checkpoints(ckpt_dir)[: self.keep_checkpoints]
         if not kept:
             return
         oldest = kept[-1][0]
-        segs = list_segments(os.path.join(bus.path, "log"))
+        segs = list_segments(log_dir)
         for (_, path), (next_first, _) in itertools.pairwise(segs):
             if next_first - 1 > oldest:
                 return
-            if not bus.auto_compact:
+            if not self.auto_compact:
                 if self._history_noted != oldest:  # said once per checkpoint, not every step
                     self._history_noted = oldest
                     tally.deferred.append("log segments covered by a checkpoint kept as "
@@ -209,9 +240,9 @@ class Collector:
                 size = os.path.getsize(path)
             except FileNotFoundError:
                 continue
-            bus._index = None  # the history index points into the segment
+            self.on_segments_dropped()
             # rename first (cheap, atomic), so the segment is gone from the log at once
-            doomed = path + ".drop"
+            doomed = path + layout.DROP_SUFFIX
             os.replace(path, doomed)
             self._doomed.put(doomed)
             if self._unlinker is None:
@@ -233,7 +264,7 @@ class Collector:
             self._free_cache = (state.layout_version, free)
         return free
 
-    def _compact(self, state: State, log: Any, deadline: int, tally: _Tally) -> None:
+    def _compact(self, state: State, deadline: int, tally: _Tally) -> None:
         plan = self._current_plan(state, deadline, tally)
         if plan is None:
             return
@@ -249,15 +280,15 @@ class Collector:
             self._plan = None
             self._settled_version = state.layout_version
             return
-        bus = self.bus
-        try:
-            lsn, ts, seg, off = bus._log_frame(log, RELAYOUT, encode_relayout(moves[0], moves[2]))
-        except BaseException:
+
+        # plan_relayout staged the new slots in the page table; the bytes move once the
+        # frame is logged
+        def undo() -> None:
             state.undo_relayout(moves)
             self._plan = None
-            raise
-        state.move_bytes(moves)
-        bus._publish(lsn, ts, seg, off, 0, None)
+
+        self.committer.commit(RELAYOUT, encode_relayout(moves[0], moves[2]),
+                              lambda: state.move_bytes(moves), undo=undo)  # fmt: skip
         plan.cursor += n
         plan.version = state.layout_version
         if plan.cursor >= plan.order.size:
@@ -310,7 +341,7 @@ class Collector:
         # a bounded piece per step: truncating frees page cache and disk blocks, which
         # takes time in proportion to the bytes cut
         target = max(target, arena.capacity - MAX_SHRINK)
-        if readers_attached(self.bus.path):
+        if readers_attached(self.path):
             tally.deferred.append(
                 f"arena shrink of {arena.capacity - target} bytes (reader processes attached)"
             )

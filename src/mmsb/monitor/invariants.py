@@ -26,20 +26,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mmsb.errors import InvalidArgumentError
-from mmsb.storage import codec
+from mmsb.graph.dag import GraphReport
+from mmsb.storage import codec, layout
 from mmsb.storage.log import BATCH, CREATE, DELETE, LogReader, list_segments
-from mmsb.storage.state import aligned
+from mmsb.storage.replay import state_at
+from mmsb.storage.state import State, aligned
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS
 
-if TYPE_CHECKING:
-    from mmsb.bus import Bus
-
-Check = Callable[["Bus"], Any]
+Check = Callable[[Any], Any]  # fn(bus) -> bool | (bool, detail)
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,19 @@ class Invariants:
         "finite_floats",
     )
 
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
+    def __init__(
+        self,
+        path: str,
+        state_of: Callable[[], State],
+        lsn_of: Callable[[], int],
+        validate_graph: Callable[[], GraphReport],
+        owner: object,
+    ) -> None:
+        self._path = path
+        self._state_of = state_of  # the bus's current state (raises once it is closed)
+        self._lsn_of = lsn_of
+        self._validate_graph = validate_graph
+        self._owner = owner  # what registered checks receive: the bus
         self._user: dict[str, Check] = {}
         self._epochs = np.zeros(0, np.int64)
         self._scan_lsn = -1  # frames <= this were checked for orphans
@@ -97,7 +107,7 @@ class Invariants:
         unknown = [n for n in wanted if n not in self.names()]
         if unknown:
             raise InvalidArgumentError(f"unknown invariants: {', '.join(unknown)}")
-        self._bus._live_state()
+        self._state_of()
         self.runs += 1
         out = []
         for name in wanted:
@@ -106,7 +116,7 @@ class Invariants:
                 if name in self.BUILTINS:
                     res = getattr(self, f"_check_{name}")(sample)
                 else:
-                    res = self._user[name](self._bus)
+                    res = self._user[name](self._owner)
                 passed, detail = res if isinstance(res, tuple) else (bool(res), "")
             except Exception as exc:
                 passed, detail = False, f"{type(exc).__name__}: {exc}"
@@ -117,7 +127,7 @@ class Invariants:
     # -- built-ins --------------------------------------------------------------------------
 
     def _check_epochs_monotone(self, sample: bool) -> tuple[bool, str]:
-        st = self._bus._live_state()
+        st = self._state_of()
         n = st.next_page_id
         ep = st.epoch[:n]
         live = st.live[:n]
@@ -136,7 +146,7 @@ class Invariants:
         return True, f"{int(live.sum())} pages"
 
     def _check_page_table(self, sample: bool) -> tuple[bool, str]:
-        st = self._bus._live_state()
+        st = self._state_of()
         ids = st.live_ids()
         if ids.size == 0:
             return True, "no pages"
@@ -162,7 +172,7 @@ class Invariants:
         return True, f"{ids.size} pages, arena end {st.end}"
 
     def _check_graph(self, sample: bool) -> tuple[bool, str]:
-        rep = self._bus.graph.validate()
+        rep = self._validate_graph()
         if not rep.acyclic:
             return False, f"cycle among {rep.cyclic_nodes} pages"
         if rep.dead_endpoints:
@@ -174,25 +184,23 @@ class Invariants:
         return True, f"{rep.edges} edges, acyclic"
 
     def _check_no_orphan_deltas(self, sample: bool) -> tuple[bool, str]:
-        bus = self._bus
-        log_dir = os.path.join(bus.path, "log")
+        log_dir = os.path.join(self._path, layout.LOG_DIR)
         if self._scan_lsn < 0:
             segs = list_segments(log_dir)
             first = segs[0][0] if segs else 1
             if first > 1:
                 # compacted: the history before the first retained segment is gone; take the
                 # state at that point from replay
-                from mmsb.history import build_state
-
-                base, _ = build_state(bus.path, first - 1)
+                base, _ = state_at(self._path, first - 1)
                 self._scan_live = base.live[: base.next_page_id].copy()
                 base.arena.close()
             self._scan_lsn = first - 1
         live = self._scan_live
         frames = deltas = 0
+        head = self._lsn_of()
         orphans: list[tuple[int, int]] = []
         for frame in LogReader(log_dir).frames(after_lsn=self._scan_lsn):
-            if frame.lsn > bus.lsn:
+            if frame.lsn > head:
                 break
             frames += 1
             if frame.type == CREATE:
@@ -218,11 +226,8 @@ class Invariants:
         return True, f"{frames} new frames, {deltas} deltas scanned"
 
     def _check_replay_matches(self, sample: bool) -> tuple[bool, str]:
-        from mmsb.history import build_state
-
-        bus = self._bus
-        st = bus._live_state()
-        replayed, _ = build_state(bus.path, bus.lsn)
+        st, lsn = self._state_of(), self._lsn_of()
+        replayed, _ = state_at(self._path, lsn)
         try:
             ids = st.live_ids()
             rids = replayed.live_ids()
@@ -244,12 +249,12 @@ class Invariants:
                     f"{np.unique(pages).size} pages differ from replay "
                     f"(first: page {int(pages[0])})"
                 )
-            return True, f"{ids.size} pages match replay at LSN {bus.lsn}"
+            return True, f"{ids.size} pages match replay at LSN {lsn}"
         finally:
             replayed.arena.close()
 
     def _check_finite_floats(self, sample: bool) -> tuple[bool, str]:
-        st = self._bus._live_state()
+        st = self._state_of()
         bad: list[int] = []
         checked = 0
         for pid, text in st.metadata.items():

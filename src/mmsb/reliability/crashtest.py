@@ -377,7 +377,7 @@ def _iteration(
         if fig.iterations % 2:
             bus.close()
         else:
-            bus._release()
+            bus.abandon()
     return nxt, startup
 
 

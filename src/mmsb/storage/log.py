@@ -394,6 +394,16 @@ class LogWriter:
             self.on_backlog()
         return offset
 
+    def cut(self, offset: int) -> None:
+        """Take back everything appended from ``offset`` of the current segment on (a frame
+        whose fsync failed: it was never acknowledged). Best effort: the owner closes."""
+        removed = self.pos - offset
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, offset)
+        self.pos = offset
+        self.appended -= removed
+        self.written -= removed
+
     def _check_sync_error(self) -> None:
         if self.sync_error is not None:
             raise OSError(

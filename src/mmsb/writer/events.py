@@ -20,11 +20,15 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmsb.errors import InvalidArgumentError
+from mmsb.storage.log import BATCH, CREATE, DELETE
+
+if TYPE_CHECKING:
+    from mmsb.writer.committer import Change
 
 EVENTS: tuple[str, ...] = (
     "page_created",
@@ -132,6 +136,21 @@ class EventHub:
                         log.error("event handler failed: %s", self.last_error, exc_info=exc)
         finally:
             self.dispatching = False
+
+    def committed(self, change: Change) -> None:
+        """Committer listener: the events a published commit raises."""
+        if change.ftype == CREATE:
+            if self.wants("page_created"):
+                self.emit("page_created", change.lsn, change.pages)
+        elif change.ftype == DELETE:
+            if self.wants("page_deleted"):
+                self.emit("page_deleted", change.lsn, change.pages)
+        elif change.ftype == BATCH:
+            if self.wants("delta_applied"):
+                self.emit("delta_applied", change.lsn, None,
+                          first_delta_id=change.first_delta_id, count=change.count)  # fmt: skip
+            if self.wants("page_changed") and change.pages is not None:
+                self.emit("page_changed", change.lsn, np.unique(change.pages))
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -1,25 +1,25 @@
-"""The bus's graph-layer methods: edges, derivations, ticks, flags, events, provenance.
+"""The propagator: the bus's dependency graph, derivations, ticks and page flags.
 
-:class:`GraphOps` is mixed into :class:`mmsb.bus.Bus`; it holds no state of its own (the
-attributes it uses are set up in ``Bus.__init__``) and goes through the bus's write path for
-every change, so storage stays unaware of graphs.
+It owns the graph-layer state (registered derivations, the compiled plan, the pages written
+since the last pass, the stale / gpu-sync / invalidated flags) and commits every change
+through the one write path: edge changes as GRAPH frames through the committer, derived
+pages as one batch through the writer. It learns of every other commit as a committer
+listener (:meth:`Propagator.committed`), so storage stays unaware of graphs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
 from mmsb.errors import InvalidArgumentError
-from mmsb.graph.dag import Graph, check_and_apply, graph_frame, undo
-from mmsb.graph.events import Event, EventHub, Subscription
+from mmsb.graph.dag import Graph, apply_edges, check_edges, graph_frame
 from mmsb.graph.propagate import (
     Derivation,
     Plan,
@@ -29,88 +29,74 @@ from mmsb.graph.propagate import (
     run_pass,
 )
 from mmsb.graph.tick import TickReport
-from mmsb.history import Snapshot
-from mmsb.monitor.provenance import Provenance, ProvenanceIndex
 from mmsb.semiring import Semiring
 from mmsb.storage.edges import COMPILER, CONTROL, DATA, GPU
-from mmsb.storage.log import GRAPH
+from mmsb.storage.log import BATCH, DELETE, GRAPH
 from mmsb.storage.state import State
 from mmsb.types import DTYPE_NAMES, PageInfo
-
-if TYPE_CHECKING:
-    from mmsb.bus import Bus
-    from mmsb.history import LogIndex
-    from mmsb.monitor.invariants import Invariants
-    from mmsb.storage.log import LogWriter
-    from mmsb.types import Commit
+from mmsb.writer.committer import Change
+from mmsb.writer.events import EventHub
+from mmsb.writer.writer import Writer
 
 STALE, GPU_SYNC, INVALIDATED = 1, 2, 4  # page flags set through control/gpu/compiler edges
 
 
-class GraphOps:
-    """Graph, propagation, tick, event and provenance methods of :class:`mmsb.bus.Bus`."""
+class Propagator:
+    """Graph, derivations, propagation passes and ticks of one bus.
 
-    # state, set up by ``Bus.__init__``
-    path: str
-    readonly: bool
-    tick_budget_ms: float
-    tick_gc_budget_ms: float
-    invariant_every: int
-    invariants: Invariants
-    _state: State | None
-    _lsn: int
-    _graph: Graph | None
-    _derivations: dict[int, Derivation]
-    _deriv_version: int
-    _plan: Plan | None
-    _plan_key: tuple[int, int]
-    _dirty: list[npt.NDArray[np.int64]]
-    _dirty_lo: list[npt.NDArray[np.int64]]
-    _dirty_hi: list[npt.NDArray[np.int64]]
-    _dirty_lsn: int
-    _seeds: list[npt.NDArray[np.int64]]
-    _flags: npt.NDArray[np.uint8]
-    _events: EventHub
-    _ticks: int
-    _propagating: bool
-    _prov: ProvenanceIndex | None
+    ``state_of()`` gives the bus's current state (read-only buses follow a writer);
+    ``writable()`` checks that the bus may be written now and returns its writer.
+    ``maintenance()`` and ``check_invariants()`` are the tick's later phases.
+    """
 
-    if TYPE_CHECKING:  # the bus methods these use
+    def __init__(
+        self,
+        state_of: Callable[[], State],
+        lsn_of: Callable[[], int],
+        writable: Callable[[], Writer],
+        events: EventHub,
+        *,
+        maintenance: Callable[[], Any] | None = None,
+        check_invariants: Callable[[], list[str]] | None = None,
+        budget_ms: float = 16.0,
+        invariant_every: int = 100,
+    ) -> None:
+        self._state_of = state_of
+        self._lsn_of = lsn_of
+        self._writable = writable
+        self._events = events
+        self.maintenance = maintenance
+        self.check_invariants = check_invariants
+        self.budget_ms = budget_ms
+        self.invariant_every = invariant_every
+        self.graph = Graph(state_of, self._change_edges)
+        self._derivations: dict[int, Derivation] = {}
+        self._deriv_version = 0  # bumped when a derivation is registered or dropped
+        self._plan: Plan | None = None
+        self._plan_key: tuple[int, int] = (-1, -1)  # (edges.version, _deriv_version) of _plan
+        self._dirty: list[npt.NDArray[np.int64]] = []  # pages written since the last pass
+        self._dirty_lo: list[npt.NDArray[np.int64]] = []  # and the byte range of each write
+        self._dirty_hi: list[npt.NDArray[np.int64]] = []
+        self._dirty_lsn = 0  # the last commit that added to _dirty
+        self._seeds: list[npt.NDArray[np.int64]] = []  # parents of new derivations
+        self._flags = np.zeros(0, np.uint8)  # per page: STALE | GPU_SYNC | INVALIDATED
+        self._ticks = 0
+        self._propagating = False  # committing a pass's derived batch: not new input
 
-        def _live_state(self) -> State: ...
-        def _writable(self) -> tuple[State, LogWriter]: ...
-        def _log_index(self) -> LogIndex: ...
-        def apply_batch(self, batch: DeltaBatch, *, workers: int = 1) -> Commit: ...
-        def _log_frame(
-            self, log: LogWriter, ftype: int, pieces: list[bytes | memoryview]
-        ) -> tuple[int, int, str, int]: ...
-        def _publish(
-            self, lsn: int, ts: int, seg: str, off: int, first_did: int, pages: Any
-        ) -> None: ...
-
-    # -- dependency graph, propagation, ticks, events -------------------------------------
-
-    @property
-    def graph(self) -> Graph:
-        """The live dependency graph (see :class:`mmsb.graph.Graph`)."""
-        self._live_state()
-        if self._graph is None:
-            self._graph = Graph(cast("Bus", self))
-        return self._graph
+    # -- edges and derivations ----------------------------------------------------------
 
     def _change_edges(
         self, rows: list[tuple[int, int]], kind: int, *, add: bool, child_of: int | None = None
     ) -> int:
-        state, log = self._writable()
-        done = check_and_apply(state, rows, kind, add)
+        """Check edge changes, then commit them as one GRAPH frame; return how many changed
+        something. The graph is changed only after the frame is logged."""
+        writer = self._writable()
+        state = writer.state
+        done = check_edges(state, rows, kind, add)
         if not done:
             return 0
-        try:
-            lsn, ts, seg, off = self._log_frame(log, GRAPH, graph_frame(done, kind, add))
-        except BaseException:
-            undo(state, done, kind, add)
-            raise
-        self._publish(lsn, ts, seg, off, 0, None)
+        writer.committer.commit(GRAPH, graph_frame(done, kind, add),
+                                lambda: apply_edges(state, done, kind, add))  # fmt: skip
         if kind == DATA and self._derivations:
             # a derivation whose data parents changed by hand no longer describes the graph
             for _, c in done:
@@ -158,7 +144,7 @@ class GraphOps:
             if arr.size != len(pids):
                 raise InvalidArgumentError(f"{len(pids)} parents but {arr.size} weights")
             w = tuple(float(x) for x in arr.tolist())
-        state = self._live_state()
+        state = self._state_of()
         c = state.require(child)
         semiring.check_dtype(DTYPE_NAMES[int(state.dtype[c])])
         for p in pids:
@@ -171,7 +157,7 @@ class GraphOps:
                                   semiring=semiring, weights=w))  # fmt: skip
 
     def _register(self, d: Derivation) -> None:
-        state, _ = self._writable()
+        state = self._writable().state
         c = state.require(d.child)
         if not d.parents:
             raise InvalidArgumentError(f"derivation of page {c} needs at least one parent")
@@ -205,34 +191,30 @@ class GraphOps:
         """Registered derivations: child page -> name."""
         return {c: d.name for c, d in sorted(self._derivations.items())}
 
-    def _mark_dirty(self, pages: Any, lo: Any, hi: Any) -> None:
-        """Pages written (within bytes [lo, hi) per row), pending for the next pass."""
-        pages = np.asarray(pages, np.int64)
-        if pages.size:
-            self._dirty.append(pages.copy())
-            self._dirty_lo.append(np.array(lo, np.int64, copy=True))
-            self._dirty_hi.append(np.array(hi, np.int64, copy=True))
-            self._dirty_lsn = self._lsn
-
-    def _after_commit(self, pages: Any, lsn: int, first: int, count: int, lo: Any, hi: Any) -> None:
-        """Bookkeeping after a published delta commit: pending propagation (each row's
-        page and byte range), flags, the provenance cache, events."""
-        state = self._state
-        assert state is not None
-        if state.edges.count and not self._propagating:
-            n = np.asarray(pages).size
-            self._mark_dirty(pages, np.broadcast_to(lo, n), np.broadcast_to(hi, n))
-        if self._flags.size:
-            ids = np.asarray(pages)
-            ids = ids[ids < self._flags.size]
-            self._flags[ids] &= np.uint8(~(STALE | INVALIDATED) & 0xFF)
-        if self._prov is not None:
-            self._prov.invalidate(np.asarray(pages))
-        hub = self._events
-        if hub.wants("delta_applied"):
-            hub.emit("delta_applied", lsn, None, first_delta_id=first, count=count)
-        if hub.wants("page_changed"):
-            hub.emit("page_changed", lsn, np.unique(np.asarray(pages)))
+    def committed(self, change: Change) -> None:
+        """Committer listener: after a delta commit, the rows' pages and byte ranges are
+        pending for the next pass and their stale/invalidated flags clear; after a delete,
+        the derivations of or from the deleted pages are dropped."""
+        if change.ftype == BATCH:
+            pages = change.pages
+            assert pages is not None
+            if self._state_of().edges.count and not self._propagating:
+                n = pages.size
+                self._dirty.append(pages.copy())
+                self._dirty_lo.append(np.array(np.broadcast_to(change.lo, n), np.int64))
+                self._dirty_hi.append(np.array(np.broadcast_to(change.hi, n), np.int64))
+                self._dirty_lsn = change.lsn
+            if self._flags.size:
+                ids = pages[pages < self._flags.size]
+                self._flags[ids] &= np.uint8(~(STALE | INVALIDATED) & 0xFF)
+        elif change.ftype == DELETE and self._derivations:
+            assert change.pages is not None
+            dead = set(change.pages.tolist())
+            for c, d in list(self._derivations.items()):
+                # the deleted pages' own derivations, and those that read a deleted page
+                if c in dead or not dead.isdisjoint(d.parents):
+                    del self._derivations[c]
+                    self._deriv_version += 1
 
     def _plan_for(self, state: State) -> Plan:
         key = (state.edges.version, self._deriv_version)
@@ -254,17 +236,18 @@ class GraphOps:
         stays committed, no derived write of this tick is applied, and the changes stay
         pending for the next tick.
         """
-        state, _ = self._writable()
+        writer = self._writable()
+        state = writer.state
         t0 = time.perf_counter_ns()
         n_in = 0
         if batch is not None:
-            n_in = self.apply_batch(batch).count
+            n_in = writer.apply_batch(batch).count
         t1 = time.perf_counter_ns()
         recomputed = changed_n = derived = flagged = 0
         if self._dirty or self._seeds:
             # the cause: the last commit that wrote a pending page (or, for a pass that only
             # computes newly registered derivations, the current LSN)
-            cause = self._dirty_lsn if self._dirty else self._lsn
+            cause = self._dirty_lsn if self._dirty else self._lsn_of()
             seeds = [s[s < state.next_page_id] for s in self._seeds]
             written = np.concatenate([*self._dirty, *seeds])  # rows may repeat a page
             lo = np.concatenate([*self._dirty_lo, *(np.zeros(s.size, np.int64) for s in seeds)])
@@ -283,40 +266,38 @@ class GraphOps:
                 # already propagated within this pass: not pending for the next one
                 self._propagating = True
                 try:
-                    derived = self.apply_batch(result.batch).count
+                    derived = writer.apply_batch(result.batch).count
                 finally:
                     self._propagating = False
                 changed_n = int(result.changed_pages.size)
             flagged = self._flag_children(np.concatenate((written, result.changed_pages)))
         t2 = time.perf_counter_ns()
-        gc_report = None
-        gc_step = getattr(self, "gc", None)
-        if gc_step is not None and self.tick_gc_budget_ms > 0:
-            gc_report = gc_step(budget_ms=self.tick_gc_budget_ms)
+        gc_report = None if self.maintenance is None else self.maintenance()
         t3 = time.perf_counter_ns()
         self._ticks += 1
         checked = False
         failures: list[str] = []
         if self.invariant_every and self._ticks % self.invariant_every == 0:
             checked = True
-            failures = [r.name for r in self.invariants.run(sample=True) if not r.passed]
+            failures = [] if self.check_invariants is None else self.check_invariants()
         t4 = time.perf_counter_ns()
         phases = {"commit": t1 - t0, "propagate": t2 - t1, "maintenance": t3 - t2,
                   "invariants": t4 - t3}  # fmt: skip
         total = t4 - t0
-        budget = int(self.tick_budget_ms * 1e6)
+        budget = int(self.budget_ms * 1e6)
+        lsn = self._lsn_of()
         report = TickReport(
-            self._ticks, self._lsn, n_in, derived, recomputed, changed_n, flagged, phases,
+            self._ticks, lsn, n_in, derived, recomputed, changed_n, flagged, phases,
             total, budget, total > budget, checked, failures, gc_report,
         )  # fmt: skip
         if self._events.wants("tick_done"):
-            self._events.emit("tick_done", self._lsn, None, report=report)
+            self._events.emit("tick_done", lsn, None, report=report)
         return report
 
     def _flag_children(self, pages: npt.NDArray[np.int64]) -> int:
         """Set the stale / gpu-sync / invalidated flags of the control, gpu and compiler
         children of ``pages``; emit one event per newly flagged page."""
-        state = self._live_state()
+        state = self._state_of()
         edges = state.edges
         if edges.count == 0 or pages.size == 0:
             return 0
@@ -343,11 +324,11 @@ class GraphOps:
             self._flags[kids] |= np.uint8(bit)
             total += int(new.size)
             if new.size and self._events.wants(event):
-                self._events.emit(event, self._lsn, new)
+                self._events.emit(event, self._lsn_of(), new)
         return total
 
     def page(self, page_id: int) -> PageInfo:
-        info = self._live_state().info(page_id)  # what StateView.page gives
+        info = self._state_of().info(page_id)  # what StateView.page gives
         f = int(self._flags[info.id]) if info.id < self._flags.size else 0
         if not f:
             return info
@@ -360,51 +341,6 @@ class GraphOps:
 
     def mark_gpu_synced(self, page_id: int) -> None:
         """Clear a page's gpu-sync-needed flag (its device mirror was brought up to date)."""
-        pid = self._live_state().require(page_id)
+        pid = self._state_of().require(page_id)
         if pid < self._flags.size:
             self._flags[pid] &= np.uint8(~GPU_SYNC & 0xFF)
-
-    def subscribe(
-        self, event: str, handler: Callable[[Event], object], filter: Any = None
-    ) -> Subscription:
-        """Call ``handler(event)`` for each event of type ``event`` (see
-        :data:`mmsb.graph.EVENTS`); ``filter`` is a predicate on the event or a set of page
-        ids. Handlers must not write to the bus (see :mod:`mmsb.graph.events`)."""
-        self._live_state()
-        return self._events.subscribe(event, handler, filter)
-
-    def unsubscribe(self, subscription: Subscription) -> bool:
-        """Stop a subscription; False if it was not active."""
-        return self._events.unsubscribe(subscription)
-
-    def event_stats(self) -> dict[str, Any]:
-        """Handlers called, handlers that raised, and the last failure."""
-        return self._events.stats()
-
-    # -- provenance -----------------------------------------------------------------------
-
-    def _snapshot(self, state: State, lsn: int, timestamp: int) -> Snapshot:
-        snap = Snapshot(state, lsn, timestamp)
-        snap._explain = self._snapshot_provenance
-        return snap
-
-    def _snapshot_provenance(
-        self, snap: Snapshot, page_id: int, byte: int | None, depth: int
-    ) -> Provenance:
-        self._live_state()
-        if self._prov is None:
-            self._prov = ProvenanceIndex(os.path.join(self.path, "log"), self._log_index)
-        upto = self._log_index().last_delta_at(snap.lsn)
-        return self._prov.resolve(
-            snap._live_state(), page_id, byte, depth, snap.lsn, upto_did=upto, cache=False
-        )
-
-    def provenance(self, page_id: int, byte: int | None = None, depth: int = 32) -> Provenance:
-        """Explain a page (or one byte of it): the delta that last wrote it and, for a
-        derived page, the parents' last writes that fed it, recursively to ``depth``."""
-        state = self._live_state()
-        if self._prov is None:
-            self._prov = ProvenanceIndex(os.path.join(self.path, "log"), self._log_index)
-        # the cache is invalidated by this bus's own writes; a read-only bus sees another
-        # process's writes, so it resolves every time
-        return self._prov.resolve(state, page_id, byte, depth, self._lsn, cache=not self.readonly)

@@ -1,0 +1,58 @@
+"""The options of :func:`mmsb.open`, checked once, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from mmsb.errors import InvalidArgumentError
+from mmsb.types import SYNC_MODES, integer_arg
+
+DEFAULT_SEGMENT_SIZE = 64 << 20
+DEFAULT_CHECKPOINT_EVERY = 128 << 20
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything a bus is opened with besides its path, ``create``, ``readonly`` and
+    ``clock`` (see :func:`mmsb.open` for each option's meaning)."""
+
+    sync: str = "normal"
+    cpu_fallback: bool = False
+    checkpoint_every: int | None = DEFAULT_CHECKPOINT_EVERY
+    keep_checkpoints: int = 2
+    auto_compact: bool = False
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    sync_interval: float = 1.0
+    tick_budget_ms: float = 16.0
+    tick_gc_budget_ms: float = 1.0
+    invariant_every: int = 100
+
+    @classmethod
+    def check(cls, ephemeral: bool, sync: str | None, **given: Any) -> Options:
+        """The options with their defaults filled in, or :class:`InvalidArgumentError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                f"expected some of {', '.join(sorted(known - {'sync'}))}"
+            )
+        if sync is None:
+            sync = "off" if ephemeral else "normal"
+        if sync not in SYNC_MODES:
+            raise InvalidArgumentError(
+                f"unknown sync mode {sync!r}; expected one of {', '.join(SYNC_MODES)}"
+            )
+        opts = cls(sync=sync, **given)
+        if opts.keep_checkpoints < 1:
+            raise InvalidArgumentError("keep_checkpoints must be at least 1")
+        si = opts.sync_interval
+        if isinstance(si, bool) or not isinstance(si, (int, float)) or not (si > 0):
+            raise InvalidArgumentError(f"sync_interval must be > 0 seconds, got {si!r}")
+        ce = opts.checkpoint_every
+        if ce is not None and integer_arg(ce, "checkpoint_every") < 1:
+            raise InvalidArgumentError("checkpoint_every must be None or a positive byte count")
+        if integer_arg(opts.segment_size, "segment_size") < 4096:
+            raise InvalidArgumentError("segment_size must be at least 4096 bytes")
+        return opts

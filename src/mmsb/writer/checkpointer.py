@@ -1,0 +1,149 @@
+"""Checkpoints and compaction of a writable bus.
+
+A checkpoint is a full image of the state at the current LSN, written beside the log (see
+:mod:`mmsb.storage.checkpoint`); the log then starts a new segment. The :class:`Checkpointer`
+also takes the automatic checkpoint the log's growth calls for: it runs after each
+published commit (a hook of the :class:`~mmsb.writer.committer.Committer`), and a state
+whose arena is at most ``BACKGROUND_CHECKPOINT_BYTES`` is copied (a memcpy) and written by a
+helper thread, which first syncs the log up to that LSN, so the commit that crossed the
+threshold does not wait for the disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from mmsb.storage import layout
+from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
+from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
+from mmsb.storage.replay import copy_state
+from mmsb.storage.state import State
+from mmsb.types import CheckpointInfo, CompactInfo
+from mmsb.writer.committer import Committer
+
+# automatic checkpoints of arenas up to this size are copied and written in the background
+BACKGROUND_CHECKPOINT_BYTES = 64 << 20
+
+
+class Checkpointer:
+    """Owns the background checkpoint thread and the checkpoint/compaction policy."""
+
+    def __init__(
+        self,
+        path: str,
+        state: State,
+        committer: Committer,
+        *,
+        sync: bool,
+        every: int | None,
+        keep: int,
+        auto_compact: bool,
+        on_compacted: Callable[[], None],
+    ) -> None:
+        self.path = path
+        self.state = state
+        self.committer = committer
+        self.sync = sync  # fsync the image (False only for sync="off")
+        self.every = every  # log bytes between automatic checkpoints (None: never)
+        self.keep = keep  # checkpoints kept by compact()
+        self.auto_compact = auto_compact
+        self.on_compacted = on_compacted  # segments were removed: history indexes are stale
+        # why the last automatic checkpoint written in the background failed (None: it did
+        # not); the log still holds every commit, so nothing is lost
+        self.last_error: BaseException | None = None
+        self._thread: threading.Thread | None = None  # the background checkpoint, if any
+        self._thread_error: BaseException | None = None
+
+    # -- after each commit ------------------------------------------------------------------
+
+    def after_commit(self) -> None:
+        """The committer's after-publish hook: reap a finished background checkpoint and
+        start the next one when the log has grown by ``every`` bytes."""
+        bg = self._thread
+        if bg is not None and not bg.is_alive():
+            self.join()
+            if self.auto_compact:
+                self.compact()
+        if self.every is not None and self.committer.log.written >= self.every:
+            self._automatic()
+
+    def _automatic(self) -> None:
+        if self._thread is not None:
+            return  # one at a time: the next commit asks again
+        state, log = self.state, self.committer.log
+        if state.end > BACKGROUND_CHECKPOINT_BYTES:
+            self.checkpoint()
+            if self.auto_compact:
+                self.compact()
+            return
+        image, lsn, ts = copy_state(state), self.committer.lsn, self.committer.timestamp
+        if log.pos > SEG_HEADER_SIZE:
+            log.roll(lsn + 1)
+        log.written = 0
+        path = os.path.join(self.path, layout.CKPT_DIR, checkpoint_name(lsn))
+        sync = self.sync
+
+        def write() -> None:
+            try:
+                log.sync()  # the log up to ``lsn`` is durable before its image is
+                write_state(path, image, lsn, ts, with_arena=True, sync=sync)
+            except BaseException as exc:  # kept for the owner: see join()
+                self._thread_error = exc
+
+        self._thread_error = None
+        self._thread = threading.Thread(target=write, name="mmsb-checkpoint", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for a background checkpoint; a failure leaves the log as the record (the
+        next threshold tries again) and is kept in ``last_error``."""
+        bg, self._thread = self._thread, None
+        if bg is not None:
+            bg.join()
+            self.last_error = self._thread_error
+
+    # -- explicit -----------------------------------------------------------------------------
+
+    def checkpoint(self) -> CheckpointInfo:
+        """Write a full image at the current LSN and start a new log segment."""
+        self.join()
+        state, log, c = self.state, self.committer.log, self.committer
+        t0 = time.perf_counter()
+        log.sync()
+        path = os.path.join(self.path, layout.CKPT_DIR, checkpoint_name(c.lsn))
+        size = write_state(path, state, c.lsn, c.timestamp, with_arena=True, sync=self.sync)
+        if log.pos > SEG_HEADER_SIZE:
+            log.roll(c.lsn + 1)
+        log.written = 0
+        return CheckpointInfo(c.lsn, path, size, state.live_count, time.perf_counter() - t0)
+
+    def compact(self) -> CompactInfo:
+        """Drop checkpoints beyond the newest ``keep`` and the log segments wholly covered
+        by the oldest kept one. History before it becomes unavailable."""
+        self.join()  # its temporary file must not be taken for debris
+        ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
+        log_dir = os.path.join(self.path, layout.LOG_DIR)
+        ckpts = list_checkpoints(ckpt_dir)
+        removed_ck = 0
+        for _, path in ckpts[self.keep :]:
+            os.unlink(path)
+            removed_ck += 1
+        for name in os.listdir(ckpt_dir):
+            if name.endswith((layout.CORRUPT_SUFFIX, layout.TMP_SUFFIX)):
+                os.unlink(os.path.join(ckpt_dir, name))
+        kept = ckpts[: self.keep]
+        oldest = kept[-1][0] if kept else 0
+        removed = nbytes = 0
+        for (_, path), (next_first, _) in itertools.pairwise(list_segments(log_dir)):
+            if next_first - 1 <= oldest:  # every frame in this segment is <= oldest
+                nbytes += os.path.getsize(path)
+                os.unlink(path)
+                removed += 1
+        if removed or removed_ck:
+            fsync_dir(log_dir)
+            self.on_compacted()
+        return CompactInfo(removed, nbytes, removed_ck, oldest)

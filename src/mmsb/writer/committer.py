@@ -1,0 +1,163 @@
+"""The one write path: every change to a writable bus is committed here.
+
+:meth:`Committer.commit` runs the protocol, in this order, for every kind of change (page
+creation and deletion, deltas, batches, graph edges, GC relayouts, the derived pages of a
+tick)::
+
+    stamp (LSN, time) -> append the frame to the log (fsync when sync="always")
+      -> seq odd -> apply(state) -> publish (LSN, seq even) -> listeners
+
+with one failure rule:
+
+* **Before the frame is durable** (the append or its fsync fails) nothing has changed:
+  ``undo()`` takes back whatever the caller staged, a partly written frame is cut off the
+  log, and the error surfaces as :class:`~mmsb.errors.LogWriteError`. A failed fsync also
+  closes the bus (after a failed fsync the kernel may have dropped the file's dirty pages,
+  so nothing written since the last good fsync can be trusted); the next open recovers.
+* **After it** (``apply`` or anything up to publication raises, say a
+  ``KeyboardInterrupt`` between two kernel calls) the arena may hold part of a logged
+  commit: the bus closes as a crash would (no clean-shutdown state), the exception
+  propagates, and the next open replays the frame from the log in full.
+
+Nothing else in the package appends to the log; the import contract and a test keep it so.
+Listeners (the history index, the propagator's pending set, the provenance cache, events)
+run after publication; they see a :class:`Change` and must not raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.errors import BusClosedError, LogWriteError
+from mmsb.storage.log import LogWriter
+from mmsb.storage.seqlock import SeqPublisher
+
+R = TypeVar("R")
+I64 = npt.NDArray[np.int64]
+Clock = Callable[[], int]
+Pieces = Sequence[bytes | memoryview]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one published commit changed, as its listeners see it."""
+
+    ftype: int  # the frame type (storage.log: CREATE, DELETE, BATCH, GRAPH, RELAYOUT)
+    lsn: int
+    timestamp: int
+    segment: str  # where its frame is: log segment file name and byte offset
+    offset: int
+    pages: I64 | None  # pages created, deleted or written (None: no page's bytes)
+    first_delta_id: int = 0  # delta commits: the first delta id and the row count
+    count: int = 0
+    lo: Any = 0  # delta commits: each row's byte range [lo, hi) in its page
+    hi: Any = 0
+
+
+Listener = Callable[[Change], None]
+
+
+class Committer:
+    """Owns the LSN, the log writer, publication to readers and the commit listeners.
+
+    ``on_fail_stop(cause)`` is called once when a failure leaves the arena and the log in
+    disagreement; it must close the bus without a clean-shutdown state (the bus facade
+    abandons its arena, log and lock there).
+    """
+
+    def __init__(
+        self,
+        log: LogWriter,
+        seq: SeqPublisher,
+        *,
+        lsn: int,
+        timestamp: int,
+        clock: Clock,
+        sync_always: bool,
+        on_fail_stop: Callable[[BaseException], None],
+    ) -> None:
+        self.log = log
+        self.seq = seq
+        self.lsn = lsn  # the last published commit; the next frame gets lsn + 1
+        self.timestamp = timestamp  # its time; commit times never go backwards
+        self.clock = clock
+        self.sync_always = sync_always
+        self.listeners: list[Listener] = []
+        self.after_publish: list[Callable[[], None]] = []  # e.g. the automatic checkpoint
+        self.failure: str | None = None  # why the bus closed itself, once it has
+        self._on_fail_stop = on_fail_stop
+
+    def commit(
+        self,
+        ftype: int,
+        pieces: Pieces,
+        apply: Callable[[], R],
+        *,
+        undo: Callable[[], None] | None = None,
+        crc: int | None = None,
+        pages: I64 | None = None,
+        first_delta_id: int = 0,
+        count: int = 0,
+        lo: Any = 0,
+        hi: Any = 0,
+    ) -> tuple[int, int, R]:
+        """Log one frame, then ``apply()`` it and publish; return ``(lsn, timestamp,
+        apply's result)``. ``undo()`` takes back what the caller staged before the call
+        (epochs assigned, edges checked) when the frame could not be made durable."""
+        if self.failure is not None:
+            raise BusClosedError(f"the bus closed itself after a failed commit ({self.failure})")
+        lsn = self.lsn + 1
+        ts = max(int(self.clock()), self.timestamp)
+        log = self.log
+        seg = log.name
+        try:
+            off = log.append(ftype, lsn, ts, pieces, crc=crc)
+        except BaseException as exc:
+            if undo is not None:
+                undo()
+            if isinstance(exc, OSError) and not isinstance(exc, LogWriteError):
+                raise LogWriteError(f"could not append commit {lsn} to the log: {exc}") from exc
+            raise
+        if self.sync_always:
+            try:
+                log.sync()
+            except BaseException as exc:
+                log.cut(off)  # the frame was never acknowledged: no replay may find it
+                if undo is not None:
+                    undo()
+                self.fail_stop(exc)
+                if isinstance(exc, OSError):
+                    raise LogWriteError(
+                        f"fsync of commit {lsn} failed ({exc}); the bus closed itself, and "
+                        "reopening it recovers every commit acknowledged before"
+                    ) from exc
+                raise
+        try:
+            self.seq.begin()  # readers: the arena changes from here until publish
+            result = apply()
+            self.lsn = lsn
+            self.timestamp = ts
+            self.seq.publish(lsn, ts)
+        except BaseException as exc:
+            # the frame is logged, the arena holds part of it: recover from disk
+            self.fail_stop(exc)
+            raise
+        if self.listeners:
+            change = Change(ftype, lsn, ts, seg, off, pages, first_delta_id, count, lo, hi)
+            for listener in self.listeners:
+                listener(change)
+        for hook in self.after_publish:
+            hook()
+        return lsn, ts, result
+
+    def fail_stop(self, cause: BaseException) -> None:
+        """Close the bus as a crash would (see the module docstring); idempotent."""
+        if self.failure is not None:
+            return
+        self.failure = f"{type(cause).__name__}: {cause}"
+        self._on_fail_stop(cause)

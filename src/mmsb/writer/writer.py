@@ -1,0 +1,222 @@
+"""Page and delta changes of a writable bus: each one checked, then handed to the
+:class:`~mmsb.writer.committer.Committer` as one frame with its apply and undo steps.
+
+Checks happen before anything is staged; what a change stages before its frame is logged
+(a batch's epochs, a grown arena) is taken back by its ``undo`` if the log refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsb.batch import DeltaBatch
+from mmsb.delta import Delta, as_payload, check_offset, check_source
+from mmsb.engine import checksum
+from mmsb.engine.driver import check_workers
+from mmsb.errors import DeviceUnavailableError, InvalidArgumentError, InvalidDeltaError
+from mmsb.storage import codec
+from mmsb.storage.log import BATCH, CREATE, DELETE
+from mmsb.storage.state import State, check_page_shape
+from mmsb.types import DTYPE_NAMES, Commit, dtype_code, encode_metadata, location_code
+from mmsb.writer import stages
+from mmsb.writer.committer import Committer
+
+
+def device_available() -> bool:
+    """Whether a device backend for ``gpu``/``unified`` pages is present (none is built in)."""
+    return False
+
+
+class Writer:
+    """Creates and deletes pages and commits deltas on one state through one committer."""
+
+    def __init__(self, state: State, committer: Committer, *, cpu_fallback: bool) -> None:
+        self.state = state
+        self.committer = committer
+        self.cpu_fallback = cpu_fallback
+
+    # -- pages ------------------------------------------------------------------------------
+
+    def create_page(
+        self,
+        size: int,
+        *,
+        dtype: Any = "uint8",
+        location: str = "cpu",
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """Create one zero-filled page of ``size`` bytes; return its id."""
+        return int(self.create_pages(1, size, dtype=dtype, location=location, metadata=metadata)[0])
+
+    def create_pages(
+        self,
+        n: int,
+        size: int,
+        *,
+        dtype: Any = "uint8",
+        location: str = "cpu",
+        metadata: dict[str, Any] | None = None,
+    ) -> npt.NDArray[np.int64]:
+        """Create ``n`` zero-filled pages of one size in one commit; return their ids."""
+        state = self.state
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InvalidArgumentError(f"page count must be a positive integer, got {n!r}")
+        code = dtype_code(dtype)
+        loc = location_code(location)
+        if loc != 0 and not device_available() and not self.cpu_fallback:
+            raise DeviceUnavailableError(
+                f"location {location!r} needs a device backend and none is available; open "
+                "the bus with cpu_fallback=True to keep such pages in host memory"
+            )
+        meta = encode_metadata(metadata, "page")
+        check_page_shape(int(n), size, code)
+        n, size = int(n), int(size)
+        first = state.next_page_id
+        rec = codec.CreateRecord(first, n, size, code, loc, meta)
+        # make room first: growing the arena can fail (disk full, a pinned mapping), and it
+        # must fail before the frame is logged, never after
+        state.arena.ensure(state.end + n * ((size + 7) // 8 * 8))
+        ids = np.arange(first, first + n, dtype=np.int64)
+        self.committer.commit(
+            CREATE,
+            codec.encode_create(rec),
+            lambda: state.create(n, size, code, loc, meta),
+            pages=ids,
+        )
+        return ids
+
+    def delete_page(self, page_id: int) -> None:
+        """Delete a page; its id is never reused and its space is reused."""
+        self.delete_pages([page_id])
+
+    def delete_pages(self, page_ids: Iterable[int]) -> None:
+        """Delete several pages in one commit (all or none)."""
+        state = self.state
+        if isinstance(page_ids, (int, np.integer, str, bytes)) or not isinstance(
+            page_ids, (Iterable, np.ndarray)
+        ):
+            raise InvalidArgumentError(
+                f"delete_pages takes an iterable of page ids, got {type(page_ids).__name__}"
+            )
+        ids = [state.require(p) for p in page_ids]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgumentError("delete_pages got the same page id twice")
+        if not ids:
+            return
+        arr = np.asarray(ids, np.int64)
+        # deleting drops the pages' edges too (listeners drop their derivations)
+        self.committer.commit(DELETE, codec.encode_delete(arr), lambda: state.delete(arr),
+                              pages=arr)  # fmt: skip
+
+    # -- deltas -------------------------------------------------------------------------------
+
+    def write(
+        self,
+        page_id: int,
+        data: Any,
+        *,
+        offset: int = 0,
+        source: str = "api",
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """Write ``data`` at byte ``offset`` of a page (one range delta); return its id.
+
+        A typed numpy array must have the page's dtype and start at a multiple of its
+        itemsize; bytes-like data is written as is.
+        """
+        state = self.state
+        pid = state.require(page_id)
+        payload = as_payload(data)
+        n = payload.size
+        if n == 0:
+            raise InvalidDeltaError(f"empty payload for page {pid}")
+        off = check_offset(offset)
+        if isinstance(data, np.ndarray):
+            self.check_dtype(pid, data.dtype.name, off)
+        size = int(state.size[pid])
+        if off + n > size:
+            raise InvalidDeltaError(
+                f"write to page {pid} reaches past the end of the page (offset {off} + "
+                f"length {n} > page size {size})"
+            )
+        check_source(source)
+        meta = encode_metadata(metadata, "delta")
+        # one range delta: the batch path's effect and log bytes, without building columns
+        epoch = int(state.epoch[pid]) + 1
+        first = state.next_delta_id
+        pieces = codec.encode_single_range(pid, epoch, off, payload.tobytes(), first, source, meta)
+
+        def apply() -> None:
+            state.epoch[pid] = epoch
+            start = int(state.slot[pid]) + off
+            state.arena.buf[start : start + n] = payload
+            state.next_delta_id = first + 1
+
+        self.committer.commit(BATCH, pieces, apply, pages=np.array([pid], np.int64),
+                              first_delta_id=first, count=1, lo=off, hi=off + n)  # fmt: skip
+        return first
+
+    def apply(self, delta: Delta) -> int:
+        """Commit one delta; return its delta id."""
+        if not isinstance(delta, Delta):
+            raise InvalidDeltaError(f"expected a Delta, got {type(delta).__name__}")
+        if delta.dtype is not None:
+            self.check_dtype(self.state.require(delta.page_id), delta.dtype, delta.offset)
+        return self.apply_batch(DeltaBatch.from_deltas([delta])).first_delta_id
+
+    def check_dtype(self, pid: int, dtype: str, offset: int) -> None:
+        page_dtype = DTYPE_NAMES[int(self.state.dtype[pid])]
+        if dtype != page_dtype:
+            raise InvalidDeltaError(
+                f"payload dtype {dtype} does not match page {pid} dtype {page_dtype}"
+            )
+        item = np.dtype(page_dtype).itemsize
+        if offset % item:
+            raise InvalidDeltaError(
+                f"offset {offset} is not a multiple of page {pid}'s {page_dtype} itemsize {item}"
+            )
+
+    def apply_batch(self, batch: DeltaBatch, *, workers: int = 1) -> Commit:
+        """Commit a batch atomically: all rows are logged and applied, or none is.
+
+        Order: validate -> append one log frame (fsync when ``sync="always"``) -> apply to
+        the arena -> publish the new LSN. ``workers`` > 1 splits checking, encoding and
+        applying across that many threads, by page (see :mod:`mmsb.writer.stages`); the
+        bytes, epochs and log frame are the same for every worker count.
+        """
+        state, c = self.state, self.committer
+        workers = check_workers(workers)
+        if not isinstance(batch, DeltaBatch):
+            raise InvalidDeltaError(f"expected a DeltaBatch, got {type(batch).__name__}")
+        n = len(batch)
+        if n == 0:
+            return Commit(c.lsn, 0, -1, 0, c.timestamp)
+        # a batch built from raw columns skipped the constructors' checks; the kernels
+        # trust offsets and pool slices, so prepare() checks the structure first (and
+        # stages the epochs, which undo takes back)
+        first = state.next_delta_id
+        prepared = stages.prepare(state, batch, workers, first)
+        try:
+            crc = checksum.crc32(prepared.pieces, prepared.shares)
+        except BaseException:
+            stages.undo(state, batch)
+            raise
+
+        def apply() -> None:
+            stages.apply(state, batch, prepared)
+            state.next_delta_id = first + n
+
+        lsn, ts, _ = c.commit(
+            BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, batch), crc=crc,
+            pages=batch.page_ids, first_delta_id=first, count=n, lo=batch.offsets,
+            hi=batch.offsets + batch.lengths,
+        )  # fmt: skip
+        return Commit(lsn, first, first + n - 1, n, ts)
+
+    def sync_now(self) -> None:
+        """Force the log to stable storage now (whatever the sync mode)."""
+        self.committer.log.sync(force=True)
