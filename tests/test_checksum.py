@@ -12,7 +12,7 @@ import pytest
 
 import mmsb
 from mmsb.engine import checksum
-from mmsb.storage import crc
+from mmsb.engine import crc
 from mmsb.storage.log import LogWriter, PeriodicSync
 
 

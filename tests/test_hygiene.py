@@ -183,8 +183,8 @@ def test_a_killed_writers_lock_is_taken_over_and_reported(tmp_path: Path, caplog
     with caplog.at_level(logging.WARNING, logger="mmsb.storage.lock"):
         bus = mmsb.open(path)
     try:
-        assert bus._lock is not None
-        assert bus._lock.stale_pid == bus._lock.previous_pid == proc.pid
+        assert bus._session.lock is not None
+        assert bus._session.lock.stale_pid == bus._session.lock.previous_pid == proc.pid
         assert f"taking over the writer lock of pid {proc.pid}" in caplog.text
         assert lock_text(path) == f"{os.getpid()}\n"
         assert bus.lsn == 1 and bus.recovery.mode == "replay"
@@ -192,7 +192,7 @@ def test_a_killed_writers_lock_is_taken_over_and_reported(tmp_path: Path, caplog
         bus.close()
     assert lock_text(path) == ""  # a clean release leaves no holder behind
     with mmsb.open(path) as bus:
-        assert bus._lock is not None and bus._lock.previous_pid is None
+        assert bus._session.lock is not None and bus._session.lock.previous_pid is None
 
 
 def test_a_live_writers_lock_is_never_taken(tmp_path: Path) -> None:
@@ -213,7 +213,7 @@ def test_a_live_writers_lock_is_never_taken(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
     with mmsb.open(path) as bus:  # now it is free
-        assert bus._lock is not None and bus._lock.stale_pid == proc.pid
+        assert bus._session.lock is not None and bus._session.lock.stale_pid == proc.pid
 
 
 def test_a_lock_held_by_a_forked_child_of_a_dead_writer_is_not_taken(tmp_path: Path) -> None:
@@ -251,8 +251,8 @@ def test_leftover_temporaries_are_removed_by_the_next_writer(tmp_path: Path) -> 
     with mmsb.open(path, readonly=True):  # a reader removes nothing
         assert (path / "state.clean.tmp").exists()
     with mmsb.open(path) as bus:
-        assert bus._lock is not None
-        assert bus._lock.removed_temporaries == [
+        assert bus._session.lock is not None
+        assert bus._session.lock.removed_temporaries == [
             "ckpt/00000000000000000001.ckpt.tmp",
             "state.clean.tmp",
         ]

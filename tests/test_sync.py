@@ -42,7 +42,7 @@ def test_always_syncs_the_log_on_every_commit(tmp_path: Path, fsyncs: list[str])
 def test_normal_leaves_fsync_to_the_background_step(tmp_path: Path, fsyncs: list[str]) -> None:
     # an interval the test never reaches: the thread only runs when the test steps it
     bus = mmsb.open(tmp_path / "b", sync="normal", sync_interval=3600.0, checkpoint_every=None)
-    syncer = bus._syncer
+    syncer = bus._session.syncer
     assert syncer is not None
     pid = bus.create_page(64)
     fsyncs.clear()
@@ -87,8 +87,8 @@ def test_failed_background_fsync_stops_further_commits(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", failing)
-    assert bus._syncer is not None
-    bus._syncer.run_once()
+    assert bus._session.syncer is not None
+    bus._session.syncer.run_once()
     lsn = bus.lsn
     with pytest.raises(OSError, match="background fsync of the log failed"):
         bus.write(pid, b"b")

@@ -1,7 +1,8 @@
 """MMSB: an embedded, memory-mapped, deterministic state store."""
 
+from mmsb.api import open
 from mmsb.batch import DeltaBatch
-from mmsb.bus import Bus, open
+from mmsb.bus import Bus
 from mmsb.delta import Delta
 from mmsb.errors import (
     BusClosedError,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+import mmsb.delta as _delta_module
 from mmsb.delta import (
     DENSE,
     I64,
@@ -448,5 +449,11 @@ class DeltaBatch:
             self.meta_idx[src_rows], self.metas,
         )  # fmt: skip
 
+
+def _coalesce_deltas(*deltas: Delta) -> DeltaBatch:
+    return DeltaBatch.from_deltas(list(deltas)).coalesce()
+
+
+_delta_module._COALESCE = _coalesce_deltas  # Delta.merge coalesces through this
 
 __all__ = ["DeltaBatch"]

@@ -1,17 +1,7 @@
 """The bus: a facade over the components that each own one part of an open bus.
 
-===================  ======================================================================
-component            owns
-===================  ======================================================================
-``State``            pages, arena, page table, edges (:mod:`mmsb.storage.state`)
-``Committer``        the LSN, the log, publication, listeners: the one write path
-``Writer``           page and delta changes, checked, then committed
-``Checkpointer``     checkpoints (automatic ones in the background) and compaction
-``History``          ``at``, ``history``, ``diff``, ``export``, ``verify``, provenance
-``Propagator``       graph, derivations, ticks, page flags
-``Collector``        the incremental GC; ``Invariants`` the invariant checks
-``EventHub``         subscriptions and event dispatch
-===================  ======================================================================
+Each component (committer, writer, checkpointer, history, propagator, collector, events)
+owns its state and is built in :meth:`Bus._open`; docs/design.md draws how they fit.
 
 A bus is a directory; :mod:`mmsb.storage.layout` names what is in it.
 """
@@ -26,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import numpy as np
 import numpy.typing as npt
 
 from mmsb.errors import BusClosedError, InvalidArgumentError, ReadOnlyError, ReentrantWriteError
@@ -39,21 +28,16 @@ from mmsb.monitor.memory import MemorySnapshot
 from mmsb.monitor.memory import snapshot as memory_snapshot
 from mmsb.options import Options
 from mmsb.storage import layout
-from mmsb.storage.arena import FileArena
-from mmsb.storage.checkpoint import write_state
 from mmsb.storage.directory import open_directory
-from mmsb.storage.follow import Follower
-from mmsb.storage.lock import WriterLock, writer_active
-from mmsb.storage.log import LogWriter, PeriodicSync
-from mmsb.storage.readers import ReaderSafeArena
-from mmsb.storage.recovery import recover
-from mmsb.storage.seqlock import SeqPublisher
+from mmsb.storage.follow import Follower, wait_until
+from mmsb.storage.lock import writer_active
 from mmsb.storage.state import State
 from mmsb.types import RecoveryInfo
 from mmsb.view import StateView
 from mmsb.writer.checkpointer import Checkpointer
 from mmsb.writer.committer import Committer
 from mmsb.writer.events import EventHub
+from mmsb.writer.session import WriterSession
 from mmsb.writer.writer import Writer, device_available
 
 Clock = Callable[[], int]
@@ -78,33 +62,22 @@ def _via(get: Callable[[Bus], Any], fn: Callable[Concatenate[Any, P], R], name: 
     return method
 
 
+def _part(attr: str, *, writes: bool = False) -> Callable[[Bus], Any]:
+    """Gets component ``attr`` of a bus after checking it is open (and writable)."""
+
+    def get(bus: Bus) -> Any:
+        _ = bus._writer() if writes else bus._live_state()
+        return getattr(bus, attr)
+
+    return get
+
+
 def _writing(bus: Bus) -> Writer:
     return bus._writer()
 
 
-def _checkpoints(bus: Bus) -> Checkpointer:
-    bus._writer()
-    return bus._checkpointer
-
-
-def _gc(bus: Bus) -> Collector:
-    bus._writer()
-    return bus._collector
-
-
-def _history(bus: Bus) -> History:
-    bus._live_state()
-    return bus._history
-
-
-def _graph(bus: Bus) -> Propagator:
-    bus._live_state()
-    return bus._propagator
-
-
-def _events(bus: Bus) -> EventHub:
-    bus._live_state()
-    return bus._events
+_checkpoints, _gc = _part("_checkpointer", writes=True), _part("_collector", writes=True)
+_history, _graph, _events = _part("_history"), _part("_propagator"), _part("_events")
 
 
 class Bus(StateView):
@@ -136,10 +109,10 @@ class Bus(StateView):
         self.sync: str = opts.sync
         self.readonly: bool = readonly
         self.cpu_fallback = opts.cpu_fallback
-        self._lock: WriterLock | None = None
+        self.tick_gc_budget_ms = opts.tick_gc_budget_ms
         self._follower: Follower | None = None  # read-only: follows the writer, if any
+        self._session: WriterSession | None = None  # writable: lock, log, committer, ...
         self._committer: Committer | None = None  # writable: the one write path
-        self._syncer: PeriodicSync | None = None
         self._events = EventHub()
         try:
             self._open(create, clock or time.time_ns)
@@ -157,32 +130,16 @@ class Bus(StateView):
                                                        on_reset=h.forget_index)  # fmt: skip
             state, lsn, ts, info = f.state, f.lsn, f.timestamp, f.info
         else:
-            self._lock = WriterLock(os.path.join(d, layout.LOCK_FILE))
-            seq = SeqPublisher(d)  # seq odd: recovery may rewrite the arena
-            layout.make_dirs(d)
-            rec = recover(d, ReaderSafeArena(os.path.join(d, layout.ARENA_FILE)), readonly=False)
-            state, lsn, ts, info = rec.state, rec.lsn, rec.timestamp, rec.info
-            log = LogWriter(os.path.join(d, layout.LOG_DIR), lsn + 1,
-                            segment_size=self.manifest.segment_size,
-                            fsync_enabled=self.sync != "off")  # fmt: skip
-            c = self._committer = Committer(log, seq, lsn=lsn, timestamp=ts, clock=clock,
-                                            sync_always=self.sync == "always",
-                                            on_fail_stop=self._abandon)  # fmt: skip
-            if self.sync == "normal":
-                log.defer_roll_sync = True  # full segments are synced by the thread
-                self._syncer = PeriodicSync(log, opts.sync_interval)
-            self._writer_c = Writer(state, c, cpu_fallback=opts.cpu_fallback)
-            self._checkpointer = Checkpointer(
-                d, state, c, sync=self.sync != "off", every=opts.checkpoint_every,
-                keep=opts.keep_checkpoints, auto_compact=opts.auto_compact,
-                on_compacted=h.forget_index,
-            )  # fmt: skip
-            self._collector = Collector(
-                d, state, c, keep_checkpoints=opts.keep_checkpoints,
-                auto_compact=opts.auto_compact, on_segments_dropped=h.forget_index,
-            )  # fmt: skip
-            h.before_export = log.sync
-            seq.publish(lsn, ts)
+            w = self._session = WriterSession.open(d, self.manifest, opts, clock,
+                                                   on_fail_stop=self._abandon,
+                                                   on_compacted=h.forget_index)  # fmt: skip
+            c = self._committer = w.committer
+            self._checkpointer = w.checkpointer
+            state, lsn, ts, info = w.writer.state, c.lsn, c.timestamp, w.recovery
+            self._collector = Collector(d, state, c, keep_checkpoints=opts.keep_checkpoints,
+                                        auto_compact=opts.auto_compact,
+                                        on_segments_dropped=h.forget_index)  # fmt: skip
+            h.before_export = c.log.sync
         self._state, self._lsn, self._last_ts = state, lsn, ts
         self.recovery: RecoveryInfo = info
         self.invariants = Invariants(d, self._live_state, lambda: self.lsn,
@@ -192,32 +149,16 @@ class Bus(StateView):
             maintenance=self._tick_gc, check_invariants=self._tick_invariants,
             budget_ms=opts.tick_budget_ms, invariant_every=opts.invariant_every,
         )  # fmt: skip
-        self.tick_gc_budget_ms = opts.tick_gc_budget_ms
         if self._committer is not None:
-            c = self._committer
-            c.listeners += [self._history.committed, self._propagator.committed,
-                            self._events.committed]  # fmt: skip
-            c.after_publish.append(self._checkpointer.after_commit)
+            self._committer.listeners += [h.committed, self._propagator.committed,
+                                          self._events.committed]  # fmt: skip
 
     # -- closing --------------------------------------------------------------------------
 
     def close(self) -> None:
         """Flush, write the clean-shutdown state, release the lock. Idempotent."""
-        if self._state is None:
-            return
-        try:
-            c = self._committer
-            if c is not None:
-                self._checkpointer.join()
-                if self._syncer is not None:
-                    self._syncer.stop()
-                    self._syncer = None
-                c.log.close()
-                self._state.arena.flush()
-                write_state(os.path.join(self.path, layout.CLEAN_FILE), self._state, c.lsn,
-                            c.timestamp, with_arena=False, sync=self.sync != "off")  # fmt: skip
-        finally:
-            self._release()
+        if self._state is not None:
+            self._end(WriterSession.close)
 
     def abandon(self) -> None:
         """Drop this bus without a clean close, as if its process had died: nothing is
@@ -225,34 +166,24 @@ class Bus(StateView):
         crash recovery. For crash tests; commits not yet synced may be lost, exactly as in
         a crash under the bus's sync mode."""
         if self._state is not None:
-            self._abandon(None)
+            self._end(WriterSession.abandon)
 
-    def _abandon(self, cause: BaseException | None) -> None:
-        if self._committer is not None:
-            self._checkpointer.join()
-            if self._syncer is not None:
-                self._syncer.stop()
-                self._syncer = None
-            self._committer.log.abandon()
-            if self._state is not None and isinstance(self._state.arena, FileArena):
-                self._state.arena.abandon()
-        self._release()
+    def _abandon(self, cause: BaseException) -> None:  # the committer's fail-stop
+        self._end(WriterSession.abandon)
+
+    def _end(self, how: Callable[[WriterSession], None]) -> None:
+        try:
+            if self._session is not None:
+                how(self._session)
+        finally:
+            self._release()
 
     def _release(self) -> None:
-        state, self._state = self._state, None
-        if state is not None:
-            state.arena.close()
-        if self._syncer is not None:
-            self._syncer.stop()
-            self._syncer = None
-        c = self._committer
-        if c is not None:
-            c.log.close() if c.failure is None else c.log.abandon()
-            c.seq.close()
-        for res in (self._follower, self._lock):
-            if res is not None:
-                res.close() if isinstance(res, Follower) else res.release()
-        self._follower = self._lock = None
+        self._state = None
+        for end in (self._session, self._follower):
+            if end is not None:
+                end.release() if isinstance(end, WriterSession) else end.close()
+        self._session = self._follower = None
         if self._ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -294,14 +225,15 @@ class Bus(StateView):
 
     def _writer(self) -> Writer:
         self._live_state()
+        session = self._session
         if self._events.dispatching:
             raise ReentrantWriteError(
                 "an event handler cannot write to the bus; queue the write and make it after "
                 "the call that raised the event returns"
             )
-        if self._committer is None:
+        if session is None:
             raise ReadOnlyError(f"bus at {self.path} is open read-only")
-        return self._writer_c
+        return session.writer
 
     @property
     def lsn(self) -> int:
@@ -333,21 +265,7 @@ class Bus(StateView):
     def wait_for(self, lsn: int, timeout: float | None = None) -> bool:
         """Block until this bus reflects commit ``lsn`` (or a later one); False when
         ``timeout`` seconds pass first (None: wait as long as it takes)."""
-        if isinstance(lsn, bool) or not isinstance(lsn, (int, np.integer)) or lsn < 0:
-            raise InvalidArgumentError(f"lsn must be a non-negative integer, got {lsn!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-        ):
-            raise InvalidArgumentError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 20e-6
-        while self.refresh() < lsn:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            time.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, 1e-3)
-        return True
+        return wait_until(self.refresh, lsn, timeout)
 
     @property
     def writer_alive(self) -> bool:
@@ -379,9 +297,7 @@ class Bus(StateView):
     def memory(self) -> MemorySnapshot:
         """Where this bus's memory goes: pages, bookkeeping, log, arena, free lists, and the
         measured resident memory (see :mod:`mmsb.monitor.memory`)."""
-        state = self._live_state()
-        arena = getattr(state.arena, "path", None)
-        return memory_snapshot(state, self.path, arena if isinstance(arena, str) else None)
+        return memory_snapshot(self._live_state(), self.path)
 
     # -- history (component: History) ------------------------------------------------------
 
@@ -397,7 +313,8 @@ class Bus(StateView):
     @property
     def graph(self) -> Graph:
         """The live dependency graph (see :class:`mmsb.graph.Graph`)."""
-        return _graph(self).graph
+        propagator: Propagator = _graph(self)
+        return propagator.graph
 
     derive = _via(_graph, Propagator.derive)
     derive_semiring = _via(_graph, Propagator.derive_semiring)
@@ -425,47 +342,3 @@ class Bus(StateView):
 
     def _tick_invariants(self) -> list[str]:
         return [r.name for r in self.invariants.run(sample=True) if not r.passed]
-
-
-def open(
-    path: str | os.PathLike[str] | None,
-    *,
-    create: bool = True,
-    readonly: bool = False,
-    sync: str | None = None,
-    clock: Clock | None = None,
-    **options: Any,
-) -> Bus:
-    """Open (or create) the bus at ``path``; ``None`` gives an ephemeral bus in a temporary
-    directory that is removed on close.
-
-    Parameters
-    ----------
-    create
-        Create the bus if ``path`` holds none (else :class:`BusNotFoundError`).
-    readonly
-        Open without the writer lock; writes raise :class:`ReadOnlyError`. While a writer
-        has the bus open, reads follow its commits live (:meth:`Bus.refresh`,
-        :meth:`Bus.wait_for`, :attr:`Bus.writer_alive`; docs/design.md, "Live readers");
-        otherwise the state is built in process memory and no file is written.
-    sync
-        ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint and close,
-        and from a background thread every ``sync_interval`` seconds; the default on
-        disk) or ``"off"`` (never; the default for ephemeral buses). docs/design.md
-        states what each survives.
-    clock
-        Callable returning nanoseconds, for commit timestamps (deterministic in tests).
-    options
-        ``cpu_fallback`` (keep ``gpu``/``unified`` pages in host memory when no device
-        backend exists; default False), ``checkpoint_every`` (log bytes between automatic
-        checkpoints, None to disable; default 128 MiB), ``keep_checkpoints`` (kept by
-        :meth:`Bus.compact`; default 2), ``auto_compact`` (compact after each automatic
-        checkpoint, bounding the log; default False, which keeps all history),
-        ``segment_size`` (log segment bytes for a new bus; default 64 MiB),
-        ``sync_interval`` (seconds, for ``sync="normal"``; default 1.0),
-        ``tick_budget_ms`` (default 16), ``tick_gc_budget_ms`` (the GC step each tick
-        runs; default 1, 0 for none), ``invariant_every`` (ticks between sampled
-        invariant checks; default 100, 0 for never). An unknown option raises
-        :class:`InvalidArgumentError`.
-    """
-    return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

@@ -7,6 +7,7 @@ sparse). :mod:`mmsb.batch` stacks many deltas into a columnar ``DeltaBatch``.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,15 @@ def _check_page_id(page_id: Any) -> int:
     if pid <= 0 or pid >= 2**63:
         raise InvalidDeltaError(f"page id {pid} is out of range (ids are positive)")
     return pid
+
+
+def _no_batches(*deltas: Delta) -> Any:  # pragma: no cover - mmsb.batch replaces it on import
+    raise RuntimeError("import mmsb.batch to merge deltas")
+
+
+# coalesces deltas into a batch: set by mmsb.batch, which imports this module (a direct
+# import here would make the two modules import each other)
+_COALESCE: Callable[..., Any] = _no_batches
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,9 +207,8 @@ class Delta:
             raise InvalidDeltaError(
                 f"cannot merge deltas on different pages ({self.page_id} and {later.page_id})"
             )
-        from mmsb.batch import DeltaBatch  # the batch module builds on this one
-
-        merged = DeltaBatch.from_deltas([self, later]).coalesce()
+        # the batch module builds on this one and lends it its coalescing (see _COALESCE)
+        merged = _COALESCE(self, later)
         if len(merged) == 0:  # neither writes a byte; ``later`` is such a no-op delta
             return later
         out = merged[0]

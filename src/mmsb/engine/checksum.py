@@ -1,7 +1,7 @@
 """CRC-32 of a frame payload, split across worker threads where that helps.
 
 The log's frame checksum is CRC-32 over the payload pieces (and the zero padding). With
-zlib-ng (:mod:`mmsb.storage.crc`) one thread runs it at about 15 GB/s and nothing is
+zlib-ng (:mod:`mmsb.engine.crc`) one thread runs it at about 15 GB/s and nothing is
 split. With the standard zlib (about 3.6 GB/s, as long as the arena update itself at
 100,000 deltas a batch) the bytes are cut into ``parts`` contiguous spans, each span's CRC
 is computed on its own thread (zlib drops the GIL on large buffers), and the results are
@@ -18,8 +18,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mmsb.engine import crc
 from mmsb.engine.driver import run_shares
-from mmsb.storage import crc
 
 Piece = bytes | memoryview
 

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.delta import SHAPE_NAMES
+from mmsb.engine.crc import crc32
 from mmsb.errors import (
     CorruptLogError,
     HistoryUnavailableError,
@@ -24,7 +25,6 @@ from mmsb.errors import (
 )
 from mmsb.storage import codec
 from mmsb.storage.checkpoint import list_checkpoints
-from mmsb.storage.crc import crc32
 from mmsb.storage.log import (
     BATCH,
     CREATE,

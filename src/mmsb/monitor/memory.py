@@ -76,8 +76,13 @@ def table_bytes(state: State) -> int:
     return int(sum(c.nbytes for c in cols) + state.gap_start.nbytes + state.gap_len.nbytes)
 
 
-def snapshot(state: State, directory: str, arena_path: str | None) -> MemorySnapshot:
+def snapshot(state: State, directory: str, arena_path: str | None = None) -> MemorySnapshot:
+    """The memory of the bus at ``directory`` whose live state is ``state``; the arena
+    file's residency is measured when the arena is one (``arena_path`` or its own)."""
     rss = rss_bytes()  # first, before this function's own temporaries exist
+    if arena_path is None:
+        own = getattr(state.arena, "path", None)
+        arena_path = own if isinstance(own, str) else None
     if arena_path is not None:
         resident = mapping_resident_bytes(arena_path)
         file_bytes = os.path.getsize(arena_path)

@@ -325,7 +325,7 @@ def _iteration(
         fig.fail("failed_reopens", f"writer open: {type(exc).__name__}: {exc}")
         raise
     try:
-        lock = bus._lock
+        lock = None if bus._session is None else bus._session.lock
         stale = None if lock is None else lock.stale_pid
         if rep.ready is not None and stale != pid:
             fig.fail("stale_lock_misses", f"killed writer {pid} not reported (got {stale})")

@@ -30,9 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.engine import kernels
+from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptCheckpointError
 from mmsb.storage.arena import Arena
-from mmsb.storage.crc import crc32
 from mmsb.storage.edges import EdgeTable
 from mmsb.storage.log import fsync_dir
 from mmsb.storage.state import State, aligned

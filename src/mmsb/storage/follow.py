@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.errors import MMSBError
+from mmsb.errors import InvalidArgumentError, MMSBError
 from mmsb.storage.arena import MemoryArena, ReadOnlyArena
 from mmsb.storage.lock import writer_active
 from mmsb.storage.log import (
@@ -324,3 +324,23 @@ class Follower:
         if self._header is not None:
             self._header.close()
             self._header = None
+
+
+def wait_until(refresh: Callable[[], int], lsn: int, timeout: float | None) -> bool:
+    """Poll ``refresh()`` (which returns the LSN a reader reflects) until it reaches
+    ``lsn``, backing off from 20 µs to 1 ms; False when ``timeout`` seconds pass first."""
+    if isinstance(lsn, bool) or not isinstance(lsn, (int, np.integer)) or lsn < 0:
+        raise InvalidArgumentError(f"lsn must be a non-negative integer, got {lsn!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+    ):
+        raise InvalidArgumentError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 20e-6
+    while refresh() < lsn:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        time.sleep(delay if left is None else min(delay, left))
+        delay = min(delay * 2, 1e-3)
+    return True

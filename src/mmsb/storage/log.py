@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError
-from mmsb.storage.crc import crc32
 
 SEGMENT_MAGIC = b"MMSBLOG1"
 FRAME_MAGIC = b"MMSF"

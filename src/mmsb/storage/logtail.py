@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
+from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError, CorruptStateError
 from mmsb.storage.arena import MemoryArena
-from mmsb.storage.crc import crc32
 from mmsb.storage.log import (
     BATCH,
     CREATE,

@@ -1,0 +1,52 @@
+"""The library's entry point, :func:`open`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mmsb.bus import Bus, Clock
+
+
+def open(
+    path: str | os.PathLike[str] | None,
+    *,
+    create: bool = True,
+    readonly: bool = False,
+    sync: str | None = None,
+    clock: Clock | None = None,
+    **options: Any,
+) -> Bus:
+    """Open (or create) the bus at ``path``; ``None`` gives an ephemeral bus in a temporary
+    directory that is removed on close.
+
+    Parameters
+    ----------
+    create
+        Create the bus if ``path`` holds none (else :class:`BusNotFoundError`).
+    readonly
+        Open without the writer lock; writes raise :class:`ReadOnlyError`. While a writer
+        has the bus open, reads follow its commits live (:meth:`Bus.refresh`,
+        :meth:`Bus.wait_for`, :attr:`Bus.writer_alive`; docs/design.md, "Live readers");
+        otherwise the state is built in process memory and no file is written.
+    sync
+        ``"always"`` (fsync every commit), ``"normal"`` (fsync on checkpoint and close,
+        and from a background thread every ``sync_interval`` seconds; the default on
+        disk) or ``"off"`` (never; the default for ephemeral buses). docs/design.md
+        states what each survives.
+    clock
+        Callable returning nanoseconds, for commit timestamps (deterministic in tests).
+    options
+        ``cpu_fallback`` (keep ``gpu``/``unified`` pages in host memory when no device
+        backend exists; default False), ``checkpoint_every`` (log bytes between automatic
+        checkpoints, None to disable; default 128 MiB), ``keep_checkpoints`` (kept by
+        :meth:`Bus.compact`; default 2), ``auto_compact`` (compact after each automatic
+        checkpoint, bounding the log; default False, which keeps all history),
+        ``segment_size`` (log segment bytes for a new bus; default 64 MiB),
+        ``sync_interval`` (seconds, for ``sync="normal"``; default 1.0),
+        ``tick_budget_ms`` (default 16), ``tick_gc_budget_ms`` (the GC step each tick
+        runs; default 1, 0 for none), ``invariant_every`` (ticks between sampled
+        invariant checks; default 100, 0 for never). An unknown option raises
+        :class:`InvalidArgumentError`.
+    """
+    return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

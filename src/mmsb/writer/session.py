@@ -1,0 +1,129 @@
+"""A writer's hold on a bus directory, from recovery to close: the lock, the publication
+header, the log and its sync thread, and the components built on them (committer, writer,
+checkpointer).
+
+Three ways to end it: :meth:`WriterSession.close` (clean: the log synced, the clean-shutdown
+state written), :meth:`WriterSession.abandon` (as a crash: nothing flushed, so the next open
+recovers) and :meth:`WriterSession.release` (just let go of every resource; what both end
+with, and what a failed open does).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from mmsb.options import Options
+from mmsb.storage import layout
+from mmsb.storage.arena import FileArena
+from mmsb.storage.checkpoint import write_state
+from mmsb.storage.lock import WriterLock
+from mmsb.storage.log import LogWriter, PeriodicSync
+from mmsb.storage.manifest import Manifest
+from mmsb.storage.readers import ReaderSafeArena
+from mmsb.storage.recovery import recover
+from mmsb.storage.seqlock import SeqPublisher
+from mmsb.types import RecoveryInfo
+from mmsb.writer.checkpointer import Checkpointer
+from mmsb.writer.committer import Committer
+from mmsb.writer.writer import Writer
+
+
+class WriterSession:
+    """Everything a writable bus holds open. Build with :meth:`open`."""
+
+    def __init__(self, path: str, lock: WriterLock) -> None:
+        self.path = path
+        self.lock: WriterLock | None = lock
+        self.seq: SeqPublisher | None = None
+        self.syncer: PeriodicSync | None = None  # sync="normal": the background fsync
+        # set by open() once recovery has run
+        self.committer: Committer
+        self.writer: Writer
+        self.checkpointer: Checkpointer
+        self.recovery: RecoveryInfo
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        manifest: Manifest,
+        opts: Options,
+        clock: Callable[[], int],
+        *,
+        on_fail_stop: Callable[[BaseException], None],
+        on_compacted: Callable[[], None],
+    ) -> WriterSession:
+        """Take the writer lock, recover the state, open the log for appending."""
+        s = cls(path, WriterLock(os.path.join(path, layout.LOCK_FILE)))
+        try:
+            s.seq = SeqPublisher(path)  # seq odd: recovery may rewrite the arena
+            layout.make_dirs(path)
+            rec = recover(path, ReaderSafeArena(os.path.join(path, layout.ARENA_FILE)),
+                          readonly=False)  # fmt: skip
+            log = LogWriter(os.path.join(path, layout.LOG_DIR), rec.lsn + 1,
+                            segment_size=manifest.segment_size,
+                            fsync_enabled=opts.sync != "off")  # fmt: skip
+            s.committer = Committer(log, s.seq, lsn=rec.lsn, timestamp=rec.timestamp,
+                                    clock=clock, sync_always=opts.sync == "always",
+                                    on_fail_stop=on_fail_stop)  # fmt: skip
+            if opts.sync == "normal":
+                log.defer_roll_sync = True  # full segments are synced by the thread
+                s.syncer = PeriodicSync(log, opts.sync_interval)
+            s.writer = Writer(rec.state, s.committer, cpu_fallback=opts.cpu_fallback)
+            s.checkpointer = Checkpointer(
+                path, rec.state, s.committer, sync=opts.sync != "off",
+                every=opts.checkpoint_every, keep=opts.keep_checkpoints,
+                auto_compact=opts.auto_compact, on_compacted=on_compacted,
+            )  # fmt: skip
+            s.committer.after_publish.append(s.checkpointer.after_commit)
+            s.recovery = rec.info
+            s.seq.publish(rec.lsn, rec.timestamp)
+        except BaseException:
+            s.release()
+            raise
+        return s
+
+    def _stop_background(self) -> None:
+        if hasattr(self, "checkpointer"):
+            self.checkpointer.join()
+        if self.syncer is not None:
+            self.syncer.stop()
+            self.syncer = None
+
+    def close(self) -> None:
+        """Clean shutdown: the log synced and closed, the arena flushed, the clean-shutdown
+        state written (the next open skips recovery), every resource released."""
+        try:
+            self._stop_background()
+            c, state = self.committer, self.writer.state
+            c.log.close()
+            state.arena.flush()
+            write_state(os.path.join(self.path, layout.CLEAN_FILE), state, c.lsn, c.timestamp,
+                        with_arena=False, sync=c.log.fsync_enabled)  # fmt: skip
+        finally:
+            self.release()
+
+    def abandon(self) -> None:
+        """End as a crash would: nothing synced or flushed, no clean-shutdown state."""
+        self._stop_background()
+        if hasattr(self, "committer"):
+            self.committer.log.abandon()
+            arena = self.writer.state.arena
+            if isinstance(arena, FileArena):
+                arena.abandon()
+        self.release()
+
+    def release(self) -> None:
+        """Let go of every resource (idempotent)."""
+        self._stop_background()
+        if hasattr(self, "committer"):
+            c = self.committer
+            c.log.close() if c.failure is None else c.log.abandon()
+            self.writer.state.arena.close()
+        if self.seq is not None:
+            self.seq.close()
+            self.seq = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
