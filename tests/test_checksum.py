@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import mmsb
-from mmsb.engine import checksum
-from mmsb.engine import crc
-from mmsb.storage.log import LogWriter, PeriodicSync
+from mmsb.engine import checksum, crc
+from mmsb.storage.logwriter import LogWriter, PeriodicSync
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 4, 7])

@@ -21,10 +21,10 @@ from mmsb.storage.log import (
     FRAME_HEADER_SIZE,
     SEG_HEADER_SIZE,
     LogReader,
-    LogWriter,
     list_segments,
     segment_name,
 )
+from mmsb.storage.logwriter import LogWriter
 from mmsb.types import DTYPE_NAMES, LOCATIONS
 from naive import Model, assert_matches
 

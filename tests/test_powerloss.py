@@ -23,7 +23,7 @@ from mmsb.reliability.powerloss import (
     simulate,
     write_image,
 )
-from mmsb.storage.log import LogWriter
+from mmsb.storage.logwriter import LogWriter
 
 
 def assert_sound(fig: PowerLossFigures) -> None:

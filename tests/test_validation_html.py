@@ -28,7 +28,8 @@ import mmsb.storage.recovery
 from mmsb.cli import cli
 from mmsb.validation import Context, TargetResult, ValidationReport
 from mmsb.validation import series as measured
-from mmsb.validation.html import PLOTS, render_html, write_html
+from mmsb.validation.html import render_html, write_html
+from mmsb.validation.plots import PLOTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOT_COUNT = len(PLOTS)

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.errors import BusClosedError, LogWriteError
-from mmsb.storage.log import LogWriter
+from mmsb.storage.logwriter import LogWriter
 from mmsb.storage.seqlock import SeqPublisher
 
 R = TypeVar("R")

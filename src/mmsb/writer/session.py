@@ -18,7 +18,7 @@ from mmsb.storage import layout
 from mmsb.storage.arena import FileArena
 from mmsb.storage.checkpoint import write_state
 from mmsb.storage.lock import WriterLock
-from mmsb.storage.log import LogWriter, PeriodicSync
+from mmsb.storage.logwriter import LogWriter, PeriodicSync
 from mmsb.storage.manifest import Manifest
 from mmsb.storage.readers import ReaderSafeArena
 from mmsb.storage.recovery import recover
