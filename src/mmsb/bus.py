@@ -8,17 +8,16 @@ A bus is a directory; :mod:`mmsb.storage.layout` names what is in it.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 import numpy.typing as npt
 
-from mmsb.errors import BusClosedError, InvalidArgumentError, ReadOnlyError, ReentrantWriteError
+from mmsb.errors import BusClosedError, ReadOnlyError, ReentrantWriteError
+from mmsb.facade import component, forward
 from mmsb.graph.dag import Graph
 from mmsb.graph.propagator import Propagator
 from mmsb.history.component import History
@@ -28,7 +27,7 @@ from mmsb.monitor.memory import MemorySnapshot
 from mmsb.monitor.memory import snapshot as memory_snapshot
 from mmsb.options import Options
 from mmsb.storage import layout
-from mmsb.storage.directory import open_directory
+from mmsb.storage.directory import bus_path, open_directory
 from mmsb.storage.follow import Follower, wait_until
 from mmsb.storage.lock import writer_active
 from mmsb.storage.state import State
@@ -38,46 +37,17 @@ from mmsb.writer.checkpointer import Checkpointer
 from mmsb.writer.committer import Committer
 from mmsb.writer.events import EventHub
 from mmsb.writer.session import WriterSession
-from mmsb.writer.writer import Writer, device_available
+from mmsb.writer.writer import Writer
 
 Clock = Callable[[], int]
-__all__ = ["Bus", "device_available", "open"]
+__all__ = ["Bus", "Clock"]
 
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _via(get: Callable[[Bus], Any], fn: Callable[Concatenate[Any, P], R], name: str = "") \
-        -> Callable[Concatenate[Bus, P], R]:  # fmt: skip
-    """A bus method that runs component method ``fn`` on ``get(bus)`` (which checks that
-    the bus is open, and writable where it must be); signature and docs are ``fn``'s."""
-
-    def method(self: Bus, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return fn(get(self), *args, **kwargs)
-
-    functools.update_wrapper(method, fn)
-    method.__name__ = name or fn.__name__
-    method.__qualname__ = f"Bus.{method.__name__}"
-    return method
-
-
-def _part(attr: str, *, writes: bool = False) -> Callable[[Bus], Any]:
-    """Gets component ``attr`` of a bus after checking it is open (and writable)."""
-
-    def get(bus: Bus) -> Any:
-        _ = bus._writer() if writes else bus._live_state()
-        return getattr(bus, attr)
-
-    return get
-
-
-def _writing(bus: Bus) -> Writer:
-    return bus._writer()
-
-
-_checkpoints, _gc = _part("_checkpointer", writes=True), _part("_collector", writes=True)
-_history, _graph, _events = _part("_history"), _part("_propagator"), _part("_events")
+_writing = component(None, "_writer")
+_checkpoints = component("_checkpointer", "_writer")
+_gc = component("_collector", "_writer")
+_history = component("_history", "_live_state")
+_graph = component("_propagator", "_live_state")
+_events = component("_events", "_live_state")
 
 
 class Bus(StateView):
@@ -101,11 +71,7 @@ class Bus(StateView):
         self._state: State | None = None
         self._ephemeral = path is None
         opts = self.options = Options.check(path is None, sync, **options)
-        if path is None:
-            if readonly:
-                raise InvalidArgumentError("an ephemeral bus cannot be read-only")
-            path = tempfile.mkdtemp(prefix="mmsb-")
-        self.path: str = os.fspath(path)
+        self.path: str = bus_path(path, readonly)
         self.sync: str = opts.sync
         self.readonly: bool = readonly
         self.cpu_fallback = opts.cpu_fallback
@@ -131,7 +97,7 @@ class Bus(StateView):
             state, lsn, ts, info = f.state, f.lsn, f.timestamp, f.info
         else:
             w = self._session = WriterSession.open(d, self.manifest, opts, clock,
-                                                   on_fail_stop=self._abandon,
+                                                   on_fail_stop=lambda _: self.abandon(),
                                                    on_compacted=h.forget_index)  # fmt: skip
             c = self._committer = w.committer
             self._checkpointer = w.checkpointer
@@ -161,15 +127,10 @@ class Bus(StateView):
             self._end(WriterSession.close)
 
     def abandon(self) -> None:
-        """Drop this bus without a clean close, as if its process had died: nothing is
-        flushed or synced and no clean-shutdown state is written, so the next open runs
-        crash recovery. For crash tests; commits not yet synced may be lost, exactly as in
-        a crash under the bus's sync mode."""
+        """Drop the bus as if its process had died (for crash tests): nothing is flushed,
+        synced or marked clean, so the next open recovers as after a crash."""
         if self._state is not None:
             self._end(WriterSession.abandon)
-
-    def _abandon(self, cause: BaseException) -> None:  # the committer's fail-stop
-        self._end(WriterSession.abandon)
 
     def _end(self, how: Callable[[WriterSession], None]) -> None:
         try:
@@ -186,12 +147,6 @@ class Bus(StateView):
         self._session = self._follower = None
         if self._ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> Bus:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         if self._state is None:
@@ -276,17 +231,17 @@ class Bus(StateView):
 
     # -- changes (components: Writer, Checkpointer, Collector) ------------------------------
 
-    create_page = _via(_writing, Writer.create_page)
-    create_pages = _via(_writing, Writer.create_pages)
-    delete_page = _via(_writing, Writer.delete_page)
-    delete_pages = _via(_writing, Writer.delete_pages)
-    write = _via(_writing, Writer.write)
-    apply = _via(_writing, Writer.apply)
-    apply_batch = _via(_writing, Writer.apply_batch)
-    sync_now = _via(_writing, Writer.sync_now)
-    checkpoint = _via(_checkpoints, Checkpointer.checkpoint)
-    compact = _via(_checkpoints, Checkpointer.compact)
-    gc = _via(_gc, Collector.gc)
+    create_page = forward(_writing, Writer.create_page)
+    create_pages = forward(_writing, Writer.create_pages)
+    delete_page = forward(_writing, Writer.delete_page)
+    delete_pages = forward(_writing, Writer.delete_pages)
+    write = forward(_writing, Writer.write)
+    apply = forward(_writing, Writer.apply)
+    apply_batch = forward(_writing, Writer.apply_batch)
+    sync_now = forward(_writing, Writer.sync_now)
+    checkpoint = forward(_checkpoints, Checkpointer.checkpoint)
+    compact = forward(_checkpoints, Checkpointer.compact)
+    gc = forward(_gc, Collector.gc)
 
     @property
     def last_checkpoint_error(self) -> BaseException | None:
@@ -301,12 +256,12 @@ class Bus(StateView):
 
     # -- history (component: History) ------------------------------------------------------
 
-    at = _via(_history, History.at)
-    history = _via(_history, History.history)
-    diff = _via(_history, History.diff)
-    export = _via(_history, History.export)
-    verify = _via(_history, History.verify)
-    provenance = _via(_history, History.provenance)
+    at = forward(_history, History.at)
+    history = forward(_history, History.history)
+    diff = forward(_history, History.diff)
+    export = forward(_history, History.export)
+    verify = forward(_history, History.verify)
+    provenance = forward(_history, History.provenance)
 
     # -- graph, propagation, ticks, events (components: Propagator, EventHub) -----------------
 
@@ -316,16 +271,16 @@ class Bus(StateView):
         propagator: Propagator = _graph(self)
         return propagator.graph
 
-    derive = _via(_graph, Propagator.derive)
-    derive_semiring = _via(_graph, Propagator.derive_semiring)
-    underive = _via(_graph, Propagator.underive)
-    derivations = _via(_graph, Propagator.derivations)
-    tick = _via(_graph, Propagator.tick)
-    page = _via(_graph, Propagator.page)
-    mark_gpu_synced = _via(_graph, Propagator.mark_gpu_synced)
-    subscribe = _via(_events, EventHub.subscribe)
-    unsubscribe = _via(_events, EventHub.unsubscribe)
-    event_stats = _via(_events, EventHub.stats, "event_stats")
+    derive = forward(_graph, Propagator.derive)
+    derive_semiring = forward(_graph, Propagator.derive_semiring)
+    underive = forward(_graph, Propagator.underive)
+    derivations = forward(_graph, Propagator.derivations)
+    tick = forward(_graph, Propagator.tick)
+    page = forward(_graph, Propagator.page)
+    mark_gpu_synced = forward(_graph, Propagator.mark_gpu_synced)
+    subscribe = forward(_events, EventHub.subscribe)
+    unsubscribe = forward(_events, EventHub.unsubscribe)
+    event_stats = forward(_events, EventHub.stats, "event_stats")
 
     @property
     def tick_budget_ms(self) -> float:

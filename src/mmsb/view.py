@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,15 @@ class StateView:
 
     _state: State | None
     _lsn: int
+
+    def close(self) -> None:
+        self._state = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _live_state(self) -> State:
         if self._state is None:

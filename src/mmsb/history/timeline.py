@@ -75,15 +75,6 @@ class Snapshot(StateView):
     def write(self, *args: object, **kwargs: object) -> None:
         raise ReadOnlyError("snapshots are read-only")
 
-    def close(self) -> None:
-        self._state = None
-
-    def __enter__(self) -> Snapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class LogIndex:
     """Per-frame and per-delta index over the log, built on first use by one scan, then

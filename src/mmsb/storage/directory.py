@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
-from mmsb.errors import BusNotFoundError, FormatVersionError
+from mmsb.errors import BusNotFoundError, FormatVersionError, InvalidArgumentError
 from mmsb.storage import layout
 from mmsb.storage.manifest import FORMAT_VERSION, Manifest, read_manifest, write_manifest
+
+
+def bus_path(path: str | os.PathLike[str] | None, readonly: bool) -> str:
+    """``path`` as a string; for ``None`` (an ephemeral bus) a new temporary directory."""
+    if path is not None:
+        return os.fspath(path)
+    if readonly:
+        raise InvalidArgumentError("an ephemeral bus cannot be read-only")
+    return tempfile.mkdtemp(prefix="mmsb-")
 
 
 def open_directory(path: str, *, create: bool, readonly: bool, segment_size: int) -> Manifest:
