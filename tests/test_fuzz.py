@@ -35,11 +35,8 @@ from mmsb.delta import DENSE, RANGE, SPARSE
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import load_state, write_state
+from mmsb.storage.codec import BATCH, CREATE, DELETE, GRAPH
 from mmsb.storage.log import (
-    BATCH,
-    CREATE,
-    DELETE,
-    GRAPH,
     SEG_HEADER_SIZE,
     Frame,
     LogReader,

@@ -17,10 +17,10 @@ import mmsb
 from mmsb.errors import CorruptLogError, InvalidArgumentError
 from mmsb.monitor.gc import Collector
 from mmsb.monitor.memory import mapping_resident_bytes
-from mmsb.storage.log import RELAYOUT, Frame, LogReader, list_segments
+from mmsb.storage.codec import RELAYOUT, decode_relayout, encode_relayout
+from mmsb.storage.log import Frame, LogReader, list_segments
 from mmsb.storage.readers import ReaderRegistration
 from mmsb.storage.recovery import apply_frame
-from mmsb.storage.relayout import decode_relayout, encode_relayout
 from naive import Model, assert_matches
 
 

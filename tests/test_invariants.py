@@ -13,7 +13,7 @@ import mmsb
 from mmsb.errors import InvalidArgumentError
 from mmsb.monitor.invariants import InvariantResult, Invariants
 from mmsb.storage import codec
-from mmsb.storage.log import BATCH
+from mmsb.storage.codec import BATCH
 
 BUILTINS = Invariants.BUILTINS
 

@@ -14,10 +14,8 @@ from hypothesis import strategies as st
 import mmsb
 from mmsb import CorruptLogError, Delta, DeltaBatch
 from mmsb.storage import codec
+from mmsb.storage.codec import BATCH, CREATE, DELETE
 from mmsb.storage.log import (
-    BATCH,
-    CREATE,
-    DELETE,
     FRAME_HEADER_SIZE,
     SEG_HEADER_SIZE,
     LogReader,

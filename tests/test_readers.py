@@ -23,7 +23,8 @@ import pytest
 import mmsb
 from mmsb import Delta, DeltaBatch, InvalidArgumentError
 from mmsb.storage import codec
-from mmsb.storage.log import BATCH, LogReader
+from mmsb.storage.codec import BATCH
+from mmsb.storage.log import LogReader
 from mmsb.storage.logtail import apply_table_only, batch_rows, replay_to
 from mmsb.storage.seqlock import SEQ_FILE, SeqPublisher, SeqReader
 

@@ -18,19 +18,9 @@ from mmsb.errors import CorruptCheckpointError, CorruptLogError, MMSBError
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
-from mmsb.storage.log import (
-    BATCH,
-    CREATE,
-    DELETE,
-    GRAPH,
-    RELAYOUT,
-    Frame,
-    LogReader,
-    list_segments,
-)
+from mmsb.storage.log import Frame, LogReader, list_segments
 from mmsb.storage.manifest import read_manifest
 from mmsb.storage.recovery import apply_graph
-from mmsb.storage.relayout import decode_relayout
 from mmsb.storage.state import State
 
 
@@ -147,8 +137,9 @@ def verify(path: str | os.PathLike[str]) -> IntegrityReport:
 def _check_frame(state: State, frame: Frame, rep: IntegrityReport) -> None:
     where = f"LSN {frame.lsn} ({frame.segment} @ {frame.offset})"
     try:
-        if frame.type == BATCH:
-            dec = codec.decode_batch(frame.payload)
+        rec = codec.decode(frame.type, frame.payload)
+        if isinstance(rec, codec.DecodedBatch):
+            dec = rec
             b = dec.batch
             n = len(b)
             rep.deltas += n
@@ -180,17 +171,16 @@ def _check_frame(state: State, frame: Frame, rep: IntegrityReport) -> None:
                 rep.error(f"{where}: {bad} deltas carry epochs that are not the next ones")
             state.apply(b)
             state.next_delta_id = dec.first_delta_id + n
-        elif frame.type == CREATE:
-            rec = codec.decode_create(frame.payload)
+        elif isinstance(rec, codec.CreateRecord):
             if rec.first != state.next_page_id:
                 rep.error(f"{where}: creates page {rec.first}, expected {state.next_page_id}")
             state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata)
-        elif frame.type == RELAYOUT:
-            state.relayout(*decode_relayout(frame.payload))
-        elif frame.type == GRAPH:
-            apply_graph(state, *codec.decode_graph(frame.payload))
-        elif frame.type == DELETE:
-            ids = codec.decode_delete(frame.payload)
+        elif isinstance(rec, codec.RelayoutRecord):
+            state.relayout(rec.ids, rec.slots)
+        elif isinstance(rec, codec.GraphRecord):
+            apply_graph(state, rec.ops, rec.kinds, rec.parents, rec.children)
+        elif isinstance(rec, codec.DeleteRecord):
+            ids = rec.ids
             dead = [int(p) for p in ids if not state.is_live(int(p))]
             if dead or np.unique(ids).size != ids.size:
                 rep.error(f"{where}: deletes pages that are not live: {dead[:10]}")

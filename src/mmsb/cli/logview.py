@@ -18,7 +18,8 @@ import numpy as np
 from mmsb.cli.output import plural
 from mmsb.delta import SHAPE_NAMES
 from mmsb.storage import codec
-from mmsb.storage.log import BATCH, CREATE, DELETE, FRAME_TYPES, Frame, LogReader, list_segments
+from mmsb.storage.codec import BATCH, FRAME_TYPES
+from mmsb.storage.log import Frame, LogReader, list_segments
 from mmsb.types import DTYPE_NAMES, LOCATIONS
 
 _ROWS = struct.Struct("<I")  # every batch payload starts with its row count (see codec)
@@ -75,8 +76,9 @@ def frame_summary(frame: Frame) -> dict[str, Any]:
         "offset": frame.offset,
         "bytes": frame.size,
     }
-    if frame.type == BATCH:
-        dec = codec.decode_batch(frame.payload)
+    rec = codec.decode(frame.type, frame.payload)
+    if isinstance(rec, codec.DecodedBatch):
+        dec = rec
         b = dec.batch
         kinds = np.bincount(b.kinds, minlength=len(SHAPE_NAMES))
         info.update(
@@ -87,8 +89,7 @@ def frame_summary(frame: Frame) -> dict[str, Any]:
             shapes={name: int(kinds[i]) for i, name in enumerate(SHAPE_NAMES) if kinds[i]},
             sources=sorted({b.sources[int(i)] for i in np.unique(b.source_idx)}),
         )
-    elif frame.type == CREATE:
-        rec = codec.decode_create(frame.payload)
+    elif isinstance(rec, codec.CreateRecord):
         info.update(
             deltas=0,
             created={
@@ -100,9 +101,8 @@ def frame_summary(frame: Frame) -> dict[str, Any]:
                 "metadata": None if rec.metadata is None else json.loads(rec.metadata),
             },
         )
-    elif frame.type == DELETE:
-        ids = codec.decode_delete(frame.payload)
-        info.update(deltas=0, deleted=[int(p) for p in ids.tolist()])
+    elif isinstance(rec, codec.DeleteRecord):
+        info.update(deltas=0, deleted=[int(p) for p in rec.ids.tolist()])
     return info
 
 

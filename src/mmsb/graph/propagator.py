@@ -30,8 +30,8 @@ from mmsb.graph.propagate import (
 )
 from mmsb.graph.tick import TickReport
 from mmsb.semiring import Semiring
+from mmsb.storage.codec import BATCH, DELETE, GRAPH
 from mmsb.storage.edges import COMPILER, CONTROL, DATA, GPU
-from mmsb.storage.log import BATCH, DELETE, GRAPH
 from mmsb.storage.state import State
 from mmsb.types import DTYPE_NAMES, PageInfo
 from mmsb.writer.committer import Change

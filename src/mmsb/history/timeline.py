@@ -25,15 +25,8 @@ from mmsb.errors import (
 )
 from mmsb.storage import codec
 from mmsb.storage.checkpoint import list_checkpoints
-from mmsb.storage.log import (
-    BATCH,
-    CREATE,
-    DELETE,
-    FRAME_HEADER,
-    FRAME_HEADER_SIZE,
-    LogReader,
-    list_segments,
-)
+from mmsb.storage.codec import BATCH
+from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, LogReader, list_segments
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff
 from mmsb.view import StateView
@@ -249,13 +242,13 @@ def touched_pages(directory: str, lo: int, hi: int) -> I64:
     """Ids of pages created, deleted or written by frames with lo < lsn <= hi."""
     found: list[I64] = []
     for frame in _frames_between(os.path.join(directory, "log"), lo, hi):
-        if frame.type == BATCH:
-            found.append(codec.decode_batch(frame.payload).batch.page_ids)
-        elif frame.type == CREATE:
-            rec = codec.decode_create(frame.payload)
+        rec = codec.decode(frame.type, frame.payload)
+        if isinstance(rec, codec.DecodedBatch):
+            found.append(rec.batch.page_ids)
+        elif isinstance(rec, codec.CreateRecord):
             found.append(np.arange(rec.first, rec.first + rec.n, dtype=np.int64))
-        elif frame.type == DELETE:
-            found.append(codec.decode_delete(frame.payload))
+        elif isinstance(rec, codec.DeleteRecord):
+            found.append(rec.ids)
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
 

@@ -45,9 +45,9 @@ from mmsb.errors import InvalidArgumentError
 from mmsb.storage import layout
 from mmsb.storage.arena import grown_capacity
 from mmsb.storage.checkpoint import list_checkpoints
-from mmsb.storage.log import RELAYOUT, list_segments
+from mmsb.storage.codec import RELAYOUT, encode_relayout
+from mmsb.storage.log import list_segments
 from mmsb.storage.readers import readers_attached
-from mmsb.storage.relayout import encode_relayout
 from mmsb.storage.state import State
 from mmsb.writer.committer import Committer
 

@@ -33,7 +33,7 @@ import numpy as np
 from mmsb.errors import InvalidArgumentError
 from mmsb.graph.dag import GraphReport
 from mmsb.storage import codec, layout
-from mmsb.storage.log import BATCH, CREATE, DELETE, LogReader, list_segments
+from mmsb.storage.log import LogReader, list_segments
 from mmsb.storage.replay import state_at
 from mmsb.storage.state import State, aligned
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS
@@ -203,16 +203,16 @@ class Invariants:
             if frame.lsn > head:
                 break
             frames += 1
-            if frame.type == CREATE:
-                rec = codec.decode_create(frame.payload)
+            rec = codec.decode(frame.type, frame.payload)
+            if isinstance(rec, codec.CreateRecord):
                 end = rec.first + rec.n
                 if live.size < end:
                     live = np.pad(live, (0, max(end, 2 * live.size) - live.size))
                 live[rec.first : end] = True
-            elif frame.type == DELETE:
-                live[codec.decode_delete(frame.payload)] = False
-            elif frame.type == BATCH:
-                pids = codec.decode_batch(frame.payload).batch.page_ids
+            elif isinstance(rec, codec.DeleteRecord):
+                live[rec.ids] = False
+            elif isinstance(rec, codec.DecodedBatch):
+                pids = rec.batch.page_ids
                 deltas += pids.size
                 ok = pids < live.size
                 ok[ok] = live[pids[ok]]

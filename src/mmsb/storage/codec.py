@@ -1,4 +1,10 @@
-"""Encoding of log frame payloads (batch, create, delete) to and from bytes.
+"""Every log frame type, its payload encoding and decoding, and the one dispatcher.
+
+Frame types: ``BATCH`` (deltas), ``CREATE`` (pages), ``DELETE`` (pages), ``GRAPH`` (edge
+changes), ``RELAYOUT`` (page slots moved by arena compaction). :func:`decode` maps a frame's
+type to its decoder and returns one of the record types below; every reader of the log
+(recovery, replay, history, verify, invariants, the CLI) dispatches on that record, never
+on the type number.
 
 Batch payload, every piece padded to 8 bytes::
 
@@ -31,8 +37,19 @@ from mmsb.delta import RANGE, SPARSE, row_starts
 from mmsb.errors import CorruptLogError
 from mmsb.types import DTYPE_NAMES, LOCATIONS
 
+# frame types (part of the format: never renumber)
+BATCH = 1
+CREATE = 2
+DELETE = 3
+GRAPH = 4  # dependency-graph edge changes
+RELAYOUT = 5  # page slots moved by arena compaction
+FRAME_TYPES = {BATCH: "batch", CREATE: "create", DELETE: "delete", GRAPH: "graph",
+               RELAYOUT: "relayout"}  # fmt: skip
+
 HAS_MASKS, SOURCE_COL, META_COL = 1, 2, 4
-_HEAD = struct.Struct("<IIQQQII")
+# the head of a batch payload: n, flags, first delta id, payload, mask and strings lengths
+BATCH_HEAD = struct.Struct("<IIQQQII")
+
 I64 = npt.NDArray[np.int64]
 
 
@@ -68,7 +85,7 @@ def encode_batch(batch: DeltaBatch, epochs: I64, first_delta_id: int) -> list[by
         mask = _contiguous_mask(batch, mrows)
         mask_bits = int(mask.size)
         packed = np.packbits(mask).tobytes()
-    head = _HEAD.pack(n, flags, first_delta_id, payload.size, mask_bits, len(sbytes), 0)
+    head = BATCH_HEAD.pack(n, flags, first_delta_id, payload.size, mask_bits, len(sbytes), 0)
     pieces: list[bytes | memoryview] = [head]
     pieces += _padded(np.ascontiguousarray(batch.page_ids).view("<u8"))
     pieces += _padded(epochs.astype("<u4"))
@@ -111,7 +128,7 @@ def encode_single_range(
             _STRINGS_CACHE[key] = sbytes
     n = len(payload)
     return [
-        _HEAD.pack(1, 0, first_delta_id, n, 0, len(sbytes), 0)
+        BATCH_HEAD.pack(1, 0, first_delta_id, n, 0, len(sbytes), 0)
         + _SINGLE_COLS.pack(page_id, epoch, offset, n)
         + sbytes
         + b"\0" * ((-len(sbytes)) % 8),
@@ -176,7 +193,9 @@ class _Cursor:
 
 def decode_batch(payload: memoryview) -> DecodedBatch:
     cur = _Cursor(payload)
-    n, flags, first_did, plen, mask_bits, slen, _ = _HEAD.unpack(cur.take(_HEAD.size, "header"))
+    n, flags, first_did, plen, mask_bits, slen, _ = BATCH_HEAD.unpack(
+        cur.take(BATCH_HEAD.size, "header")
+    )
     if flags & ~(HAS_MASKS | SOURCE_COL | META_COL):
         raise CorruptLogError(f"batch frame has unknown flags {flags:#x}")
     pids = cur.array("<u8", n, "page ids").astype(np.int64)
@@ -331,3 +350,75 @@ def decode_graph(
     if n and (int(ops.max()) > EDGE_ADD or int(kinds.max()) > 3):
         raise CorruptLogError("graph frame holds an unknown operation or edge kind")
     return ops, kinds, parents, children
+
+
+# -- RELAYOUT ---------------------------------------------------------------------------
+#
+# Payload (little-endian, padded to 8): n u32 | 0 u32 | page_ids u64[n] | new_slots u64[n].
+# The moves are listed in the order they happen. Each must be what the compaction rule
+# (``mmsb.engine.gc_kernels.plan_moves``) does at that point, so replaying the frame (or
+# reading it in another process) gives the same slots as the live bus had: the arena
+# layout stays a pure function of the log.
+
+_RELAYOUT_HEAD = struct.Struct("<II")
+
+
+def encode_relayout(ids: I64, new_slots: I64) -> list[bytes | memoryview]:
+    n = int(ids.size)
+    body = np.empty(2 * n, "<u8")
+    body[:n] = ids
+    body[n:] = new_slots
+    return [_RELAYOUT_HEAD.pack(n, 0), body.data.cast("B")]
+
+
+def decode_relayout(payload: memoryview) -> tuple[I64, I64]:
+    if payload.nbytes < _RELAYOUT_HEAD.size:
+        raise CorruptLogError("relayout frame too short for its header")
+    n, reserved = _RELAYOUT_HEAD.unpack(payload[: _RELAYOUT_HEAD.size])
+    if reserved or payload.nbytes != _RELAYOUT_HEAD.size + 16 * n:
+        raise CorruptLogError("relayout frame length does not match its move count")
+    body = np.frombuffer(payload[_RELAYOUT_HEAD.size :], "<u8")
+    if n and int(body.max()) >= 2**62:
+        raise CorruptLogError("relayout frame has an out-of-range page id or slot")
+    return body[:n].astype(np.int64), body[n:].astype(np.int64)
+
+
+# -- the dispatcher --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeleteRecord:
+    ids: I64
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    ops: npt.NDArray[np.uint8]  # EDGE_ADD or EDGE_REMOVE per row
+    kinds: npt.NDArray[np.uint8]
+    parents: I64
+    children: I64
+
+
+@dataclass(frozen=True)
+class RelayoutRecord:
+    ids: I64  # pages moved, in move order
+    slots: I64  # their new arena offsets
+
+
+Record = DecodedBatch | CreateRecord | DeleteRecord | GraphRecord | RelayoutRecord
+
+
+def decode(ftype: int, payload: memoryview) -> Record:
+    """The record a frame of type ``ftype`` holds; :class:`CorruptLogError` if the type is
+    unknown or the payload does not decode."""
+    if ftype == BATCH:
+        return decode_batch(payload)
+    if ftype == CREATE:
+        return decode_create(payload)
+    if ftype == DELETE:
+        return DeleteRecord(decode_delete(payload))
+    if ftype == GRAPH:
+        return GraphRecord(*decode_graph(payload))
+    if ftype == RELAYOUT:
+        return RelayoutRecord(*decode_relayout(payload))
+    raise CorruptLogError(f"unknown frame type {ftype}")

@@ -25,7 +25,6 @@ at the new writer's first published LSN and maps the arena afresh.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -35,12 +34,9 @@ import numpy.typing as npt
 
 from mmsb.errors import InvalidArgumentError, MMSBError
 from mmsb.storage.arena import MemoryArena, ReadOnlyArena
+from mmsb.storage.codec import CREATE, GRAPH
 from mmsb.storage.lock import writer_active
-from mmsb.storage.log import (
-    CREATE,
-    GRAPH,
-    Frame,
-)
+from mmsb.storage.log import Frame
 from mmsb.storage.logtail import LogTail, Resync, apply_table_only, replay_to
 from mmsb.storage.readers import ReaderRegistration
 from mmsb.storage.recovery import recover
@@ -54,7 +50,6 @@ DEATH_CHECK = 0.005  # seconds between writer liveness checks while ``seq`` stay
 HEADER_PROBE = 0.005  # seconds between looks for a ``SEQ`` file that did not exist yet
 MAX_SLEEP = 0.001  # back-off ceiling while waiting for the writer
 ARENA_FREE_TYPES = (CREATE, GRAPH)  # frames whose replay writes no arena bytes
-_BATCH_HEAD = struct.Struct("<IIQQQII")  # n, flags, first delta id, three lengths, 0
 
 
 class FollowState(State):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError
+from mmsb.storage.codec import FRAME_TYPES
 
 SEGMENT_MAGIC = b"MMSBLOG1"
 FRAME_MAGIC = b"MMSF"
@@ -35,20 +36,6 @@ SEG_HEADER_SIZE = SEG_HEADER.size  # 32
 FRAME_HEADER_SIZE = FRAME_HEADER.size  # 40
 MAX_FRAME_PAYLOAD = 2**32 - 1
 _SEG_NAME = re.compile(r"^(\d{20})\.seg$")
-
-# frame types (part of the format: never renumber)
-BATCH = 1
-CREATE = 2
-DELETE = 3
-GRAPH = 4  # dependency-graph edge changes
-RELAYOUT = 5  # page slots moved by arena compaction
-FRAME_TYPES = {
-    BATCH: "batch",
-    CREATE: "create",
-    DELETE: "delete",
-    GRAPH: "graph",
-    RELAYOUT: "relayout",
-}
 
 
 def segment_name(first_lsn: int) -> str:

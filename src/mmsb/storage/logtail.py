@@ -10,7 +10,6 @@ bytes (the writer has put them in the shared arena already).
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Iterator
 
@@ -19,15 +18,13 @@ import numpy.typing as npt
 
 from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError, CorruptStateError
+from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
+from mmsb.storage.codec import BATCH, CREATE, FRAME_TYPES, GRAPH
 from mmsb.storage.log import (
-    BATCH,
-    CREATE,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
     FRAME_MAGIC,
-    FRAME_TYPES,
-    GRAPH,
     SEG_HEADER,
     SEG_HEADER_SIZE,
     SEGMENT_MAGIC,
@@ -43,7 +40,6 @@ from mmsb.types import RecoveryInfo
 I64 = npt.NDArray[np.int64]
 
 ARENA_FREE_TYPES = (CREATE, GRAPH)  # frames whose replay writes no arena bytes
-_BATCH_HEAD = struct.Struct("<IIQQQII")  # n, flags, first delta id, three lengths, 0
 
 
 class Resync(CorruptStateError):
@@ -105,13 +101,13 @@ def batch_rows(payload: memoryview) -> tuple[int, I64, I64, I64]:
     """What the page table needs from a BATCH payload (layout in :mod:`mmsb.storage.codec`):
     the first delta id, and per row the page id, the epoch and where the row ends in its
     page. Lengths are checked; the payload bytes themselves are not looked at."""
-    if payload.nbytes < _BATCH_HEAD.size:
+    if payload.nbytes < codec.BATCH_HEAD.size:
         raise CorruptLogError("batch frame too short for its header")
-    n, _, first, _, _, _, _ = _BATCH_HEAD.unpack_from(payload, 0)
+    n, _, first, _, _, _, _ = codec.BATCH_HEAD.unpack_from(payload, 0)
     col4 = 4 * n + (-4 * n) % 8
-    if _BATCH_HEAD.size + 8 * n + 3 * col4 > payload.nbytes:
+    if codec.BATCH_HEAD.size + 8 * n + 3 * col4 > payload.nbytes:
         raise CorruptLogError("batch frame too short for its rows")
-    pos = _BATCH_HEAD.size
+    pos = codec.BATCH_HEAD.size
     pids = np.frombuffer(payload, "<u8", n, pos).astype(np.int64)
     pos += 8 * n
     epochs = np.frombuffer(payload, "<u4", n, pos).astype(np.int64)

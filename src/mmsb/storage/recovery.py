@@ -28,11 +28,6 @@ from mmsb.storage import codec
 from mmsb.storage.arena import Arena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
 from mmsb.storage.log import (
-    BATCH,
-    CREATE,
-    DELETE,
-    GRAPH,
-    RELAYOUT,
     SEG_HEADER_SIZE,
     Frame,
     LogReader,
@@ -40,7 +35,6 @@ from mmsb.storage.log import (
     list_segments,
     truncate_segment,
 )
-from mmsb.storage.relayout import decode_relayout
 from mmsb.storage.state import State
 from mmsb.types import RecoveryInfo
 
@@ -55,8 +49,9 @@ def apply_frame(state: State, frame: Frame) -> int:
     instead of writing anything.
     """
     try:
-        if frame.type == BATCH:
-            dec = codec.decode_batch(frame.payload)
+        rec = codec.decode(frame.type, frame.payload)
+        if isinstance(rec, codec.DecodedBatch):
+            dec = rec
             n = len(dec.batch)
             if dec.first_delta_id != state.next_delta_id:
                 raise CorruptLogError(
@@ -70,29 +65,26 @@ def apply_frame(state: State, frame: Frame) -> int:
             state.apply(dec.batch)
             state.next_delta_id += n
             return n
-        if frame.type == CREATE:
-            rec = codec.decode_create(frame.payload)
+        if isinstance(rec, codec.CreateRecord):
             if rec.first != state.next_page_id:
                 raise CorruptLogError(
                     f"creates page {rec.first}, expected next page id {state.next_page_id}"
                 )
             state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata)
             return 0
-        if frame.type == DELETE:
-            ids = codec.decode_delete(frame.payload)
+        if isinstance(rec, codec.DeleteRecord):
+            ids = rec.ids
             for pid in ids.tolist():
                 state.require(pid)
             if np.unique(ids).size != ids.size:
                 raise CorruptLogError("deletes a page twice")
             state.delete(ids)
             return 0
-        if frame.type == RELAYOUT:
-            state.relayout(*decode_relayout(frame.payload))
+        if isinstance(rec, codec.RelayoutRecord):
+            state.relayout(rec.ids, rec.slots)
             return 0
-        if frame.type == GRAPH:
-            apply_graph(state, *codec.decode_graph(frame.payload))
-            return 0
-        raise CorruptLogError(f"unknown frame type {frame.type}")
+        apply_graph(state, rec.ops, rec.kinds, rec.parents, rec.children)
+        return 0
     except (CorruptLogError, InvalidDeltaError, PageNotFoundError, InvalidArgumentError) as exc:
         raise CorruptLogError(
             f"log frame LSN {frame.lsn} in segment {frame.segment} at offset {frame.offset} "

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmsb.errors import InvalidArgumentError
-from mmsb.storage.log import BATCH, CREATE, DELETE
+from mmsb.storage.codec import BATCH, CREATE, DELETE
 
 if TYPE_CHECKING:
     from mmsb.writer.committer import Change

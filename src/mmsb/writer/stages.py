@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import struct
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,6 @@ from mmsb.storage import codec
 from mmsb.storage.state import State
 from mmsb.types import MAX_PAGE_SIZE
 
-_HEAD = struct.Struct("<IIQQQII")
 LITTLE = sys.byteorder == "little"
 
 
@@ -81,7 +79,7 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
     if not bool((batch.meta_idx == batch.meta_idx[0]).all()):
         flags |= codec.META_COL
     # frame payload layout, every section padded to 8 bytes
-    o_pid = _HEAD.size
+    o_pid = codec.BATCH_HEAD.size
     o_ep = o_pid + 8 * n
     o_off = o_ep + _pad8(4 * n)
     o_len = o_off + _pad8(4 * n)
@@ -225,8 +223,9 @@ def _finish(
             packed = np.packbits(batch.mask)
         else:
             packed = _pack_rows(batch, rows, bit_starts, mask_bits)
-    buf[: _HEAD.size] = np.frombuffer(
-        _HEAD.pack(n, flags, first_delta_id, payload.size, mask_bits, len(sbytes), 0), np.uint8
+    buf[: codec.BATCH_HEAD.size] = np.frombuffer(
+        codec.BATCH_HEAD.pack(n, flags, first_delta_id, payload.size, mask_bits, len(sbytes), 0),
+        np.uint8,
     )
     pieces: list[bytes | memoryview] = [buf.data]
     parts: list[memoryview] = [memoryview(sbytes), payload.data]

@@ -19,7 +19,7 @@ from mmsb.engine import checksum
 from mmsb.engine.driver import check_workers
 from mmsb.errors import DeviceUnavailableError, InvalidArgumentError, InvalidDeltaError
 from mmsb.storage import codec
-from mmsb.storage.log import BATCH, CREATE, DELETE
+from mmsb.storage.codec import BATCH, CREATE, DELETE
 from mmsb.storage.state import State, check_page_shape
 from mmsb.types import DTYPE_NAMES, Commit, dtype_code, encode_metadata, location_code
 from mmsb.writer import stages
