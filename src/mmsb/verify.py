@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmsb.errors import CorruptCheckpointError, CorruptLogError, MMSBError
-from mmsb.storage import codec
+from mmsb.storage import codec, layout
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
 from mmsb.storage.log import Frame, LogReader, list_segments
@@ -70,10 +70,10 @@ def verify(path: str | os.PathLike[str]) -> IntegrityReport:
     except MMSBError as exc:
         rep.error(str(exc))
         return rep
-    log_dir = os.path.join(directory, "log")
+    log_dir = os.path.join(directory, layout.LOG_DIR)
     segs = list_segments(log_dir)
     first = segs[0][0] if segs else 1
-    ckpts = {lsn: p for lsn, p in list_checkpoints(os.path.join(directory, "ckpt"))}
+    ckpts = {lsn: p for lsn, p in list_checkpoints(os.path.join(directory, layout.CKPT_DIR))}
     state: State | None = None
     base = 0
     if first > 1:

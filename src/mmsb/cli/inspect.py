@@ -27,6 +27,7 @@ from mmsb.cli.output import (
     require_bus,
     short_time,
 )
+from mmsb.storage import layout
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, read_header
 from mmsb.storage.lock import writer_active
 from mmsb.storage.recovery import CLEAN_FILE
@@ -47,9 +48,9 @@ def info_data(path: str) -> dict[str, Any]:
     log = logview.scan(path)
     ckpts = [
         {"lsn": lsn, "file": os.path.basename(p), "bytes": os.path.getsize(p)}
-        for lsn, p in list_checkpoints(os.path.join(path, "ckpt"))
+        for lsn, p in list_checkpoints(os.path.join(path, layout.CKPT_DIR))
     ]
-    arena = os.path.join(path, "arena.bin")
+    arena = os.path.join(path, layout.ARENA_FILE)
     with mmsb.open(path, readonly=True) as bus:
         last_ts = log.last_timestamp if log.last_lsn == bus.lsn else 0
         if log.last_lsn != bus.lsn:  # compacted up to a checkpoint: its header has the time
@@ -82,14 +83,14 @@ def info_data(path: str) -> dict[str, Any]:
             },
             "checkpoints": ckpts,
             "arena_bytes": os.path.getsize(arena) if os.path.exists(arena) else 0,
-            "writer_active": writer_active(os.path.join(path, "LOCK")),
+            "writer_active": writer_active(os.path.join(path, layout.LOCK_FILE)),
             "clean_shutdown": os.path.exists(os.path.join(path, CLEAN_FILE)),
             "recovery": rec,
         }
 
 
 def _checkpoint_timestamp(path: str, lsn: int) -> int:
-    ck = os.path.join(path, "ckpt", checkpoint_name(lsn))
+    ck = os.path.join(path, layout.CKPT_DIR, checkpoint_name(lsn))
     try:
         with open(ck, "rb") as f:
             return read_header(f, ck)[0].timestamp

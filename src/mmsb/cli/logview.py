@@ -17,7 +17,7 @@ import numpy as np
 
 from mmsb.cli.output import plural
 from mmsb.delta import SHAPE_NAMES
-from mmsb.storage import codec
+from mmsb.storage import codec, layout
 from mmsb.storage.codec import BATCH, FRAME_TYPES
 from mmsb.storage.log import Frame, LogReader, list_segments
 from mmsb.types import DTYPE_NAMES, LOCATIONS
@@ -46,7 +46,7 @@ class LogScan:
 def scan(path: str, keep: int = 0, *, batches_only: bool = False) -> LogScan:
     """Count frames and deltas of the retained log; keep the newest ``keep`` frames (only
     batch frames with ``batches_only``)."""
-    log_dir = os.path.join(path, "log")
+    log_dir = os.path.join(path, layout.LOG_DIR)
     segs = [(first, os.path.basename(p), os.path.getsize(p)) for first, p in list_segments(log_dir)]
     out = LogScan(segs, newest=deque(maxlen=max(keep, 0)))
     reader = LogReader(log_dir)

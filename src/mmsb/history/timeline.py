@@ -23,7 +23,7 @@ from mmsb.errors import (
     InvalidArgumentError,
     ReadOnlyError,
 )
-from mmsb.storage import codec
+from mmsb.storage import codec, layout
 from mmsb.storage.checkpoint import list_checkpoints
 from mmsb.storage.codec import BATCH
 from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, LogReader, list_segments
@@ -241,7 +241,7 @@ def _read_frame(path: str, offset: int) -> memoryview:
 def touched_pages(directory: str, lo: int, hi: int) -> I64:
     """Ids of pages created, deleted or written by frames with lo < lsn <= hi."""
     found: list[I64] = []
-    for frame in _frames_between(os.path.join(directory, "log"), lo, hi):
+    for frame in _frames_between(os.path.join(directory, layout.LOG_DIR), lo, hi):
         rec = codec.decode(frame.type, frame.payload)
         if isinstance(rec, codec.DecodedBatch):
             found.append(rec.batch.page_ids)
@@ -291,7 +291,7 @@ def _copy_private(src: str, dst: str) -> None:
     not even between the copy and a chmod)."""
     import shutil
 
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, layout.FILE_MODE)
     with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
@@ -304,7 +304,7 @@ def export_prefix(src: str, out: str, lsn: int) -> None:
     """
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise InvalidArgumentError(f"output {out} already exists and is not empty")
-    log_src = os.path.join(src, "log")
+    log_src = os.path.join(src, layout.LOG_DIR)
     cut: tuple[str, int] | None = None
     segments = list_segments(log_src)
     first = segments[0][0] if segments else 1
@@ -320,10 +320,10 @@ def export_prefix(src: str, out: str, lsn: int) -> None:
         end = frame.lsn
     if end < lsn:
         raise HistoryUnavailableError(f"LSN {lsn} is beyond the end of the log ({end})")
-    os.makedirs(out, mode=0o700, exist_ok=True)
-    os.makedirs(os.path.join(out, "log"), mode=0o700)
-    os.makedirs(os.path.join(out, "ckpt"), mode=0o700)
-    _copy_private(os.path.join(src, "MANIFEST.json"), os.path.join(out, "MANIFEST.json"))
+    os.makedirs(out, mode=layout.DIR_MODE, exist_ok=True)
+    os.makedirs(os.path.join(out, layout.LOG_DIR), mode=layout.DIR_MODE)
+    os.makedirs(os.path.join(out, layout.CKPT_DIR), mode=layout.DIR_MODE)
+    _copy_private(os.path.join(src, layout.MANIFEST_FILE), os.path.join(out, layout.MANIFEST_FILE))
     for first, path in list_segments(log_src):
         if first > lsn:
             continue  # holds only later frames
@@ -331,7 +331,7 @@ def export_prefix(src: str, out: str, lsn: int) -> None:
         _copy_private(path, dst)
         if cut is not None and os.path.basename(path) == cut[0]:
             os.truncate(dst, cut[1])
-    for ck_lsn, path in list_checkpoints(os.path.join(src, "ckpt")):
+    for ck_lsn, path in list_checkpoints(os.path.join(src, layout.CKPT_DIR)):
         if ck_lsn <= lsn:
-            dst = os.path.join(out, "ckpt", os.path.basename(path))
+            dst = os.path.join(out, layout.CKPT_DIR, os.path.basename(path))
             _copy_private(path, dst)

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mmsb.storage import layout
 from mmsb.storage.log import list_segments
 from mmsb.storage.state import State
 
@@ -93,7 +94,7 @@ def snapshot(state: State, directory: str, arena_path: str | None = None) -> Mem
     pages = int(ids.size)
     page_bytes = int(state.size[ids].sum())
     meta = int(sum(len(v) for v in state.metadata.values()))
-    segs = list_segments(os.path.join(directory, "log"))
+    segs = list_segments(os.path.join(directory, layout.LOG_DIR))
     log_bytes = 0
     for _, p in segs:
         try:

@@ -46,9 +46,10 @@ import mmsb
 from mmsb.batch import DeltaBatch
 from mmsb.delta import Delta
 from mmsb.errors import CorruptStateError, InvalidArgumentError
+from mmsb.storage import layout
 
 PAGE = 4096
-DIRS = ("", "log", "ckpt")
+DIRS = ("", layout.LOG_DIR, layout.CKPT_DIR)
 
 # A file is identified by its inode number while it exists; once it is unlinked, what was
 # durable of it moves to a retired key, so a new file that reuses the inode number starts
@@ -299,11 +300,13 @@ def power_cut_images(cut: Cut, rng: random.Random, k: int) -> Iterator[dict[str,
 
 
 def write_image(image: dict[str, bytes], target: str) -> None:
-    os.makedirs(target, mode=0o700)
+    os.makedirs(target, mode=layout.DIR_MODE)
     for d in DIRS[1:]:
-        os.makedirs(os.path.join(target, d), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(target, d), mode=layout.DIR_MODE, exist_ok=True)
     for rel, data in image.items():
-        fd = os.open(os.path.join(target, rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(
+            os.path.join(target, rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, layout.FILE_MODE
+        )
         try:
             # write only the non-zero pages: the rest of the file is a hole reading as zeros
             for start in range(0, len(data), 1 << 16):

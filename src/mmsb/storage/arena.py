@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.errors import CorruptStateError, ReadOnlyError
+from mmsb.storage import layout
 
 MIN_CAPACITY = 1 << 20
 MAX_STEP = 1 << 30  # grow by doubling, but by at most 1 GiB at a time
@@ -73,7 +74,7 @@ class FileArena:
     across a call that may grow the arena.
     """
 
-    def __init__(self, path: str, *, mode: int = 0o600) -> None:
+    def __init__(self, path: str, *, mode: int = layout.FILE_MODE) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
         size = os.fstat(self._fd).st_size

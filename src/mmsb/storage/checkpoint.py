@@ -32,6 +32,7 @@ import numpy.typing as npt
 from mmsb.engine import kernels
 from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptCheckpointError
+from mmsb.storage import layout
 from mmsb.storage.arena import Arena
 from mmsb.storage.edges import EdgeTable
 from mmsb.storage.log import fsync_dir
@@ -47,7 +48,7 @@ _COLUMNS = (("slot", "<i8"), ("size", "<i8"), ("epoch", "<i8"), ("dtype", "u1"),
 
 
 def checkpoint_name(lsn: int) -> str:
-    return f"{lsn:020d}.ckpt"
+    return f"{lsn:020d}{layout.CHECKPOINT_SUFFIX}"
 
 
 def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
@@ -114,8 +115,8 @@ def write_state(
     ).encode()
     header += b" " * ((-len(header)) % 8)
     pre = _PRE.pack(MAGIC, VERSION, len(header), crc32(header))
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path + layout.TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, layout.FILE_MODE)
     try:
         with os.fdopen(fd, "wb", buffering=0, closefd=False) as f:
             _write(f, pre)

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.errors import InvalidArgumentError, MMSBError
+from mmsb.storage import layout
 from mmsb.storage.arena import MemoryArena, ReadOnlyArena
 from mmsb.storage.codec import CREATE, GRAPH
 from mmsb.storage.lock import writer_active
@@ -87,7 +88,7 @@ class Follower:
         on_reset: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory
-        self._lock_path = os.path.join(directory, "LOCK")
+        self._lock_path = os.path.join(directory, layout.LOCK_FILE)
         self._on_frame = on_frame
         self._on_reset = on_reset
         self._header: SeqReader | None = SeqReader.open(directory)
@@ -234,7 +235,7 @@ class Follower:
             _, gen, lsn, ts = snap
             try:
                 state, _, info = replay_to(self.directory, lsn)
-                arena = ReadOnlyArena(os.path.join(self.directory, "arena.bin"))
+                arena = ReadOnlyArena(os.path.join(self.directory, layout.ARENA_FILE))
             except (Resync, OSError, MMSBError):
                 # a checkpoint or segment compacted away while replaying: try again
                 if attempt == 3:
@@ -250,7 +251,7 @@ class Follower:
             state.arena = arena
             self._drop_mapping()
             self._arena = arena
-            self._tail = LogTail(os.path.join(self.directory, "log"), lsn)
+            self._tail = LogTail(os.path.join(self.directory, layout.LOG_DIR), lsn)
             self.state = FollowState.adopt(state, self)
             if self.generation != -1 or self.live:
                 self.rebuilds += 1

@@ -22,6 +22,7 @@ import logging
 import os
 
 from mmsb.errors import BusLockedError
+from mmsb.storage import layout
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class WriterLock:
         self.previous_pid: int | None = None
         self.stale_pid: int | None = None
         self.removed_temporaries: list[str] = []
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, layout.FILE_MODE)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

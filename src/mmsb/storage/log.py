@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError
+from mmsb.storage import layout
 from mmsb.storage.codec import FRAME_TYPES
 
 SEGMENT_MAGIC = b"MMSBLOG1"
@@ -39,7 +40,7 @@ _SEG_NAME = re.compile(r"^(\d{20})\.seg$")
 
 
 def segment_name(first_lsn: int) -> str:
-    return f"{first_lsn:020d}.seg"
+    return f"{first_lsn:020d}{layout.SEGMENT_SUFFIX}"
 
 
 def list_segments(log_dir: str) -> list[tuple[int, str]]:

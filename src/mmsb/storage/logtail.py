@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError, CorruptStateError
-from mmsb.storage import codec
+from mmsb.storage import codec, layout
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.codec import BATCH, CREATE, FRAME_TYPES, GRAPH
 from mmsb.storage.log import (
@@ -131,7 +131,7 @@ def replay_to(directory: str, lsn: int) -> tuple[State, int, RecoveryInfo]:
     frames = deltas = 0
     cur = base.lsn
     if cur < lsn:
-        for frame in LogReader(os.path.join(directory, "log")).frames(after_lsn=cur):
+        for frame in LogReader(os.path.join(directory, layout.LOG_DIR)).frames(after_lsn=cur):
             if frame.lsn != cur + 1:
                 raise Resync(f"log resumes at LSN {frame.lsn} after LSN {cur}")
             deltas += apply_frame(state, frame)

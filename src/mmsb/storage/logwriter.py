@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mmsb.storage import layout
 from mmsb.storage.log import (
     _ZEROS,
     FRAME_HEADER_SIZE,
@@ -108,7 +109,7 @@ class LogWriter:
                     os.close(self._fd)
                 self._fd = -1
             path = os.path.join(self.log_dir, segment_name(first_lsn))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, layout.FILE_MODE)
             self._preallocate(fd)
             _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
             if defer:

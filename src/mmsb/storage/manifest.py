@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmsb.errors import FormatVersionError
+from mmsb.storage import layout
 from mmsb.storage.log import fsync_dir
 
 FORMAT = "mmsb"
 FORMAT_VERSION = 1
-MANIFEST = "MANIFEST.json"
+MANIFEST = layout.MANIFEST_FILE
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class Manifest:
 
 def write_manifest(directory: str, manifest: Manifest) -> None:
     path = os.path.join(directory, MANIFEST)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path + layout.TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, layout.FILE_MODE)
     try:
         os.write(fd, json.dumps(manifest.to_json(), indent=2).encode() + b"\n")
         os.fsync(fd)

@@ -15,16 +15,19 @@ from __future__ import annotations
 import fcntl
 import os
 
+from mmsb.storage import layout
 from mmsb.storage.arena import FileArena
 
-READERS_FILE = "READERS"
+READERS_FILE = layout.READERS_FILE
 
 
 class ReaderRegistration:
     """Held by a reader for its lifetime; :meth:`release` (or process exit) ends it."""
 
     def __init__(self, directory: str) -> None:
-        self._fd = os.open(os.path.join(directory, READERS_FILE), os.O_RDONLY | os.O_CREAT, 0o600)
+        self._fd = os.open(
+            os.path.join(directory, READERS_FILE), os.O_RDONLY | os.O_CREAT, layout.FILE_MODE
+        )
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:

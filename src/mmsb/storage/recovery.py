@@ -24,7 +24,7 @@ from mmsb.errors import (
     MMSBError,
     PageNotFoundError,
 )
-from mmsb.storage import codec
+from mmsb.storage import codec, layout
 from mmsb.storage.arena import Arena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
 from mmsb.storage.log import (
@@ -38,7 +38,7 @@ from mmsb.storage.log import (
 from mmsb.storage.state import State
 from mmsb.types import RecoveryInfo
 
-CLEAN_FILE = "state.clean"
+CLEAN_FILE = layout.CLEAN_FILE
 
 
 def apply_frame(state: State, frame: Frame) -> int:
@@ -123,7 +123,7 @@ class Recovered:
 def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
     """Rebuild the state of the bus at ``directory`` into ``arena`` (see module doc)."""
     t0 = time.perf_counter()
-    log_dir = os.path.join(directory, "log")
+    log_dir = os.path.join(directory, layout.LOG_DIR)
     clean_path = os.path.join(directory, CLEAN_FILE)
     if not readonly and os.path.exists(clean_path):
         fast = _try_clean_open(directory, clean_path, arena)
@@ -135,7 +135,7 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
     skipped = [f"{os.path.basename(p)}: {msg}" for p, msg in base.rejected]
     if not readonly:
         for p, _ in base.rejected:
-            os.replace(p, p + ".corrupt")
+            os.replace(p, p + layout.CORRUPT_SUFFIX)
     segments = list_segments(log_dir)
     state, ckpt_lsn, ts = base.state, base.lsn, base.timestamp
     if state is None:
@@ -197,10 +197,10 @@ class Base:
 def load_base(directory: str, arena: Arena, upto: int | None = None) -> Base:
     """Load the newest checkpoint at or before ``upto`` (default: any) that passes its checks
     and that the retained log continues without a gap."""
-    segments = list_segments(os.path.join(directory, "log"))
+    segments = list_segments(os.path.join(directory, layout.LOG_DIR))
     first_log_lsn = segments[0][0] if segments else 1
     rejected: list[tuple[str, str]] = []
-    for lsn, path in list_checkpoints(os.path.join(directory, "ckpt")):
+    for lsn, path in list_checkpoints(os.path.join(directory, layout.CKPT_DIR)):
         if upto is not None and lsn > upto:
             continue
         if lsn + 1 < first_log_lsn and lsn != upto:
@@ -219,9 +219,9 @@ def _try_clean_open(directory: str, clean_path: str, arena: Arena) -> tuple[Stat
         state, lsn, ts = load_state(clean_path, arena, with_arena=False)
         # check every frame a later crash recovery would replay (those after the newest
         # checkpoint), so damage is found now rather than buried under new commits
-        ckpts = list_checkpoints(os.path.join(directory, "ckpt"))
+        ckpts = list_checkpoints(os.path.join(directory, layout.CKPT_DIR))
         after = min(ckpts[0][0], lsn) if ckpts else 0
-        reader = LogReader(os.path.join(directory, "log"))
+        reader = LogReader(os.path.join(directory, layout.LOG_DIR))
         for frame in reader.frames(after_lsn=after):
             if frame.lsn > lsn:
                 return None  # the log goes beyond the clean state: replay instead

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from mmsb.errors import HistoryUnavailableError
+from mmsb.storage import layout
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.log import LogReader
 from mmsb.storage.recovery import apply_frame, load_base
@@ -17,7 +18,7 @@ from mmsb.storage.state import State
 
 def state_at(directory: str, lsn: int) -> tuple[State, int]:
     """The state as of ``lsn`` in process memory, and that commit's timestamp."""
-    log_dir = os.path.join(directory, "log")
+    log_dir = os.path.join(directory, layout.LOG_DIR)
     found = load_base(directory, MemoryArena(), upto=lsn)
     state, base, ts = found.state, found.lsn, found.timestamp
     if state is None:

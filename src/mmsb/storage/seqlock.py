@@ -40,7 +40,9 @@ import mmap
 import os
 import struct
 
-SEQ_FILE = "SEQ"
+from mmsb.storage import layout
+
+SEQ_FILE = layout.SEQ_FILE
 MAGIC = b"MMSBSEQ1"
 VERSION = 1
 SIZE = 64
@@ -54,7 +56,7 @@ class SeqPublisher:
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, SEQ_FILE)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, layout.FILE_MODE)
         try:
             head = os.pread(self._fd, _PREFIX.size, 0)
             if os.fstat(self._fd).st_size != SIZE or head != _PREFIX.pack(MAGIC, VERSION, 0):

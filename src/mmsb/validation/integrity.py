@@ -23,6 +23,7 @@ import mmsb
 from mmsb.batch import DeltaBatch
 from mmsb.delta import DENSE, RANGE, SPARSE, Delta
 from mmsb.errors import InvalidDeltaError, MMSBError, PageNotFoundError
+from mmsb.storage import layout
 from mmsb.validation.runner import Context, Outcome
 from mmsb.validation.workload import WorkloadParams, WorkloadRun
 from mmsb.verify import verify
@@ -151,7 +152,7 @@ def bad_cases(run: WorkloadRun, deleted: int) -> list[BadCase]:
 
 
 def log_bytes(path: str) -> int:
-    log_dir = os.path.join(path, "log")
+    log_dir = os.path.join(path, layout.LOG_DIR)
     return sum(os.path.getsize(os.path.join(log_dir, n)) for n in os.listdir(log_dir))
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 import mmsb
+from mmsb.storage import layout
 from mmsb.validation.runner import Context, Outcome
 from mmsb.validation.series import recovery_sweep
 from mmsb.validation.workload import WorkloadParams, WorkloadRun
@@ -155,7 +156,7 @@ def _check(
 def replay_from_zero(ctx: Context, run: WorkloadRun, live: dict[int, PageImage]) -> ReplayCheck:
     out = ctx.path("replay-from-zero")
     run.bus.export(out)
-    ckpt_dir = os.path.join(out, "ckpt")
+    ckpt_dir = os.path.join(out, layout.CKPT_DIR)
     for name in os.listdir(ckpt_dir):
         os.unlink(os.path.join(ckpt_dir, name))
     with mmsb.open(out, readonly=True) as bus:
@@ -181,7 +182,7 @@ def replay_from_checkpoint(
     start = ckpts[-1] if newest else ckpts[0]
     if not newest:
         for lsn in ckpts[1:]:
-            os.unlink(os.path.join(out, "ckpt", f"{lsn:020d}.ckpt"))
+            os.unlink(os.path.join(out, layout.CKPT_DIR, f"{lsn:020d}{layout.CHECKPOINT_SUFFIX}"))
     with mmsb.open(out, sync="off", checkpoint_every=None) as bus:
         check = _check(route, bus, run, live, start)
         if bus.recovery.mode != "replay":
