@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError, CorruptStateError
-from mmsb.storage import codec, layout
+from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.codec import BATCH, CREATE, FRAME_TYPES, GRAPH
 from mmsb.storage.log import (
@@ -29,11 +29,10 @@ from mmsb.storage.log import (
     SEG_HEADER_SIZE,
     SEGMENT_MAGIC,
     Frame,
-    LogReader,
     list_segments,
     segment_name,
 )
-from mmsb.storage.recovery import apply_frame, load_base
+from mmsb.storage.recovery import apply_frame, replay
 from mmsb.storage.state import State
 from mmsb.types import RecoveryInfo
 
@@ -122,37 +121,26 @@ def replay_to(directory: str, lsn: int) -> tuple[State, int, RecoveryInfo]:
     """The state at exactly ``lsn`` in process memory: newest usable checkpoint at or before
     it plus the log after it (the canonical replay; nothing on disk changes)."""
     t0 = time.perf_counter()
-    base = load_base(directory, MemoryArena(), upto=lsn)
-    state, ts = base.state, base.timestamp
+    done = replay(directory, MemoryArena(), upto=lsn)
+    base, state, cur = done.base, done.state, done.lsn
     if state is None:
-        if base.first_log_lsn > 1:
-            raise Resync(f"no checkpoint at or before LSN {lsn} and the log starts later")
-        state = State(MemoryArena())
-    frames = deltas = 0
-    cur = base.lsn
-    if cur < lsn:
-        for frame in LogReader(os.path.join(directory, layout.LOG_DIR)).frames(after_lsn=cur):
-            if frame.lsn != cur + 1:
-                raise Resync(f"log resumes at LSN {frame.lsn} after LSN {cur}")
-            deltas += apply_frame(state, frame)
-            frames += 1
-            cur, ts = frame.lsn, frame.timestamp
-            if cur == lsn:
-                break
+        raise Resync(f"no checkpoint at or before LSN {lsn} and the log starts later")
+    if done.gap is not None:
+        raise Resync(f"log resumes at LSN {done.gap.lsn} after LSN {cur}")
     if cur != lsn:
         raise Resync(f"the log ends at LSN {cur}, before the published LSN {lsn}")
     skipped = tuple(f"{os.path.basename(p)}: {msg}" for p, msg in base.rejected)
     info = RecoveryInfo(
         "new" if lsn == 0 else "replay",
         base.lsn,
-        frames,
-        deltas,
+        done.frames,
+        done.deltas,
         0,
         None,
         skipped,
         time.perf_counter() - t0,
     )
-    return state, ts, info
+    return state, done.timestamp, info
 
 
 # -- reading the log incrementally ----------------------------------------------------------

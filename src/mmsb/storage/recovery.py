@@ -131,36 +131,26 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
             os.unlink(clean_path)  # from here on the arena may change ahead of a checkpoint
             info = RecoveryInfo("clean", fast[1], 0, 0, 0, None, (), time.perf_counter() - t0)
             return Recovered(fast[0], fast[1], fast[2], info)
-    base = load_base(directory, arena)
+    done = replay(directory, arena)
+    base, reader = done.base, done.reader
     skipped = [f"{os.path.basename(p)}: {msg}" for p, msg in base.rejected]
     if not readonly:
         for p, _ in base.rejected:
             os.replace(p, p + layout.CORRUPT_SUFFIX)
     segments = list_segments(log_dir)
-    state, ckpt_lsn, ts = base.state, base.lsn, base.timestamp
+    state, ckpt_lsn, lsn, ts = done.state, base.lsn, done.lsn, done.timestamp
     if state is None:
-        if base.first_log_lsn > 1:
-            raise CorruptCheckpointError(
-                f"no usable checkpoint in {directory} and the log starts at LSN "
-                f"{base.first_log_lsn}, so the state before it cannot be rebuilt"
-                + (f" (rejected: {'; '.join(skipped)})" if skipped else "")
-            )
-        arena.clear(0)
-        state = State(arena)
-    reader = LogReader(log_dir)
-    frames = deltas = 0
-    lsn = ckpt_lsn
-    for frame in reader.frames(after_lsn=ckpt_lsn):
-        if frame.lsn != lsn + 1:
-            raise CorruptLogError(
-                f"log resumes at LSN {frame.lsn} after checkpoint LSN {ckpt_lsn}",
-                frame.segment,
-                frame.offset,
-            )
-        deltas += apply_frame(state, frame)
-        frames += 1
-        lsn = frame.lsn
-        ts = frame.timestamp
+        raise CorruptCheckpointError(
+            f"no usable checkpoint in {directory} and the log starts at LSN "
+            f"{base.first_log_lsn}, so the state before it cannot be rebuilt"
+            + (f" (rejected: {'; '.join(skipped)})" if skipped else "")
+        )
+    if done.gap is not None:
+        raise CorruptLogError(
+            f"log resumes at LSN {done.gap.lsn} after checkpoint LSN {ckpt_lsn}",
+            done.gap.segment,
+            done.gap.offset,
+        )
     if segments and reader.end_lsn < ckpt_lsn and reader.torn is None:
         raise CorruptLogError(
             f"log ends at LSN {reader.end_lsn}, before checkpoint LSN {ckpt_lsn}",
@@ -173,14 +163,54 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
     info = RecoveryInfo(
         "new" if not segments and state.next_page_id == 1 else "replay",
         ckpt_lsn,
-        frames,
-        deltas,
+        done.frames,
+        done.deltas,
         torn.bytes if torn else 0,
         torn.segment if torn else None,
         tuple(skipped),
         time.perf_counter() - t0,
     )
     return Recovered(state, lsn, ts, info)
+
+
+@dataclass
+class Replayed:
+    """What :func:`replay` rebuilt, and where it stopped."""
+
+    state: State | None  # None: no usable checkpoint and the log does not start at LSN 1
+    lsn: int  # the last frame applied (or the base's LSN)
+    timestamp: int
+    base: Base
+    frames: int
+    deltas: int
+    reader: LogReader  # its ``torn`` and ``end_lsn`` say how the log ended
+    gap: Frame | None = None  # a frame that does not follow ``lsn``: replay stopped there
+
+
+def replay(directory: str, arena: Arena, *, upto: int | None = None) -> Replayed:
+    """Rebuild the state into ``arena``: the newest usable checkpoint at or before ``upto``
+    (default: the newest of all), then every following log frame up to ``upto`` (default:
+    the end of the log). The one roll-forward behind recovery, ``at(lsn)`` and live
+    readers; each caller decides what a missing base, a gap or a short log means to it."""
+    base = load_base(directory, arena, upto=upto)
+    reader = LogReader(os.path.join(directory, layout.LOG_DIR))
+    state, lsn, ts = base.state, base.lsn, base.timestamp
+    if state is None:
+        if base.first_log_lsn > 1:
+            return Replayed(None, lsn, ts, base, 0, 0, reader)
+        arena.clear(0)
+        state = State(arena)
+    frames = deltas = 0
+    if upto is None or lsn < upto:
+        for frame in reader.frames(after_lsn=lsn):
+            if frame.lsn != lsn + 1:
+                return Replayed(state, lsn, ts, base, frames, deltas, reader, frame)
+            deltas += apply_frame(state, frame)
+            frames += 1
+            lsn, ts = frame.lsn, frame.timestamp
+            if lsn == upto:
+                break
+    return Replayed(state, lsn, ts, base, frames, deltas, reader)
 
 
 @dataclass

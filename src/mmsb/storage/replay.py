@@ -6,39 +6,23 @@ History (``at``, ``diff``), invariants and verification all call :func:`state_at
 
 from __future__ import annotations
 
-import os
-
 from mmsb.errors import HistoryUnavailableError
-from mmsb.storage import layout
 from mmsb.storage.arena import MemoryArena
-from mmsb.storage.log import LogReader
-from mmsb.storage.recovery import apply_frame, load_base
+from mmsb.storage.recovery import replay
 from mmsb.storage.state import State
 
 
 def state_at(directory: str, lsn: int) -> tuple[State, int]:
     """The state as of ``lsn`` in process memory, and that commit's timestamp."""
-    log_dir = os.path.join(directory, layout.LOG_DIR)
-    found = load_base(directory, MemoryArena(), upto=lsn)
-    state, base, ts = found.state, found.lsn, found.timestamp
-    if state is None:
-        if found.first_log_lsn > 1:
-            raise HistoryUnavailableError(
-                f"LSN {lsn} is older than the retained history (the log starts at LSN "
-                f"{found.first_log_lsn} and no checkpoint at or before {lsn} is left)"
-            )
-        state = State(MemoryArena())
-    if base == lsn:
-        return state, ts
-    reader = LogReader(log_dir)
-    for frame in reader.frames(after_lsn=base):
-        if frame.lsn > lsn:
-            break
-        apply_frame(state, frame)
-        ts = frame.timestamp
-        if frame.lsn == lsn:
-            return state, ts
-    raise HistoryUnavailableError(f"LSN {lsn} is not in the log")
+    done = replay(directory, MemoryArena(), upto=lsn)
+    if done.state is None:
+        raise HistoryUnavailableError(
+            f"LSN {lsn} is older than the retained history (the log starts at LSN "
+            f"{done.base.first_log_lsn} and no checkpoint at or before {lsn} is left)"
+        )
+    if done.lsn != lsn:
+        raise HistoryUnavailableError(f"LSN {lsn} is not in the log")
+    return done.state, done.timestamp
 
 
 def copy_state(src: State) -> State:
