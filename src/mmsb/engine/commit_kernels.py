@@ -51,7 +51,12 @@ def check_rows(
 ) -> int:
     """Check rows ``[lo, hi)``: structure (as ``DeltaBatch._check_structure``), then that
     each targets a live page and fits inside it. Returns the worst status found (structure
-    problems outrank page problems, which outrank bounds, as in the single-thread path)."""
+    problems outrank page problems, which outrank bounds, as in the single-thread path).
+
+    The structure rules are written out here rather than shared with
+    :func:`mmsb.engine.kernels.structure_ok` through a per-row helper: the helper (inlined
+    by numba or by LLVM) made the one-worker commit of 16 B deltas about 40 % slower
+    (19 -> 11.5 M/s). The tests hold both kernels and the numpy rules to the same answers."""
     worst = OK
     msize = mask.size
     for i in range(lo, hi):
