@@ -22,8 +22,8 @@ validate-full: $(STAMP)
 	$(BIN)/mmsb validate --full
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff format --check src tests tools
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
@@ -42,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/mmsb bench --json bench.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache .grimp_cache

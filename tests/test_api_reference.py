@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import pytest
 
-from mmsb import _apiref
+import apiref as _apiref
 
 ROOT = Path(__file__).resolve().parent.parent
 API_MD = ROOT / "docs" / "api.md"

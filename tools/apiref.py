@@ -3,8 +3,8 @@
 Not imported by ``import mmsb``; it is a development tool, run by the test suite
 (``tests/test_api_reference.py``) and by hand::
 
-    python -m mmsb._apiref check [docs/api.md]   # list the drift; exit 1 if there is any
-    python -m mmsb._apiref skeleton              # a stub for every entry, to start an entry
+    python tools/apiref.py check [docs/api.md]   # list the drift; exit 1 if there is any
+    python tools/apiref.py skeleton              # a stub for every entry, to start an entry
 
 The public surface is: every name in ``mmsb.__all__`` and in the ``__all__`` of the modules
 in :data:`MODULES`; every public method, property and attribute of each class found there,
@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(p)
         print(f"{len(problems)} difference(s) between {path} and the code")
         return 1 if problems else 0
-    print("usage: python -m mmsb._apiref check [PATH] | skeleton", file=sys.stderr)
+    print("usage: python tools/apiref.py check [PATH] | skeleton", file=sys.stderr)
     return 2
 
 
