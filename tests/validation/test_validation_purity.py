@@ -4,8 +4,6 @@ the target fails when a law breaks, a pure function is flagged, or an impure one
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,13 +17,6 @@ from mmsb.validation import Context, load_targets
 from mmsb.validation import purity as target
 
 SMALL = {"samples": 1500, "runs": 2, "seed": 3}
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
-    c = Context(str(tmp_path), seed=3, size="quick", progress=None)
-    yield c
-    c.close()
 
 
 def test_registry_entry() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,6 @@ import mmsb
 from mmsb.errors import CycleError, InvalidArgumentError, PageNotFoundError
 from mmsb.graph import KINDS, GraphReport
 from mmsb.storage.edges import EdgeTable
-from support import clocked_bus
-
-
-@pytest.fixture
-def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
-    yield from clocked_bus(tmp_path)
 
 
 def edge_set(view) -> set[tuple[int, int, str]]:

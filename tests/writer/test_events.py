@@ -4,7 +4,6 @@ harmless to the commit) and handlers that try to write (ReentrantWriteError)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +12,6 @@ import mmsb
 from mmsb import DeltaBatch
 from mmsb.errors import InvalidArgumentError, ReentrantWriteError
 from mmsb.graph import EVENTS, Event, Subscription, TickReport
-
-
-@pytest.fixture
-def bus(tmp_path: Path):
-    with mmsb.open(tmp_path / "bus", sync="off") as b:
-        yield b
 
 
 def collect(bus: mmsb.Bus, name: str, **kw) -> list[Event]:

@@ -18,12 +18,6 @@ from mmsb.storage.codec import BATCH
 BUILTINS = Invariants.BUILTINS
 
 
-@pytest.fixture
-def bus(tmp_path: Path):
-    with mmsb.open(tmp_path / "bus", sync="off") as b:
-        yield b
-
-
 def populate(bus: mmsb.Bus) -> list[int]:
     """A healthy bus: a few pages of several dtypes, writes, a graph and a derivation."""
     ids = bus.create_pages(3, 16).tolist()

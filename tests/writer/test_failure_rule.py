@@ -30,7 +30,7 @@ from mmsb.storage.seqlock import SeqPublisher
 from mmsb.storage.state import State
 from mmsb.writer import stages
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "mmsb"
+SRC = Path(__file__).resolve().parents[2] / "src" / "mmsb"
 
 
 class Injected(RuntimeError):

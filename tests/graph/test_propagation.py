@@ -9,7 +9,7 @@ import itertools
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,7 @@ from mmsb.semiring import (
     SUM_PRODUCT,
     Semiring,
 )
-from support import Clock, clocked_bus
-
-
-@pytest.fixture
-def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
-    yield from clocked_bus(tmp_path)
+from support import Clock
 
 
 def f64(*values: float) -> np.ndarray:

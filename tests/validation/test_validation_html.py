@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -279,13 +278,6 @@ def test_log_histogram_shares_bins_up_to_top() -> None:
     assert a["edges"] == b["edges"] and a["edges"][-1] >= 50.0
     assert sum(a["counts"]) == 1 and sum(b["counts"]) == 2
     assert measured.log_histogram([])["counts"] == [0] * 5
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
-    c = Context(str(tmp_path), seed=3, size="quick", progress=None)
-    yield c
-    c.close()
 
 
 def test_recovery_sweep_times_replays_that_match_the_writer(ctx: Context) -> None:

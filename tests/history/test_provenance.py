@@ -4,7 +4,6 @@ with parents as of the causing write, the depth limit, the cache, snapshots, and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,7 @@ from mmsb.errors import HistoryUnavailableError, InvalidArgumentError, PageNotFo
 from mmsb.history.provenance import Provenance, ProvenanceStep
 from mmsb.semiring import SUM_PRODUCT
 from mmsb.storage import log as logmod
-from support import Clock, clocked_bus
-
-
-@pytest.fixture
-def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
-    yield from clocked_bus(tmp_path)
+from support import Clock
 
 
 def f64(*v: float) -> np.ndarray:

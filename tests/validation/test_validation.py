@@ -5,7 +5,6 @@ can fail (a corrupted replay, an accepted bad delta, a damaged log)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,6 @@ from mmsb.validation.workload import WorkloadParams, run_workload
 from mmsb.writer.writer import Writer
 
 SMALL = {"ticks": 40, "lsn_checks": 15, "pages": 32, "seed": 3}
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
-    c = Context(str(tmp_path), seed=3, size="quick", progress=None)
-    yield c
-    c.close()
 
 
 # -- registry -------------------------------------------------------------------------------
