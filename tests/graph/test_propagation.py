@@ -857,3 +857,22 @@ def test_partial_recompute_reads_unstaged_elements_from_the_arena() -> None:
         # the derived deltas cover only the changed elements
         (rec_d,) = bus.history(d, limit=1)
         assert (rec_d.offset, rec_d.length) == (0, 88)
+
+
+def test_rederiving_swaps_the_parents_in_one_logged_commit(tmp_path: Path) -> None:
+    """Registering a derivation again removes the old data edges and adds the new ones in
+    one GRAPH frame (mixed operations), which crash recovery and verify replay."""
+    path = tmp_path / "b"
+    with mmsb.open(path, sync="off") as bus:
+        a, b, c, d = (int(p) for p in bus.create_pages(4, 64, dtype="float64"))
+        bus.derive(d, lambda x, y: x + y, [a, b])
+        lsn = bus.lsn
+        bus.derive(d, lambda x, y: x * y, [c, a])
+        assert bus.lsn == lsn + 1
+        assert bus.graph.parents(d, "data").tolist() == [a, c]
+        edges = bus.graph.edges().tolist()
+        bus.abandon()
+    with mmsb.open(path, sync="off") as again:
+        assert again.recovery.mode == "replay"
+        assert again.graph.edges().tolist() == edges
+        assert again.verify().ok

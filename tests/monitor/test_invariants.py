@@ -4,6 +4,7 @@ that names the problem; user checks can be registered, fail, raise and be remove
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,14 @@ from mmsb.storage import codec
 from mmsb.storage.codec import BATCH
 
 BUILTINS = Invariants.BUILTINS
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
+    """An on-disk bus with ``sync="off"`` and the default (wall) clock: unlike the shared
+    ``bus`` in ``conftest.py``, no deterministic clock."""
+    with mmsb.open(tmp_path / "bus", sync="off") as b:
+        yield b
 
 
 def populate(bus: mmsb.Bus) -> list[int]:

@@ -4,6 +4,8 @@ harmless to the commit) and handlers that try to write (ReentrantWriteError)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,14 @@ import mmsb
 from mmsb import DeltaBatch
 from mmsb.errors import InvalidArgumentError, ReentrantWriteError
 from mmsb.graph import EVENTS, Event, Subscription, TickReport
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[mmsb.Bus]:
+    """An on-disk bus with ``sync="off"`` and the default (wall) clock: unlike the shared
+    ``bus`` in ``conftest.py``, no deterministic clock."""
+    with mmsb.open(tmp_path / "bus", sync="off") as b:
+        yield b
 
 
 def collect(bus: mmsb.Bus, name: str, **kw) -> list[Event]:

@@ -30,6 +30,7 @@ from mmsb.graph.propagate import (
 )
 from mmsb.graph.tick import TickReport
 from mmsb.semiring import Semiring
+from mmsb.storage import codec
 from mmsb.storage.codec import BATCH, DELETE, GRAPH
 from mmsb.storage.edges import COMPILER, CONTROL, DATA, GPU
 from mmsb.storage.state import State
@@ -169,18 +170,36 @@ class Propagator:
         new = set(d.parents)
         gone = [(p, c) for p in sorted(old - new)]
         fresh = [(p, c) for p in d.parents if p not in old]
-        if gone:
-            self._change_edges(gone, DATA, add=False, child_of=c)
-        try:
-            self._change_edges(fresh, DATA, add=True, child_of=c)
-        except BaseException:
-            if gone:
-                self._change_edges(gone, DATA, add=True, child_of=c)
-            raise
+        if gone or fresh:
+            self._replace_parents(state, gone, fresh)
         self._derivations[c] = d
         self._deriv_version += 1
         # computed at the next tick; a seed, not a write: no control/gpu/compiler flags
         self._seeds.append(np.array(d.parents, np.int64))
+
+    def _replace_parents(
+        self, state: State, gone: list[tuple[int, int]], fresh: list[tuple[int, int]]
+    ) -> None:
+        """Remove the data edges ``gone`` and add ``fresh`` as one GRAPH frame: a
+        re-registered derivation swaps its parents in one commit, all or nothing."""
+        for p, ch in gone:  # the additions are checked without the edges that go
+            state.edges.remove(p, ch, DATA)
+        try:
+            added = check_edges(state, fresh, DATA, True)
+        finally:
+            for p, ch in reversed(gone):
+                state.edges.add(p, ch, DATA)
+        rows = gone + added
+        ops = np.array([codec.EDGE_REMOVE] * len(gone) + [codec.EDGE_ADD] * len(added), np.uint8)
+        pieces = codec.encode_graph(ops, np.full(len(rows), DATA, np.uint8),
+                                    np.array([p for p, _ in rows], np.int64),
+                                    np.array([ch for _, ch in rows], np.int64))  # fmt: skip
+
+        def apply() -> None:
+            apply_edges(state, gone, DATA, False)
+            apply_edges(state, added, DATA, True)
+
+        self._writable().committer.commit(GRAPH, pieces, apply)
 
     def underive(self, child: int) -> None:
         """Forget ``child``'s derivation (its data edges stay; remove them with the graph)."""
@@ -232,9 +251,10 @@ class Propagator:
         """Commit ``batch`` (if any), propagate every change since the last tick, run the
         maintenance step and, every ``invariant_every`` ticks, the invariants.
 
-        If a derivation raises, :class:`PropagationError` propagates: the input batch
-        stays committed, no derived write of this tick is applied, and the changes stay
-        pending for the next tick.
+        If a derivation raises (:class:`PropagationError`) or the log refuses the derived
+        commit (:class:`LogWriteError`), the error propagates: the input batch stays
+        committed, no derived write of this tick is applied, and the changes stay pending
+        for the next tick.
         """
         writer = self._writable()
         state = writer.state
@@ -259,8 +279,6 @@ class Propagator:
             result = run_pass(plan, state, written, lo, hi, cause)
             n_written = sum(d.size for d in self._dirty)
             written = written[: int(keep[:n_written].sum())]  # the seeds are not writes
-            for pending in (self._dirty, self._dirty_lo, self._dirty_hi, self._seeds):
-                pending.clear()
             recomputed = result.recomputed
             if result.batch is not None:
                 # already propagated within this pass: not pending for the next one
@@ -270,6 +288,9 @@ class Propagator:
                 finally:
                     self._propagating = False
                 changed_n = int(result.changed_pages.size)
+            # only now: a derived commit the log refused leaves the changes pending
+            for pending in (self._dirty, self._dirty_lo, self._dirty_hi, self._seeds):
+                pending.clear()
             flagged = self._flag_children(np.concatenate((written, result.changed_pages)))
         t2 = time.perf_counter_ns()
         gc_report = None if self.maintenance is None else self.maintenance()
