@@ -218,8 +218,10 @@ def check_edges(
     and taken back, and :func:`apply_edges` makes them once their frame is logged."""
     edges = state.edges
     done: list[tuple[int, int]] = []
+    staged: list[tuple[int, int]] = []  # rows tried on ``edges``, taken back at the end
+    last = len(rows) - 1
     try:
-        for p, c in rows:
+        for i, (p, c) in enumerate(rows):
             state.require(p)
             state.require(c)
             if add:
@@ -231,12 +233,14 @@ def check_edges(
                     raise CycleError(
                         f"edge {p} -> {c} ({KINDS[kind]}) would close the cycle {path}", cycle
                     )
-                edges.add(p, c, kind)
-            elif not edges.remove(p, c, kind):
+            elif not edges.has(p, c, kind):
                 raise InvalidArgumentError(f"no {KINDS[kind]} edge {p} -> {c} to remove")
             done.append((p, c))
+            if i < last:  # later rows are checked with this one in place (the last need not)
+                edges.add(p, c, kind) if add else edges.remove(p, c, kind)
+                staged.append((p, c))
     finally:
-        apply_edges(state, done[::-1], kind, not add)
+        apply_edges(state, staged[::-1], kind, not add)
     return done
 
 
