@@ -201,6 +201,8 @@ ROWS: list[Row] = [
         "page size 12 is not a multiple of the float64 itemsize 8"),
     Row("unknown dtype", L, lambda c: c.bus.create_page(8, dtype="nope"), InvalidArgumentError,
         "unknown dtype 'nope'"),
+    Row("big-endian dtype", L, lambda c: c.bus.create_page(8, dtype=">f8"),
+        InvalidArgumentError, "non-native byte order"),
     Row("unsupported dtype", L, lambda c: c.bus.create_page(8, dtype=object),
         InvalidArgumentError, "unsupported page dtype 'object'"),
     Row("unknown location", L, lambda c: c.bus.create_page(8, location="tpu"),
@@ -464,7 +466,9 @@ def test_bad_input(row: Row, tmp_path: Path, request: pytest.FixtureRequest) -> 
 @pytest.mark.parametrize(
     "options",
     [{"sync_interval": 0}, {"sync_interval": -1.0}, {"sync_interval": "1"},
-     {"checkpoint_every": 0}, {"checkpoint_every": -1}, {"checkpoint_every": 1.5}],
+     {"checkpoint_every": 0}, {"checkpoint_every": -1}, {"checkpoint_every": 1.5},
+     {"tick_budget_ms": -1}, {"tick_budget_ms": 0}, {"tick_budget_ms": "16"},
+     {"tick_gc_budget_ms": -0.5}, {"invariant_every": -1}, {"invariant_every": 2.5}],
 )  # fmt: skip
 def test_invalid_open_options_are_refused(tmp_path: Path, options: dict[str, Any]) -> None:
     with pytest.raises(mmsb.InvalidArgumentError, match=next(iter(options))):

@@ -53,6 +53,14 @@ class Options:
         ce = opts.checkpoint_every
         if ce is not None and integer_arg(ce, "checkpoint_every") < 1:
             raise InvalidArgumentError("checkpoint_every must be None or a positive byte count")
+        for name, zero_ok in (("tick_budget_ms", False), ("tick_gc_budget_ms", True)):
+            v = getattr(opts, name)
+            ok = not isinstance(v, bool) and isinstance(v, (int, float))
+            if not (ok and (v >= 0 if zero_ok else v > 0)):
+                bound = ">= 0" if zero_ok else "> 0"
+                raise InvalidArgumentError(f"{name} must be a number {bound}, got {v!r}")
+        if integer_arg(opts.invariant_every, "invariant_every") < 0:
+            raise InvalidArgumentError("invariant_every must be >= 0 ticks (0: never)")
         if integer_arg(opts.segment_size, "segment_size") < 4096:
             raise InvalidArgumentError("segment_size must be at least 4096 bytes")
         return opts

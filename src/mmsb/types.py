@@ -43,9 +43,16 @@ MAX_PAGE_SIZE = 2**32 - 1  # offsets and lengths are stored as uint32 in log fra
 def dtype_code(dtype: Any) -> int:
     """Return the page-table code of a dtype, raising a typed error for unsupported ones."""
     try:
-        name = np.dtype(dtype).name
+        dt = np.dtype(dtype)
     except TypeError as exc:
         raise InvalidArgumentError(f"unknown dtype {dtype!r}") from exc
+    if not dt.isnative:
+        # pages hold native-order values; storing ">f8" as "float64" would read back wrong
+        raise InvalidArgumentError(
+            f"dtype {dtype!r} has non-native byte order; pages store native-order values "
+            f"(use {dt.newbyteorder('=').name!r} and convert with .astype)"
+        )
+    name = dt.name
     code = _DTYPE_CODES.get(name)
     if code is None:
         raise InvalidArgumentError(

@@ -35,7 +35,7 @@ from mmsb.errors import CorruptCheckpointError
 from mmsb.storage import layout
 from mmsb.storage.arena import Arena
 from mmsb.storage.edges import EdgeTable
-from mmsb.storage.log import fsync_dir
+from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
 from mmsb.storage.state import State, aligned
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS, MAX_PAGE_SIZE
 
@@ -60,6 +60,20 @@ def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
     out = [(int(m.group(1)), os.path.join(ckpt_dir, n)) for n in names if (m := _NAME.match(n))]
     out.sort(reverse=True)
     return out
+
+
+def log_bytes_since_checkpoint(directory: str) -> int:
+    """Frame bytes the log holds after the newest checkpoint on disk (all of it when there
+    is none): what the automatic-checkpoint trigger has to count from when a writer opens,
+    so that a writer restarted more often than ``checkpoint_every`` still checkpoints.
+    A checkpoint starts a new segment, so this is the segments that begin after it."""
+    ckpts = list_checkpoints(os.path.join(directory, layout.CKPT_DIR))
+    newest = ckpts[0][0] if ckpts else 0
+    total = 0
+    for first, path in list_segments(os.path.join(directory, layout.LOG_DIR)):
+        if first > newest:
+            total += max(os.path.getsize(path) - SEG_HEADER_SIZE, 0)
+    return total
 
 
 @dataclass

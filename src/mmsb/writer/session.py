@@ -16,7 +16,7 @@ from collections.abc import Callable
 from mmsb.options import Options
 from mmsb.storage import layout
 from mmsb.storage.arena import FileArena
-from mmsb.storage.checkpoint import write_state
+from mmsb.storage.checkpoint import log_bytes_since_checkpoint, write_state
 from mmsb.storage.lock import WriterLock
 from mmsb.storage.logwriter import LogWriter, PeriodicSync
 from mmsb.storage.manifest import Manifest
@@ -64,6 +64,8 @@ class WriterSession:
             log = LogWriter(os.path.join(path, layout.LOG_DIR), rec.lsn + 1,
                             segment_size=manifest.segment_size,
                             fsync_enabled=opts.sync != "off")  # fmt: skip
+            # the checkpoint trigger counts from the newest checkpoint on disk, not from open
+            log.written = log_bytes_since_checkpoint(path)
             s.committer = Committer(log, s.seq, lsn=rec.lsn, timestamp=rec.timestamp,
                                     clock=clock, sync_always=opts.sync == "always",
                                     on_fail_stop=on_fail_stop)  # fmt: skip
