@@ -46,7 +46,10 @@ def open(
         ``sync_interval`` (seconds, for ``sync="normal"``; default 1.0),
         ``tick_budget_ms`` (default 16), ``tick_gc_budget_ms`` (the GC step each tick
         runs; default 1, 0 for none), ``invariant_every`` (ticks between sampled
-        invariant checks; default 100, 0 for never). An unknown option raises
+        invariant checks; default 100, 0 for never), ``recovery`` (``"strict"``, the
+        default: a complete final log frame that fails its checksum stops the open with
+        :class:`CorruptLogError`; ``"truncate"``: drop it and name its LSN in
+        ``bus.recovery.dropped_lsns``). An unknown option raises
         :class:`InvalidArgumentError`.
     """
     return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

@@ -27,6 +27,7 @@ class Options:
     tick_budget_ms: float = 16.0
     tick_gc_budget_ms: float = 1.0
     invariant_every: int = 100
+    recovery: str = "strict"
 
     @classmethod
     def check(cls, ephemeral: bool, sync: str | None, **given: Any) -> Options:
@@ -61,6 +62,10 @@ class Options:
                 raise InvalidArgumentError(f"{name} must be a number {bound}, got {v!r}")
         if integer_arg(opts.invariant_every, "invariant_every") < 0:
             raise InvalidArgumentError("invariant_every must be >= 0 ticks (0: never)")
+        if opts.recovery not in ("strict", "truncate"):
+            raise InvalidArgumentError(
+                f"recovery must be 'strict' or 'truncate', got {opts.recovery!r}"
+            )
         if integer_arg(opts.segment_size, "segment_size") < 4096:
             raise InvalidArgumentError("segment_size must be at least 4096 bytes")
         return opts

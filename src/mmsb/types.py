@@ -156,6 +156,7 @@ class RecoveryInfo:
     torn_tail_segment: str | None
     skipped_checkpoints: tuple[str, ...]
     seconds: float
+    dropped_lsns: tuple[int, ...] = ()  # recovery="truncate": damaged final frames dropped
 
 
 @dataclass(frozen=True)

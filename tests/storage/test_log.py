@@ -296,7 +296,10 @@ def test_truncated_tail_is_torn_and_reported(tmp_path: Path, cut: int) -> None:
     assert LogReader(str(path / "log")).torn is None
 
 
-def test_bad_checksum_on_the_last_frame_is_a_torn_tail(tmp_path: Path) -> None:
+def test_bad_checksum_on_a_complete_last_frame_is_corruption(tmp_path: Path) -> None:
+    """A complete final frame (intact header, all its bytes in the file) that fails its
+    checksum may be an acknowledged commit: it is corruption, not a torn append. Only a
+    reader that was asked to drop it (``recovery="truncate"``) does, naming its LSN."""
     path = tmp_path / "bus"
     _, states = build_log(path)
     seg = only_segment(path)
@@ -304,12 +307,17 @@ def test_bad_checksum_on_the_last_frame_is_a_torn_tail(tmp_path: Path) -> None:
     data = bytearray(seg.read_bytes())
     data[last.offset + FRAME_HEADER_SIZE] ^= 0xFF
     seg.write_bytes(bytes(data))
-    reader = LogReader(str(path / "log"))
+    with pytest.raises(CorruptLogError, match=f"LSN {last.lsn}.*payload checksum mismatch"):
+        list(LogReader(str(path / "log")).frames())
+    reader = LogReader(str(path / "log"), drop_damaged_tail=True)
     assert len(list(reader.frames())) == last.lsn - 1
-    assert reader.torn is not None
-    assert reader.torn.reason == "payload checksum mismatch"
-    os.unlink(path / "state.clean")  # as after a crash in the middle of that write
-    with mmsb.open(path) as bus:
+    assert reader.torn is not None and reader.torn.dropped_lsn == last.lsn
+    os.unlink(path / "state.clean")  # as after a crash
+    with pytest.raises(CorruptLogError, match=f"LSN {last.lsn}"):
+        mmsb.open(path)
+    assert seg.read_bytes() == bytes(data)  # the refused open changed nothing
+    with mmsb.open(path, recovery="truncate") as bus:
+        assert bus.recovery.dropped_lsns == (last.lsn,)
         assert bus.recovery.torn_tail_bytes == last.size
         assert_matches(bus, states[-2])
 

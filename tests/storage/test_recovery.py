@@ -151,15 +151,22 @@ def test_log_after_a_truncated_tail_takes_new_commits(tmp_path: Path) -> None:
         assert report.ok, report.summary()
 
 
-def test_damaged_payload_of_the_last_frame_is_a_torn_tail(tmp_path: Path) -> None:
+def test_damaged_payload_of_the_last_frame_is_not_dropped_silently(tmp_path: Path) -> None:
+    """A complete last frame may be an acknowledged, fsynced commit: a flipped bit in it
+    must stop the open (it used to be taken for a torn tail and dropped silently)."""
     path = tmp_path / "bus"
     hashes = build_history(path)
     last = frames(path)[-1]
     seg = path / "log" / last.segment
     flip(seg, last.offset + FRAME_HEADER_SIZE + 3)
-    assert mmsb.verify(path).torn_tail_bytes == last.size
-    with mmsb.open(path, sync="off") as bus:
+    assert not mmsb.verify(path).ok
+    size = seg.stat().st_size
+    with pytest.raises(mmsb.CorruptLogError, match=f"offset {last.offset} \\(LSN {last.lsn}\\)"):
+        mmsb.open(path, sync="off")
+    assert seg.stat().st_size == size
+    with mmsb.open(path, sync="off", recovery="truncate") as bus:
         assert bus.recovery.torn_tail_bytes == last.size
+        assert bus.recovery.dropped_lsns == (last.lsn,)
         assert bus.lsn == last.lsn - 1
         assert bus.state_hash() == hashes[last.lsn - 1]
     assert seg.stat().st_size == last.offset
@@ -261,8 +268,11 @@ def test_damaged_last_payload_after_a_clean_shutdown_is_not_buried(tmp_path: Pat
         bus.write(pid, b"b")
     last = frames(path)[-1]
     flip(path / "log" / last.segment, last.offset + FRAME_HEADER_SIZE + 1)
-    bus = mmsb.open(path, sync="off")
-    # the damaged frame is the log's tail: dropped and reported, not trusted
+    with pytest.raises(mmsb.CorruptLogError, match=f"LSN {last.lsn}"):
+        mmsb.open(path, sync="off")  # the clean-shutdown file says that commit is durable
+    bus = mmsb.open(path, sync="off", recovery="truncate")
+    # asked to: the damaged frame is dropped and reported, not trusted
+    assert bus.recovery.dropped_lsns == (last.lsn,)
     assert bus.recovery.mode == "replay"
     assert bus.recovery.torn_tail_bytes == last.size
     assert (bus.lsn, bus.state_hash()) == (last.lsn - 1, before)

@@ -121,15 +121,24 @@ class TornTail:
     offset: int
     bytes: int
     reason: str
+    dropped_lsn: int | None = None  # a complete final frame dropped by a tolerant reader
 
 
 class LogReader:
-    """Scans segments, checking every frame. Damage at the very end of the newest segment
-    is a *torn tail* (recorded in :attr:`torn`, frames before it are good); damage anywhere
-    else raises :class:`CorruptLogError` naming the segment and offset."""
+    """Scans segments, checking every frame.
 
-    def __init__(self, log_dir: str) -> None:
+    A *torn tail* is a final frame cut off by the end of the newest segment (its header is
+    incomplete, or its length runs past the end of the file), or zero bytes after the last
+    good frame: an append that never completed, so never acknowledged. It is recorded in
+    :attr:`torn` and the frames before it are good. Any other damage, including a complete
+    final frame whose checksum fails, raises :class:`CorruptLogError` naming the segment,
+    offset (and LSN where the header is intact): that frame may be an acknowledged commit.
+    With ``drop_damaged_tail=True`` (``mmsb.open(..., recovery="truncate")``) such a final
+    frame is treated as torn instead, and :attr:`torn` names its LSN."""
+
+    def __init__(self, log_dir: str, *, drop_damaged_tail: bool = False) -> None:
         self.log_dir = log_dir
+        self.drop_damaged_tail = drop_damaged_tail
         self.segments = list_segments(log_dir)
         self.torn: TornTail | None = None
         self.end_lsn = 0  # last good LSN seen by the last scan
@@ -169,14 +178,25 @@ class LogReader:
         size = len(data)
         view = memoryview(data)
 
-        def damaged(offset: int, reason: str) -> CorruptLogError | None:
-            """Decide torn tail (returns None after recording it) or corruption."""
+        def damaged(
+            offset: int, reason: str, lsn: int | None = None, length: int = 0
+        ) -> CorruptLogError | None:
+            """Decide torn tail (returns None after recording it) or corruption. ``lsn`` is
+            given for a complete frame (intact header, within the file) that fails its
+            payload checksum: never a torn append, unless the caller asked to drop it."""
             rest = data[offset:]
-            if last_segment and (not rest.strip(b"\0") or _only_this_frame(offset)):
+            if last_segment and (not rest.strip(b"\0") or (lsn is None and
+                                                         _only_this_frame(offset))):  # fmt: skip
                 self.torn = TornTail(name, offset, size - offset, reason)
                 return None
+            if last_segment and lsn is not None and self.drop_damaged_tail:
+                end = offset + FRAME_HEADER_SIZE + length + _pad(length)
+                if not data[end:].strip(b"\0"):  # the final frame: drop it, say which LSN
+                    self.torn = TornTail(name, offset, size - offset, reason, lsn)
+                    return None
+            at = f" (LSN {lsn})" if lsn is not None else ""
             return CorruptLogError(
-                f"corrupt log frame in segment {name} at offset {offset}: {reason}",
+                f"corrupt log frame in segment {name} at offset {offset}{at}: {reason}",
                 name,
                 offset,
             )
@@ -233,7 +253,7 @@ class LogReader:
                     raise err
                 return
             if not headers_only and crc32(view[body:stop]) != pcrc:
-                err = damaged(pos, "payload checksum mismatch")
+                err = damaged(pos, "payload checksum mismatch", lsn, length)
                 if err:
                     raise err
                 return

@@ -9,6 +9,7 @@ never modify a file.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from mmsb.storage.log import (
 )
 from mmsb.storage.state import State
 from mmsb.types import RecoveryInfo
+
+log = logging.getLogger("mmsb")
 
 CLEAN_FILE = layout.CLEAN_FILE
 
@@ -120,8 +123,14 @@ class Recovered:
     info: RecoveryInfo
 
 
-def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
-    """Rebuild the state of the bus at ``directory`` into ``arena`` (see module doc)."""
+def recover(
+    directory: str, arena: Arena, *, readonly: bool, drop_damaged_tail: bool = False
+) -> Recovered:
+    """Rebuild the state of the bus at ``directory`` into ``arena`` (see module doc).
+
+    A complete final frame that fails its checksum is corruption (``CorruptLogError``)
+    unless ``drop_damaged_tail``: then it is cut off like a torn tail, its LSN is named in
+    ``RecoveryInfo.dropped_lsns`` and a warning is logged."""
     t0 = time.perf_counter()
     log_dir = os.path.join(directory, layout.LOG_DIR)
     clean_path = os.path.join(directory, CLEAN_FILE)
@@ -131,7 +140,7 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
             os.unlink(clean_path)  # from here on the arena may change ahead of a checkpoint
             info = RecoveryInfo("clean", fast[1], 0, 0, 0, None, (), time.perf_counter() - t0)
             return Recovered(fast[0], fast[1], fast[2], info)
-    done = replay(directory, arena)
+    done = replay(directory, arena, drop_damaged_tail=drop_damaged_tail)
     base, reader = done.base, done.reader
     skipped = [f"{os.path.basename(p)}: {msg}" for p, msg in base.rejected]
     if not readonly:
@@ -160,6 +169,11 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
     torn = reader.torn
     if torn is not None and not readonly:
         _truncate_torn(log_dir, torn)
+    dropped: tuple[int, ...] = ()
+    if torn is not None and torn.dropped_lsn is not None:
+        dropped = (torn.dropped_lsn,)
+        log.warning("recovery dropped the damaged final log frame, LSN %d (%s, segment %s "
+                    "offset %d)", dropped[0], torn.reason, torn.segment, torn.offset)  # fmt: skip
     info = RecoveryInfo(
         "new" if not segments and state.next_page_id == 1 else "replay",
         ckpt_lsn,
@@ -169,6 +183,7 @@ def recover(directory: str, arena: Arena, *, readonly: bool) -> Recovered:
         torn.segment if torn else None,
         tuple(skipped),
         time.perf_counter() - t0,
+        dropped,
     )
     return Recovered(state, lsn, ts, info)
 
@@ -187,13 +202,16 @@ class Replayed:
     gap: Frame | None = None  # a frame that does not follow ``lsn``: replay stopped there
 
 
-def replay(directory: str, arena: Arena, *, upto: int | None = None) -> Replayed:
+def replay(
+    directory: str, arena: Arena, *, upto: int | None = None, drop_damaged_tail: bool = False
+) -> Replayed:
     """Rebuild the state into ``arena``: the newest usable checkpoint at or before ``upto``
     (default: the newest of all), then every following log frame up to ``upto`` (default:
     the end of the log). The one roll-forward behind recovery, ``at(lsn)`` and live
     readers; each caller decides what a missing base, a gap or a short log means to it."""
     base = load_base(directory, arena, upto=upto)
-    reader = LogReader(os.path.join(directory, layout.LOG_DIR))
+    reader = LogReader(os.path.join(directory, layout.LOG_DIR),
+                       drop_damaged_tail=drop_damaged_tail)  # fmt: skip
     state, lsn, ts = base.state, base.lsn, base.timestamp
     if state is None:
         if base.first_log_lsn > 1:

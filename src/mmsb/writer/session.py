@@ -60,7 +60,8 @@ class WriterSession:
             s.seq = SeqPublisher(path)  # seq odd: recovery may rewrite the arena
             layout.make_dirs(path)
             rec = recover(path, ReaderSafeArena(os.path.join(path, layout.ARENA_FILE)),
-                          readonly=False)  # fmt: skip
+                          readonly=False,
+                          drop_damaged_tail=opts.recovery == "truncate")  # fmt: skip
             log = LogWriter(os.path.join(path, layout.LOG_DIR), rec.lsn + 1,
                             segment_size=manifest.segment_size,
                             fsync_enabled=opts.sync != "off")  # fmt: skip
