@@ -815,3 +815,12 @@ def test_export_creates_private_files_whatever_the_umask(
     assert all(p.stat().st_mode & 0o777 == 0o700 for p in out.rglob("*") if p.is_dir())
     with mmsb.open(out) as again:
         assert bytes(again.read(pid)[:4]) == b"more"
+
+
+def test_lsn_after_close_is_the_last_commit(tmp_path: Path) -> None:
+    bus = mmsb.open(tmp_path / "b", sync="off")
+    pid = bus.create_page(8)
+    bus.write(pid, b"x")
+    last = bus.lsn
+    bus.close()
+    assert bus.closed and bus.lsn == last == 2

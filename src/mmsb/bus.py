@@ -141,9 +141,10 @@ class Bus(StateView):
 
     def _release(self) -> None:
         self._state = None
-        for end in (self._session, self._follower):
-            if end is not None:
-                end.release() if isinstance(end, WriterSession) else end.close()
+        if self._session is not None:
+            self._session.release()
+        if self._follower is not None:
+            self._follower.close()
         self._session = self._follower = None
         if self._ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -153,10 +154,6 @@ class Bus(StateView):
             return f"Bus({self.path!r}, closed)"
         mode = "readonly" if self.readonly else f"sync={self.sync}"
         return f"Bus({self.path!r}, {mode}, lsn={self.lsn}, pages={len(self)})"
-
-    @property
-    def closed(self) -> bool:
-        return self._state is None
 
     # -- state access -----------------------------------------------------------------------
 
@@ -193,7 +190,8 @@ class Bus(StateView):
     @property
     def lsn(self) -> int:
         """The LSN of the last commit this bus reflects (a read-only bus catches up first)."""
-        return self._head()[1] if self._state is not None else self._lsn
+        c = self._committer  # after close: the last commit this bus made or saw
+        return self._head()[1] if self._state is not None else c.lsn if c else self._lsn
 
     def read(self, page_id: int) -> npt.NDArray[Any]:
         """A copy of the page's contents as a 1-D array of the page's dtype (never a view:

@@ -25,6 +25,10 @@ class StateView:
     def close(self) -> None:
         self._state = None
 
+    @property
+    def closed(self) -> bool:
+        return self._state is None
+
     def __enter__(self) -> Self:
         return self
 

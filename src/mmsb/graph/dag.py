@@ -237,7 +237,10 @@ def check_edges(
                 raise InvalidArgumentError(f"no {KINDS[kind]} edge {p} -> {c} to remove")
             done.append((p, c))
             if i < last:  # later rows are checked with this one in place (the last need not)
-                edges.add(p, c, kind) if add else edges.remove(p, c, kind)
+                if add:
+                    edges.add(p, c, kind)
+                else:
+                    edges.remove(p, c, kind)
                 staged.append((p, c))
     finally:
         apply_edges(state, staged[::-1], kind, not add)
