@@ -8,7 +8,7 @@ import mmsb
 
 CONTRACT = {
     # entry points and types
-    "open", "verify", "Bus", "Snapshot", "Delta", "DeltaBatch",
+    "open", "verify", "Bus", "Snapshot", "LiveSnapshot", "Delta", "DeltaBatch",
     # records
     "PageInfo", "Commit", "DeltaRecord", "CheckpointInfo", "CompactInfo", "RecoveryInfo",
     "PageDiff", "IntegrityReport",
@@ -21,7 +21,8 @@ CONTRACT = {
     "BusClosedError", "BusNotFoundError", "ReadOnlyError", "FormatVersionError",
     "HistoryUnavailableError", "DeviceUnavailableError", "CycleError", "PropagationError",
     "ReentrantWriteError",
-    "LogWriteError",
+    "LogWriteError", "SnapshotTooOldError",
+    "LogSyncError", "StorageIOError", "StorageFullError", "CheckpointWriteError",
     "__version__",
 }  # fmt: skip
 

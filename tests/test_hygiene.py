@@ -279,7 +279,7 @@ def test_no_leftovers_after_200_killed_writers(tmp_path: Path) -> None:
 
 NASTY = ["../../escape", "/tmp/abs", "..", "ckpt/../../x", "a\x00b", "名前/../..", "~root"]
 ALLOWED = re.compile(
-    r"^(MANIFEST\.json|LOCK|READERS|SEQ|arena\.bin|state\.clean|log|ckpt|log/\d{20}\.seg|"
+    r"^(MANIFEST\.json|LOCK|READERS|SEQ|SNAPSHOTS|arena\.bin|state\.clean|log|ckpt|log/\d{20}\.seg|"
     r"ckpt/\d{20}\.ckpt)$"
 )
 

@@ -8,6 +8,7 @@ from mmsb.errors import (
     BusClosedError,
     BusLockedError,
     BusNotFoundError,
+    CheckpointWriteError,
     CorruptCheckpointError,
     CorruptLogError,
     CorruptStateError,
@@ -17,18 +18,23 @@ from mmsb.errors import (
     HistoryUnavailableError,
     InvalidArgumentError,
     InvalidDeltaError,
+    LogSyncError,
     LogWriteError,
     MMSBError,
     PageNotFoundError,
     PropagationError,
     ReadOnlyError,
     ReentrantWriteError,
+    SnapshotTooOldError,
+    StorageFullError,
+    StorageIOError,
 )
 from mmsb.graph import Event, GraphReport, Subscription, TickReport
 from mmsb.history import Snapshot
 from mmsb.history.provenance import Provenance, ProvenanceStep
 from mmsb.monitor.invariants import InvariantResult
 from mmsb.semiring import Semiring
+from mmsb.snapshot import LiveSnapshot
 from mmsb.types import (
     CheckpointInfo,
     Commit,
@@ -48,6 +54,7 @@ __all__ = [
     "BusLockedError",
     "BusNotFoundError",
     "CheckpointInfo",
+    "CheckpointWriteError",
     "Commit",
     "CompactInfo",
     "CorruptCheckpointError",
@@ -66,6 +73,8 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidDeltaError",
     "InvariantResult",
+    "LiveSnapshot",
+    "LogSyncError",
     "LogWriteError",
     "MMSBError",
     "PageDiff",
@@ -79,6 +88,9 @@ __all__ = [
     "ReentrantWriteError",
     "Semiring",
     "Snapshot",
+    "SnapshotTooOldError",
+    "StorageFullError",
+    "StorageIOError",
     "Subscription",
     "TickReport",
     "__version__",

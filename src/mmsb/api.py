@@ -49,7 +49,8 @@ def open(
         invariant checks; default 100, 0 for never), ``recovery`` (``"strict"``, the
         default: a complete final log frame that fails its checksum stops the open with
         :class:`CorruptLogError`; ``"truncate"``: drop it and name its LSN in
-        ``bus.recovery.dropped_lsns``). An unknown option raises
-        :class:`InvalidArgumentError`.
+        ``bus.recovery.dropped_lsns``), ``snapshot_memory`` (bytes the writer keeps for
+        the old pages open snapshots still see, :meth:`Bus.snapshot`; default 16 MiB, at
+        least 64 KiB). An unknown option raises :class:`InvalidArgumentError`.
     """
     return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

@@ -1,8 +1,9 @@
 """Columnar delta batches: the unit of commit and what the kernels consume.
 
 A :class:`DeltaBatch` holds many deltas as columns (page ids, offsets, lengths, shapes, pool
-offsets) over two byte pools (payload and mask). Constructing one checks its *structure*
-(mask and payload lengths agree, offsets are non-negative); whether each row fits its page is
+offsets, payload dtypes) over two byte pools (payload and mask). Constructing one checks its
+*structure* (mask and payload lengths agree, offsets are non-negative); whether each row fits
+its page (live, inside it, and for a typed payload the page's dtype at whole items) is
 checked by the bus at commit, against the page table.
 """
 
@@ -20,17 +21,21 @@ from mmsb.delta import (
     DENSE,
     I64,
     RANGE,
+    RAW,
     SPARSE,
     U8,
     Delta,
+    array_dtype_code,
     as_payload,
     check_source,
     format_rows,
     int_column,
+    page_dtype_codes,
+    payload_dtype_code,
     row_starts,
 )
 from mmsb.errors import InvalidDeltaError
-from mmsb.types import MAX_PAGE_SIZE, encode_metadata
+from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, MAX_PAGE_SIZE, encode_metadata
 
 
 class DeltaBatch:
@@ -42,10 +47,16 @@ class DeltaBatch:
     * ``pstarts``/``plens``: each row's slice of the payload pool,
     * ``mstarts``: each row's start in the mask pool (``-1`` for range rows),
     * ``source_idx``/``meta_idx``: indices into the ``sources`` and ``metas`` tables
-      (``meta_idx`` is ``-1`` where a row has no metadata).
+      (``meta_idx`` is ``-1`` where a row has no metadata),
+    * ``dtypes``: each row's payload dtype as a page-dtype code (``mmsb.types.DTYPE_NAMES``);
+      0 (``uint8``) is raw bytes, which fit a page of any dtype. A row of any other code is
+      typed: at commit its page must have that dtype and its offset and length must be
+      multiples of the itemsize. The constructors that take numpy arrays fill it in;
+      ``None`` (the default) makes every row raw.
     """
 
     __slots__ = (
+        "dtypes",
         "kinds",
         "lengths",
         "mask",
@@ -76,6 +87,7 @@ class DeltaBatch:
         sources: tuple[str, ...],
         meta_idx: npt.NDArray[np.int32],
         metas: tuple[str, ...],
+        dtypes: U8 | None = None,
     ) -> None:
         self.page_ids = page_ids
         self.offsets = offsets
@@ -90,6 +102,7 @@ class DeltaBatch:
         self.sources = sources
         self.meta_idx = meta_idx
         self.metas = metas
+        self.dtypes = np.zeros(page_ids.size, np.uint8) if dtypes is None else dtypes
 
     # -- construction -------------------------------------------------------------------
 
@@ -113,7 +126,9 @@ class DeltaBatch:
         metadata: dict[str, Any] | None = None,
     ) -> DeltaBatch:
         """Range deltas from columns. ``payloads`` is a 2-D array (one row per delta, its
-        bytes are the payload) or a sequence of bytes-like objects of any lengths."""
+        bytes are the payload) or a sequence of bytes-like objects or 1-D arrays of any
+        lengths. The dtype of array payloads is recorded per row (``dtypes``): a typed one
+        (not ``uint8``) must match its page's dtype at commit."""
         check_source(source)
         meta_json = encode_metadata(metadata, "delta")
         pids = int_column(page_ids, "page_ids")
@@ -130,29 +145,34 @@ class DeltaBatch:
                 raise InvalidDeltaError(f"{n} page ids but {payloads.shape[0]} payload rows")
             if payloads.dtype.hasobject:
                 raise InvalidDeltaError("payloads has object dtype")
+            code = array_dtype_code(payloads, "payloads")
             rows = np.ascontiguousarray(payloads)
             width = rows.shape[1] * rows.dtype.itemsize
             pool = rows.reshape(-1).view(np.uint8)
             lengths = np.full(n, width, dtype=np.int64)
             pstarts = np.arange(n, dtype=np.int64) * width
+            dtypes = np.full(n, code, np.uint8)
         else:
             if not isinstance(payloads, Iterable):
                 raise InvalidDeltaError(
                     "payloads must be a 2-D array or a sequence of bytes-like objects, got "
                     f"{type(payloads).__name__}"
                 )
-            parts = [as_payload(p, f"payload {i}") for i, p in enumerate(payloads)]
+            items = list(payloads)
+            parts = [as_payload(p, f"payload {i}") for i, p in enumerate(items)]
             if len(parts) != n:
                 raise InvalidDeltaError(f"{n} page ids but {len(parts)} payloads")
             lengths = np.fromiter((p.size for p in parts), dtype=np.int64, count=n)
             pool = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
             pstarts = row_starts(lengths)
+            codes = [array_dtype_code(p, f"payload {i}") for i, p in enumerate(items)]
+            dtypes = np.array(codes, np.uint8)
         batch = cls(
             pids, offs, lengths, np.zeros(n, np.uint8), pstarts, lengths,
             np.full(n, -1, np.int64), pool, np.zeros(0, np.uint8),
             np.zeros(n, np.uint16), (source,),
             np.full(n, -1 if meta_json is None else 0, np.int32),
-            () if meta_json is None else (meta_json,),
+            () if meta_json is None else (meta_json,), dtypes,
         )  # fmt: skip
         batch._check_structure()
         return batch
@@ -171,10 +191,12 @@ class DeltaBatch:
         meta_table: dict[str, int] = {}
         source_idx = np.empty(n, np.uint16)
         meta_idx = np.empty(n, np.int32)
+        dtypes = np.empty(n, np.uint8)
         for i, d in enumerate(items):
             source_idx[i] = src_table.setdefault(d.source, len(src_table))
             mj = encode_metadata(d.metadata, "delta")
             meta_idx[i] = -1 if mj is None else meta_table.setdefault(mj, len(meta_table))
+            dtypes[i] = payload_dtype_code(d.dtype, f"row {i}")
         kinds = np.fromiter((d.shape for d in items), np.uint8, n)
         plens = np.fromiter((d.payload.size for d in items), np.int64, n)
         lengths = np.fromiter((d.length for d in items), np.int64, n)
@@ -187,7 +209,7 @@ class DeltaBatch:
             lengths, kinds, row_starts(plens), plens, mstarts,
             np.concatenate([d.payload for d in items]),
             np.concatenate(masks) if masks else np.zeros(0, np.uint8),
-            source_idx, tuple(src_table) or ("api",), meta_idx, tuple(meta_table),
+            source_idx, tuple(src_table) or ("api",), meta_idx, tuple(meta_table), dtypes,
         )  # fmt: skip
 
     @staticmethod
@@ -219,13 +241,14 @@ class DeltaBatch:
             cols["mask"].append(b.mask)
             cols["source_idx"].append(src_map[b.source_idx])
             cols["meta_idx"].append(meta_map[b.meta_idx])  # -1 maps to the trailing -1
+            cols["dtypes"].append(b.dtypes)
             pbase += b.payload.size
             mbase += b.mask.size
         cat = {k: np.concatenate(v) for k, v in cols.items() if v}
         return DeltaBatch(
             cat["page_ids"], cat["offsets"], cat["lengths"], cat["kinds"], cat["pstarts"],
             cat["plens"], cat["mstarts"], cat["payload"], cat["mask"], cat["source_idx"],
-            tuple(src_table) or ("api",), cat["meta_idx"], tuple(meta_table),
+            tuple(src_table) or ("api",), cat["meta_idx"], tuple(meta_table), cat["dtypes"],
         )  # fmt: skip
 
     def _check_structure(self) -> None:
@@ -252,6 +275,7 @@ class DeltaBatch:
                 n == 0
                 or -1 <= int(self.meta_idx.min()) <= int(self.meta_idx.max()) < len(self.metas)
             )
+            and (n == 0 or 0 <= int(self.dtypes.min()) <= int(self.dtypes.max()) < len(DTYPE_NAMES))
         ):
             return
         problem, rows = self._structure()
@@ -260,7 +284,7 @@ class DeltaBatch:
     def _row_columns(self) -> tuple[npt.NDArray[Any], ...]:
         return (
             self.offsets, self.lengths, self.kinds, self.pstarts, self.plens, self.mstarts,
-            self.source_idx, self.meta_idx,
+            self.source_idx, self.meta_idx, self.dtypes,
         )  # fmt: skip
 
     def structure_problem(self) -> str | None:
@@ -279,6 +303,7 @@ class DeltaBatch:
             and self.mstarts.size == n
             and self.source_idx.size == n
             and self.meta_idx.size == n
+            and self.dtypes.size == n
         ):
             return "batch columns have different lengths", none
         checks: list[tuple[npt.NDArray[np.bool_], str]] = [
@@ -324,6 +349,9 @@ class DeltaBatch:
         bad = np.nonzero((self.meta_idx < -1) | (self.meta_idx >= len(self.metas)))[0]
         if bad.size:
             return f"metadata index out of range in rows {format_rows(bad)}", bad[:20]
+        bad = np.nonzero((self.dtypes < 0) | (self.dtypes >= len(DTYPE_NAMES)))[0]
+        if bad.size:
+            return f"unknown payload dtype code in rows {format_rows(bad)}", bad[:20]
         return None, none
 
     # -- access -------------------------------------------------------------------------
@@ -343,10 +371,12 @@ class DeltaBatch:
             ms = int(self.mstarts[i])
             mask = self.mask[ms : ms + int(self.lengths[i])]
         mi = int(self.meta_idx[i])
+        code = int(self.dtypes[i])
         return Delta(
             int(self.page_ids[i]), int(self.offsets[i]), kind, self.payload[ps : ps + pl], mask,
             self.sources[int(self.source_idx[i])],
-            None if mi < 0 else json.loads(self.metas[mi]), None,
+            None if mi < 0 else json.loads(self.metas[mi]),
+            None if code == RAW else DTYPE_NAMES[code],
         )  # fmt: skip
 
     def __iter__(self) -> Iterator[Delta]:
@@ -362,7 +392,7 @@ class DeltaBatch:
 
     @property
     def nbytes(self) -> int:
-        return int(self.payload.size + self.mask.size + 40 * len(self))
+        return int(self.payload.size + self.mask.size + 41 * len(self))
 
     # -- transformation -----------------------------------------------------------------
 
@@ -403,7 +433,10 @@ class DeltaBatch:
 
         A page whose written bytes form one contiguous run becomes a range delta; otherwise
         a dense masked delta spanning the first to the last written byte. Source and
-        metadata are those of the page's last row.
+        metadata are those of the page's last row. A page written by typed rows keeps their
+        dtype, and its span is widened to whole items (the added bytes masked out), so the
+        result passes the same dtype and alignment checks; typed rows of two different
+        dtypes on one page raise :class:`InvalidDeltaError` (no page can take both).
         """
         n = len(self)
         if n == 0:
@@ -421,8 +454,10 @@ class DeltaBatch:
         pages, pos, vals = pages[last], pos[last], vals[last]
         upages, first = np.unique(pages, return_index=True)
         ends = np.append(first[1:], pages.size)
-        lo = pos[first]
-        hi = pos[ends - 1] + 1
+        codes = page_dtype_codes(upages, self.page_ids, self.dtypes)
+        item = DTYPE_ITEMSIZE[codes]
+        lo = pos[first] // item * item
+        hi = -(-(pos[ends - 1] + 1) // item) * item
         span = hi - lo
         count = ends - first
         contiguous = span == count
@@ -446,7 +481,7 @@ class DeltaBatch:
         return DeltaBatch(
             upages.astype(np.int64), lo.astype(np.int64), lengths, kinds, pstarts, plens,
             mstarts.astype(np.int64), payload, mask, self.source_idx[src_rows], self.sources,
-            self.meta_idx[src_rows], self.metas,
+            self.meta_idx[src_rows], self.metas, codes.astype(np.uint8),
         )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy.typing as npt
 
 from mmsb.errors import BusClosedError, ReadOnlyError, ReentrantWriteError
-from mmsb.facade import component, forward
+from mmsb.facade import component, forward, forward_property
 from mmsb.graph.dag import Graph
 from mmsb.graph.propagator import Propagator
 from mmsb.history.component import History
@@ -26,10 +26,12 @@ from mmsb.monitor.invariants import Invariants
 from mmsb.monitor.memory import MemorySnapshot
 from mmsb.monitor.memory import snapshot as memory_snapshot
 from mmsb.options import Options
+from mmsb.snapshot import LiveSnapshot, open_snapshot
 from mmsb.storage import layout
 from mmsb.storage.directory import bus_path, open_directory
 from mmsb.storage.follow import Follower, wait_until
 from mmsb.storage.lock import writer_active
+from mmsb.storage.snapstore import SnapTable
 from mmsb.storage.state import State
 from mmsb.types import RecoveryInfo
 from mmsb.view import StateView
@@ -80,6 +82,7 @@ class Bus(StateView):
         self._session: WriterSession | None = None  # writable: lock, log, committer, ...
         self._committer: Committer | None = None  # writable: the one write path
         self._events = EventHub()
+        self._snaps: SnapTable | None = None  # this process's map of the reader table
         try:
             self._open(create, clock or time.time_ns)
         except BaseException:
@@ -92,7 +95,7 @@ class Bus(StateView):
                                        segment_size=opts.segment_size)  # fmt: skip
         h = self._history = History(d, self._head, readonly=self.readonly)
         if self.readonly:
-            f = h.follower = self._follower = Follower(d, on_frame=h.followed,
+            f = h.follower = self._follower = Follower(d, on_frame=self._events.follow(h.followed),
                                                        on_reset=h.forget_index)  # fmt: skip
             state, lsn, ts, info = f.state, f.lsn, f.timestamp, f.info
         else:
@@ -112,7 +115,7 @@ class Bus(StateView):
                                      lambda: self.graph.validate(), self)  # fmt: skip
         self._propagator = Propagator(
             self._live_state, lambda: self.lsn, self._writer, self._events,
-            maintenance=self._tick_gc, check_invariants=self._tick_invariants,
+            maintenance=self._tick_gc, check_invariants=self.invariants.failing_sample,
             budget_ms=opts.tick_budget_ms, invariant_every=opts.invariant_every,
         )  # fmt: skip
         if self._committer is not None:
@@ -145,7 +148,9 @@ class Bus(StateView):
             self._session.release()
         if self._follower is not None:
             self._follower.close()
-        self._session = self._follower = None
+        if self._snaps is not None:
+            self._snaps.close()
+        self._session = self._follower = self._snaps = None
         if self._ephemeral:
             shutil.rmtree(self.path, ignore_errors=True)
 
@@ -178,11 +183,8 @@ class Bus(StateView):
     def _writer(self) -> Writer:
         self._live_state()
         session = self._session
-        if self._events.dispatching:
-            raise ReentrantWriteError(
-                "an event handler cannot write to the bus; queue the write and make it after "
-                "the call that raised the event returns"
-            )
+        if self._events.dispatching:  # queue the write; make it after the call returns
+            raise ReentrantWriteError("an event handler cannot write to the bus")
         if session is None:
             raise ReadOnlyError(f"bus at {self.path} is open read-only")
         return session.writer
@@ -206,6 +208,14 @@ class Bus(StateView):
         the order given, from one compiled gather. ``PageNotFoundError`` lists ids that
         name no live page; ``InvalidArgumentError`` if sizes or dtypes differ."""
         return self._live_state().read_many(page_ids)
+
+    def snapshot(self) -> LiveSnapshot:
+        """Pin the last commit this bus reflects (see :class:`~mmsb.snapshot.LiveSnapshot`);
+        microseconds, no copy. Close it soon: the writer keeps old bytes for it."""
+        self._live_state()
+        if self._snaps is None and (self._follower is None or self._follower.live):
+            self._snaps = SnapTable(self.path)
+        return open_snapshot(self._live_state, lambda: self.lsn, self._follower, self._snaps)
 
     def refresh(self) -> int:
         """Bring a read-only bus to the writer's last published commit now; return its
@@ -280,18 +290,8 @@ class Bus(StateView):
     unsubscribe = forward(_events, EventHub.unsubscribe)
     event_stats = forward(_events, EventHub.stats, "event_stats")
 
-    @property
-    def tick_budget_ms(self) -> float:
-        """The time a tick may take before its report says ``overrun``."""
-        return self._propagator.budget_ms
-
-    @tick_budget_ms.setter
-    def tick_budget_ms(self, value: float) -> None:
-        self._propagator.budget_ms = value
+    tick_budget_ms = forward_property(_graph, Propagator.tick_budget_ms)
 
     def _tick_gc(self) -> GCReport | None:
         budget = self.tick_gc_budget_ms
         return self._collector.gc(budget) if budget > 0 and self._committer else None
-
-    def _tick_invariants(self) -> list[str]:
-        return [r.name for r in self.invariants.run(sample=True) if not r.passed]

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.errors import InvalidDeltaError
-from mmsb.types import MAX_PAGE_SIZE, encode_metadata
+from mmsb.types import DTYPE_NAMES, MAX_PAGE_SIZE, encode_metadata
 
 RANGE, DENSE, SPARSE = 0, 1, 2
 SHAPE_NAMES = ("range", "dense", "sparse")
@@ -23,13 +23,78 @@ SHAPE_NAMES = ("range", "dense", "sparse")
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 
+# A payload's dtype as a batch records it (``DeltaBatch.dtypes``): the page-table code of
+# that dtype (see ``mmsb.types.DTYPE_NAMES``), where code 0, ``uint8``, stands for raw bytes:
+# bytes-like data and uint8 arrays carry no element type and may be written to a page of
+# any dtype. Every other code is a *typed* payload: it must have its page's dtype, and its
+# offset and length must be multiples of that dtype's itemsize.
+RAW = 0
+_PAYLOAD_CODES = {name: code for code, name in enumerate(DTYPE_NAMES)}
+
+
+def payload_dtype_name(dtype: np.dtype[Any]) -> str:
+    """The name a typed payload's dtype is checked by: the numpy name for native-order
+    dtypes, the type string (``'>f8'``) otherwise, so that a byte-swapped array never
+    passes for a page's native dtype."""
+    return dtype.name if dtype.isnative else dtype.str
+
+
+def payload_dtype_code(name: str | None, what: str = "payload") -> int:
+    """The batch code of a payload dtype name (``None``: raw bytes, code :data:`RAW`).
+    Raises :class:`InvalidDeltaError` for a dtype no page can have."""
+    if name is None:
+        return RAW
+    code = _PAYLOAD_CODES.get(name)
+    if code is None:
+        raise InvalidDeltaError(
+            f"{what} has dtype {name}, which no page can have (page dtypes: "
+            f"{', '.join(DTYPE_NAMES)}, in native byte order)"
+        )
+    return code
+
+
+def array_dtype_code(data: Any, what: str) -> int:
+    """The batch code of ``data``'s payload dtype: :data:`RAW` unless it is a numpy array."""
+    if not isinstance(data, np.ndarray):
+        return RAW
+    return payload_dtype_code(payload_dtype_name(data.dtype), what)
+
+
+def page_dtype_codes(upages: I64, page_ids: I64, dtypes: U8) -> npt.NDArray[np.intp]:
+    """For ``DeltaBatch.coalesce``: the payload dtype code of each page in ``upages``
+    (sorted) from the batch rows (``page_ids``, ``dtypes``) that write it: that of its
+    typed rows, or raw where it has none. Raises where one page has typed rows of two."""
+    codes = np.zeros(upages.size, np.intp)
+    typed = np.flatnonzero(dtypes)
+    if typed.size == 0 or upages.size == 0:
+        return codes
+    where = np.searchsorted(upages, page_ids[typed])
+    keep = (where < upages.size) & (upages[np.minimum(where, upages.size - 1)]
+                                    == page_ids[typed])  # fmt: skip
+    typed, where = typed[keep], where[keep]
+    row_codes = dtypes[typed].astype(np.intp)
+    low = np.full(upages.size, len(DTYPE_NAMES), np.intp)
+    np.minimum.at(low, where, row_codes)
+    np.maximum.at(codes, where, row_codes)
+    mixed = np.flatnonzero((codes != 0) & (low != codes))
+    if mixed.size:
+        p = int(mixed[0])
+        rows = typed[where == p]
+        names = sorted({DTYPE_NAMES[int(c)] for c in dtypes[rows]})
+        raise InvalidDeltaError(
+            f"rows {format_rows(rows)} write page {int(upages[p])} with payloads of "
+            f"dtypes {', '.join(names)}; one page has one dtype",
+            rows[:20].tolist(),
+        )
+    return codes
+
 
 def as_payload(data: Any, what: str = "payload") -> U8:
     """View ``data`` as a 1-D uint8 array of its raw bytes (no copy where possible).
 
     Accepts bytes-like objects and numpy arrays of at most one dimension. Typed arrays are
-    taken as their raw (native-order) bytes; the bus checks a typed payload's dtype against
-    the page's dtype where it knows the page (``Bus.write``, ``Bus.apply``).
+    taken as their raw bytes; the bus checks a typed payload's dtype and alignment against
+    its page when it commits it (``Bus.write``, ``Bus.apply``, ``Bus.apply_batch``).
     """
     if isinstance(data, np.ndarray):
         if data.ndim > 1:
@@ -95,7 +160,9 @@ class Delta:
     """One change to one page: a byte range, or a masked write (dense or sparse).
 
     Build with :meth:`range`, :meth:`dense` or :meth:`sparse`. ``dtype`` records the dtype of
-    a typed numpy payload (``None`` for raw bytes) so the bus can reject a mismatch.
+    a numpy payload (``None`` for bytes-like data) so the bus can reject a mismatch: a typed
+    payload (any dtype but ``uint8``, which is raw bytes) must have its page's dtype and
+    start and end at multiples of the itemsize.
     """
 
     page_id: int
@@ -198,7 +265,7 @@ class Delta:
         span = payload.size if mask is None else mask.size
         if off + span > MAX_PAGE_SIZE:
             raise InvalidDeltaError(f"delta for page {pid} ends past the largest page size")
-        dtype = original.dtype.name if isinstance(original, np.ndarray) else None
+        dtype = payload_dtype_name(original.dtype) if isinstance(original, np.ndarray) else None
         return cls(pid, off, shape, payload, mask, source, metadata, dtype)
 
     def merge(self, later: Delta) -> Delta:
@@ -220,7 +287,7 @@ class Delta:
             out.mask,
             later.source,
             later.metadata,
-            None,
+            out.dtype,
         )
 
 

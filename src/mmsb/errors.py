@@ -8,6 +8,7 @@ that does not know about MMSB still handles them sensibly.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 
@@ -82,6 +83,43 @@ class LogWriteError(MMSBError, OSError):
     was applied; after a failed fsync the bus has also closed itself (reopen to recover)."""
 
 
+class LogSyncError(LogWriteError):
+    """An fsync of the log failed, so the writer has stopped for good (fail-stop).
+
+    After a failed fsync the kernel may already have dropped the file's unwritten pages and
+    marked them clean, so a second fsync that succeeds proves nothing; the bus therefore
+    never retries. It closes itself as after a crash (no clean-shutdown state): this write
+    and every later one raise, and reopening the bus recovers exactly the commits whose
+    frames are intact in the log. ``errno`` and ``__cause__`` are the failed call's."""
+
+
+class StorageIOError(MMSBError, OSError):
+    """An operating-system call on the bus's files failed outside the log: growing,
+    mapping, flushing or shrinking the arena (truncate, mmap, block reservation, msync),
+    compaction, or any call while opening a bus for writing.
+
+    ``errno`` is the failed call's and ``__cause__`` the original :class:`OSError`. Unless
+    a subclass says otherwise, the operation that raised changed nothing a later open
+    depends on and a writable bus stays open; a failed open has let go of the lock."""
+
+
+class StorageFullError(StorageIOError):
+    """The disk or memory has no room for what an operation needed (``ENOSPC``,
+    ``EDQUOT``, ``EFBIG``, ``ENOMEM``, or a :class:`MemoryError`, which is then the
+    ``__cause__``).
+
+    The arena reserves the disk blocks of every byte it grows by before it maps them, so
+    a full disk shows up here, when the pages are created, rather than as a ``SIGBUS`` on a
+    later write. The files are left as they were and the bus stays usable."""
+
+
+class CheckpointWriteError(StorageIOError):
+    """A checkpoint or the clean-shutdown file could not be written, renamed into place or
+    synced. Nothing is lost: the log still holds every commit (a failed clean-shutdown file
+    only means the next open replays the log), the temporary file is removed and the bus
+    stays open."""
+
+
 class CorruptCheckpointError(CorruptStateError):
     """A checkpoint file fails its checks (and no usable older one exists)."""
 
@@ -121,10 +159,36 @@ class ReentrantWriteError(MMSBError, RuntimeError):
     """An event handler tried to write to the bus while the bus was dispatching events."""
 
 
+class SnapshotTooOldError(MMSBError, LookupError):
+    """A pinned snapshot can no longer be served: the writer reopened the bus, or it
+    needed the memory that kept the snapshot's old pages (``snapshot_memory``) while the
+    snapshot stayed open. Close it and take a new one."""
+
+
+# errno values that mean "no room" rather than a broken device
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM})
+
+
+def storage_error(
+    message: str, cause: BaseException, kind: type[StorageIOError] | None = None
+) -> StorageIOError:
+    """The typed error for a failed OS call (raise it ``from cause``): ``kind``, or
+    :class:`StorageFullError` when the cause means no room, else :class:`StorageIOError`.
+    It carries the cause's ``errno`` (``strerror`` stays unset, so ``str()`` is the message,
+    which ends with the cause's); the message should name the operation and the file."""
+    code = errno.ENOMEM if isinstance(cause, MemoryError) else getattr(cause, "errno", None)
+    if kind is None:
+        kind = StorageFullError if code in FULL_ERRNOS else StorageIOError
+    err = kind(f"{message}: {cause}" if str(cause) else message)
+    err.errno = code
+    return err
+
+
 __all__ = [
     "BusClosedError",
     "BusLockedError",
     "BusNotFoundError",
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "CorruptLogError",
     "CorruptStateError",
@@ -134,9 +198,14 @@ __all__ = [
     "HistoryUnavailableError",
     "InvalidArgumentError",
     "InvalidDeltaError",
+    "LogSyncError",
+    "LogWriteError",
     "MMSBError",
     "PageNotFoundError",
     "PropagationError",
     "ReadOnlyError",
     "ReentrantWriteError",
+    "SnapshotTooOldError",
+    "StorageFullError",
+    "StorageIOError",
 ]

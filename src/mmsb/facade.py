@@ -41,3 +41,20 @@ def component(attr: str | None, check: str) -> Callable[[Any], Any]:
         return checked if attr is None else getattr(facade, attr)
 
     return get
+
+
+def forward_property(get: Callable[[F], Any], prop: Any) -> property:
+    """A facade property reading (and, if ``prop`` has a setter, setting) ``prop`` on the
+    component ``get(facade)`` returns; it keeps ``prop``'s docstring and types."""
+
+    def fget(self: F) -> Any:
+        return prop.__get__(get(self))
+
+    functools.update_wrapper(fget, prop.fget)
+    if prop.fset is None:
+        return property(fget, doc=prop.__doc__)
+
+    def fset(self: F, value: Any) -> None:
+        prop.__set__(get(self), value)
+
+    return property(fget, fset, doc=prop.__doc__)

@@ -10,6 +10,7 @@ from mmsb.types import SYNC_MODES, integer_arg
 
 DEFAULT_SEGMENT_SIZE = 64 << 20
 DEFAULT_CHECKPOINT_EVERY = 128 << 20
+DEFAULT_SNAPSHOT_MEMORY = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Options:
     tick_gc_budget_ms: float = 1.0
     invariant_every: int = 100
     recovery: str = "strict"
+    snapshot_memory: int = DEFAULT_SNAPSHOT_MEMORY
 
     @classmethod
     def check(cls, ephemeral: bool, sync: str | None, **given: Any) -> Options:
@@ -66,6 +68,8 @@ class Options:
             raise InvalidArgumentError(
                 f"recovery must be 'strict' or 'truncate', got {opts.recovery!r}"
             )
+        if integer_arg(opts.snapshot_memory, "snapshot_memory") < 65536:
+            raise InvalidArgumentError("snapshot_memory must be at least 65536 bytes")
         if integer_arg(opts.segment_size, "segment_size") < 4096:
             raise InvalidArgumentError("segment_size must be at least 4096 bytes")
         return opts

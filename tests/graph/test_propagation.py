@@ -263,23 +263,46 @@ def test_exception_in_fn_is_wrapped_and_nothing_derived_is_applied(bus: mmsb.Bus
     put(bus, a, f64(1.0))
     bus.tick()
     before = {p: bus.read(p).copy() for p in (b, c, d)}
+    lsn_before, epoch_before, hash_before = bus.lsn, bus.page(a).epoch, bus.state_hash()
     fail[0] = True
     batch = DeltaBatch.from_deltas([mmsb.Delta.range(a, f64(10.0))])
     with pytest.raises(PropagationError, match=r"derivation 'join' of page 4 raised ZeroDiv") as e:
         bus.tick(batch)
     assert isinstance(e.value.__cause__, ZeroDivisionError)
     assert e.value.page == d and e.value.function == "join"
-    # the input batch stays committed, and neither B nor C (computed before D) was written
-    assert bus.read(a).tolist() == [10.0]
-    lsn = bus.lsn
-    assert bus.history(a, limit=1)[0].lsn == lsn
+    # nothing of the tick is committed: not its input, not B or C (computed before D)
+    assert bus.read(a).tolist() == [1.0]
+    assert bus.lsn == lsn_before
+    assert bus.page(a).epoch == epoch_before
+    assert bus.state_hash() == hash_before
     for p in (b, c, d):
         np.testing.assert_array_equal(bus.read(p), before[p])
-    # the change stays pending: once the function works, the next tick catches up
+    # once the function works, the same tick commits input and derived pages as one commit
     fail[0] = False
-    rep = bus.tick()
-    assert rep.pages_recomputed == 3
+    rep = bus.tick(batch)
+    assert rep.pages_recomputed == 3 and rep.lsn == lsn_before + 1
     assert bus.read(d).tolist() == [20.0 + 11.0]
+    assert [r.lsn for r in bus.history(d, limit=1)] == [rep.lsn]
+    assert [r.lsn for r in bus.history(a, limit=1)] == [rep.lsn]
+
+
+def test_a_failed_pass_keeps_earlier_changes_pending(bus: mmsb.Bus) -> None:
+    a, b = bus.create_pages(2, 8, dtype="float64").tolist()
+    fail = [True]
+
+    def double(x: np.ndarray) -> np.ndarray:
+        if fail[0]:
+            raise ValueError("not yet")
+        return x * 2
+
+    bus.derive(b, double, [a], name="double")
+    put(bus, a, f64(3.0))  # committed before the tick: stays committed and pending
+    with pytest.raises(PropagationError, match="double"):
+        bus.tick()
+    assert bus.read(a).tolist() == [3.0] and bus.read(b).tolist() == [0.0]
+    fail[0] = False
+    bus.tick()
+    assert bus.read(b).tolist() == [6.0]
 
 
 def test_fn_cannot_write_into_its_input(bus: mmsb.Bus) -> None:

@@ -286,6 +286,7 @@ def test_truncated_tail_is_torn_and_reported(tmp_path: Path, cut: int) -> None:
     assert reader.torn.offset == last.offset
     assert reader.torn.bytes == last.size - cut
     assert reader.end_lsn == last.lsn - 1
+    os.unlink(path / "state.clean")  # as after a crash (a clean close records the frame)
     with mmsb.open(path) as bus:
         assert bus.recovery.mode == "replay"
         assert bus.recovery.torn_tail_bytes == last.size - cut

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -434,7 +435,19 @@ def expected(batches: int) -> np.ndarray:
     return out
 
 
-def writer_main(path: str, seconds: float, out: str) -> None:
+def consistent(values: np.ndarray) -> bool:
+    """Whether each group's value is what one commit left (the values of one batch count,
+    whichever): batch k writes k to group k % GROUPS, so the newest value m fixes the rest."""
+    m = int(values.max())
+    ks = m - (m - np.arange(GROUPS)) % GROUPS
+    return bool(np.array_equal(values, np.where(ks >= 1, ks, 0)))
+
+
+def writer_main(path: str, seconds: float, out: str, alone: float = 0.0) -> None:
+    if os.environ.get("MMSB_TEST_NO_BEFORE_IMAGES"):  # the control: snapshots must break
+        from mmsb.storage.snapstore import SnapWriter
+
+        SnapWriter.before_change = lambda *a, **k: None  # type: ignore[method-assign]
     bus = mmsb.open(path, sync="off")
     ids = bus.create_pages(GROUPS * PER_GROUP, WORDS * 8, dtype="int64")
     words = WORDS // ROWS
@@ -443,11 +456,24 @@ def writer_main(path: str, seconds: float, out: str) -> None:
     k = 0
     extra = None
     deadline = float("inf")
+    rates = {}
     while time.monotonic() < deadline:
-        if k == 1:  # the first batch compiled the kernels; start when the readers are ready
-            print("ready", flush=True)
+        if k == 1:  # the first batch compiled the kernels
+            if alone:  # the commit rate with no reader attached
+                t0, n0 = time.monotonic(), len(rec)
+                deadline = t0 + alone
+                while time.monotonic() < deadline:
+                    k += 1
+                    g = k % GROUPS
+                    pids = np.repeat(ids[g * PER_GROUP : (g + 1) * PER_GROUP], ROWS)
+                    pays = np.full((pids.size, words), k, np.int64).view(np.uint8)
+                    c = bus.apply_batch(DeltaBatch.from_ranges(pids, offsets, pays))
+                    rec.append((c.lsn, k, 0, time.monotonic_ns()))
+                rates["alone"] = (len(rec) - n0) / (time.monotonic() - t0)
+            print("ready", flush=True)  # start when the readers are ready
             sys.stdin.readline()
-            deadline = time.monotonic() + seconds
+            start, n0 = time.monotonic(), len(rec)
+            deadline = start + seconds
         k += 1
         g = k % GROUPS
         pids = np.repeat(ids[g * PER_GROUP : (g + 1) * PER_GROUP], ROWS)
@@ -463,6 +489,12 @@ def writer_main(path: str, seconds: float, out: str) -> None:
                 bus.delete_pages(extra.tolist())
                 extra = None
             rec.append((bus.lsn, 0, t0, time.monotonic_ns()))
+    rates["with_readers"] = (len(rec) - n0) / (time.monotonic() - start)
+    snaps = bus._committer.snapshots
+    assert snaps is not None
+    stats = {"rates": rates, "images_saved": snaps.saved, "image_bytes": snaps.saved_bytes,
+             "expiries": snaps.expired}  # fmt: skip
+    Path(out + ".json").write_text(json.dumps(stats))
     np.save(out, np.array(rec, np.int64))
     bus.close()
 
@@ -471,27 +503,41 @@ def reader_main(path: str, seconds: float, out: str) -> None:
     bus = mmsb.open(path, readonly=True)
     assert bus._follower is not None and bus._follower.live
     ids = bus.page_ids()[: GROUPS * PER_GROUP]
-    bus.at().state_hash()  # compile what reading needs before the clock starts
+    with bus.snapshot() as snap:  # compile what reading needs before the clock starts
+        snap.read_many(ids)
+    bus.read_many(ids)
     print("ready", flush=True)
     sys.stdin.readline()
     rng = np.random.default_rng(os.getpid())
-    reads = torn = 0
+    reads = torn = mixed = opened = 0
     seen: list[tuple[int, int]] = [(bus.lsn, time.monotonic_ns())]
     snaps: list[list[int]] = []  # lsn, then each group's value
     deadline = time.monotonic() + seconds
     slowest = 0
+    loops = 0
     while time.monotonic() < deadline:
         loop_start = time.monotonic_ns()
-        snap = bus.at()  # all pages at one LSN
-        values = [snap.lsn]
-        for g in range(GROUPS):
-            group = np.concatenate(
-                [snap.read(int(p)) for p in ids[g * PER_GROUP : (g + 1) * PER_GROUP]]
-            )
-            reads += PER_GROUP
-            torn += int(not (group == group[0]).all())
-            values.append(int(group[0]))
+        loops += 1
+        with bus.snapshot() as snap:  # all pages at one LSN, read page by page...
+            opened += 1
+            values = [snap.lsn]
+            for g in range(GROUPS):
+                group = np.concatenate(
+                    [snap.read(int(p)) for p in ids[g * PER_GROUP : (g + 1) * PER_GROUP]]
+                )
+                reads += PER_GROUP
+                torn += int(not (group == group[0]).all())
+                values.append(int(group[0]))
+            rows = snap.read_many(ids)  # ... and in one call, still at the same LSN
+            reads += ids.size
+            mixed += int(not (rows.reshape(GROUPS, -1) == np.array(values[1:])[:, None]).all())
         snaps.append(values)
+        mixed += int(not consistent(np.array(values[1:])))
+        rows = bus.read_many(ids)  # outside a snapshot: one call is one commit
+        reads += ids.size
+        by_group = rows.reshape(GROUPS, -1)
+        torn += int(not (by_group == by_group[:, :1]).all())
+        mixed += int(not consistent(by_group[:, 0]))
         for pid in rng.choice(ids, 4):  # single live reads: a page is never half-written
             page = bus.read(int(pid))
             reads += 1
@@ -502,9 +548,11 @@ def reader_main(path: str, seconds: float, out: str) -> None:
             seen.append((lsn, now))
         slowest = max(slowest, now - loop_start)
     result = {
-        "calls": 5 * len(snaps),  # seqlock-guarded calls: one at() and four read() per loop
+        "calls": 6 * loops,  # consistent calls: a snapshot, a read_many and 4 reads per loop
         "reads": reads,
         "torn": torn,
+        "mixed": mixed,
+        "snapshots_opened": opened,
         "retries": bus._follower.retries,
         "rebuilds": bus._follower.rebuilds,
         "mapped_bytes": bus._follower._arena.capacity if bus._follower._arena else 0,
@@ -552,14 +600,23 @@ def visibility_ms(seen: np.ndarray, lsns: np.ndarray, t_commit: np.ndarray) -> n
 
 
 def run_readers(
-    tmp_path: Path, seconds: float, n_readers: int = 4, watcher: bool = True
+    tmp_path: Path,
+    seconds: float,
+    n_readers: int = 4,
+    watcher: bool = True,
+    alone: float = 0.0,
+    control: bool = False,
 ) -> dict[str, float]:
     path = str(tmp_path / "bus")
     me = [sys.executable, __file__]
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    env = dict(os.environ)
+    if control:
+        env["MMSB_TEST_NO_BEFORE_IMAGES"] = "1"
+    pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
     writer = subprocess.Popen(
-        [*me, "writer", path, str(seconds + 0.5), str(tmp_path / "writer.npy")], **pipes
-    )
+        [*me, "writer", path, str(seconds + 0.5), str(tmp_path / "writer.npy"), str(alone)],
+        env=env, **pipes,
+    )  # fmt: skip
     assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
     readers = [
         subprocess.Popen([*me, "reader", path, str(seconds), str(tmp_path / f"r{i}")], **pipes)
@@ -583,7 +640,8 @@ def run_readers(
     batches_at = np.zeros(int(lsns.max()) + 1, np.int64)
     batches_at[lsns] = ks
     batches_at = np.maximum.accumulate(batches_at)
-    reads = torn = wrong = snaps_checked = retries = calls = rebuilds = 0
+    wstats = json.loads((tmp_path / "writer.npy.json").read_text())
+    reads = torn = wrong = snaps_checked = retries = calls = rebuilds = mixed = opened = 0
     remapped = 0  # readers whose mapping grew past the initial 1 MiB arena
     slowest = 0.0
     lat: list[np.ndarray] = []
@@ -593,6 +651,8 @@ def run_readers(
         assert res["live"]
         reads += res["reads"]
         torn += res["torn"]
+        mixed += res["mixed"]
+        opened += res["snapshots_opened"]
         retries += res["retries"]
         calls += res["calls"]
         rebuilds += res["rebuilds"]
@@ -614,8 +674,15 @@ def run_readers(
         "commits": int(lsns.size),
         "reads": reads,
         "torn": torn,
+        "mixed": mixed,
         "wrong_snapshots": wrong,
         "snapshots_checked": snaps_checked,
+        "snapshots_opened": opened,
+        "writer_commits_per_s_alone": round(wstats["rates"].get("alone", 0.0)),
+        "writer_commits_per_s_with_readers": round(wstats["rates"]["with_readers"]),
+        "before_images": wstats["images_saved"],
+        "before_image_mib": round(wstats["image_bytes"] / 2**20, 1),
+        "snapshot_expiries": wstats["expiries"],
         "guarded_calls": calls,
         "retries": retries,
         "rebuilds": rebuilds,
@@ -635,7 +702,22 @@ def run_readers(
 def check_figures(fig: dict[str, float]) -> None:
     assert fig["reads"] > 0 and fig["snapshots_checked"] > 0 and fig["commits"] > 10
     assert fig["torn"] == 0
+    assert fig["mixed"] == 0
     assert fig["wrong_snapshots"] == 0
+
+
+def test_the_consistency_check_can_fail() -> None:
+    assert consistent(expected(13)) and consistent(expected(0)) and consistent(expected(3))
+    bad = expected(13)
+    bad[2] = 2  # group 2 from an older batch than the rest: two commits mixed
+    assert not consistent(bad)
+
+
+def test_snapshots_mix_commits_without_before_images(tmp_path: Path) -> None:
+    """The control: a writer that keeps no before-images breaks the snapshots, and the
+    readers' checks see it."""
+    fig = run_readers(tmp_path, seconds=1.5, n_readers=1, watcher=False, control=True)
+    assert fig["wrong_snapshots"] + fig["mixed"] > 0
 
 
 def test_reader_processes_never_see_a_torn_batch(tmp_path: Path) -> None:
@@ -646,8 +728,9 @@ def test_reader_processes_never_see_a_torn_batch(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_four_reader_processes_for_twenty_seconds(tmp_path: Path) -> None:
-    fig = run_readers(tmp_path, seconds=20.0, n_readers=4, watcher=True)
+    fig = run_readers(tmp_path, seconds=20.0, n_readers=4, watcher=True, alone=5.0)
     check_figures(fig)
+    assert fig["snapshots_opened"] > 100
     assert fig["commits"] > 800 and fig["readers_remapped"] == 4  # the arena grew under them
 
 
@@ -691,5 +774,7 @@ def test_reader_survives_a_killed_writer_process(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     role, bus_path, secs, out_path = sys.argv[1:5]
-    roles = {"writer": writer_main, "reader": reader_main, "watcher": watcher_main}
-    roles[role](bus_path, float(secs), out_path)
+    if role == "writer":
+        writer_main(bus_path, float(secs), out_path, float(sys.argv[5]) if sys.argv[5:] else 0)
+    else:
+        {"reader": reader_main, "watcher": watcher_main}[role](bus_path, float(secs), out_path)

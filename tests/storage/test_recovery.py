@@ -270,6 +270,9 @@ def test_damaged_last_payload_after_a_clean_shutdown_is_not_buried(tmp_path: Pat
     flip(path / "log" / last.segment, last.offset + FRAME_HEADER_SIZE + 1)
     with pytest.raises(mmsb.CorruptLogError, match=f"LSN {last.lsn}"):
         mmsb.open(path, sync="off")  # the clean-shutdown file says that commit is durable
+    with pytest.raises(mmsb.CorruptLogError, match=f"before LSN {last.lsn}, which the clean"):
+        mmsb.open(path, sync="off", recovery="truncate")  # so it is not dropped either
+    (path / "state.clean").unlink()  # as after a crash: nothing records the commit now
     bus = mmsb.open(path, sync="off", recovery="truncate")
     # asked to: the damaged frame is dropped and reported, not trusted
     assert bus.recovery.dropped_lsns == (last.lsn,)

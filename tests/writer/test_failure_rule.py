@@ -30,6 +30,7 @@ import pytest
 
 import mmsb
 import mmsb.graph.propagator as propagator
+from mmsb.engine import kernels
 from mmsb.engine.driver import effective_workers
 from mmsb.storage import codec, layout
 from mmsb.storage.log import LogReader
@@ -131,6 +132,7 @@ class Case:
     earlier: int = 0
     partial: Callable[[mmsb.Bus, Ctx], None] | None = None
     after: Callable[[mmsb.Bus, Ctx], None] | None = None  # (a): more proof the bus goes on
+    apply_nth: int | None = None  # (b): the target's failing call, when not ``nth``
 
 
 def small(bus: mmsb.Bus) -> Ctx:
@@ -327,11 +329,10 @@ CASES = [
          (propagator, "apply_edges"), derive_done),
     Case("gc_relayout", codec.RELAYOUT, holes, compact, (State, "move_bytes"),
          relayout_done, after=relayout_after),
-    Case("tick_input", codec.BATCH, tick_setup, tick_act, (stages, "apply"),
-         tick_input_done),
-    # the tick's derived pages are its second BATCH commit: that one fails
-    Case("tick_derived", codec.BATCH, tick_setup, tick_act, (stages, "apply"),
-         tick_derived_done, nth=2, earlier=1, partial=tick_input_only),
+    # a tick is one BATCH commit: its input rows are applied (staged) before the frame,
+    # the derived rows after it, by the second apply_rows_in call of the tick
+    Case("tick", codec.BATCH, tick_setup, tick_act, (kernels, "apply_rows_in"),
+         tick_derived_done, apply_nth=2),
 ]  # fmt: skip
 BY_NAME = {c.name: c for c in CASES}
 
@@ -432,7 +433,11 @@ def test_failure_after_logging_fail_stops_and_reopen_replays(
     frames = log_frames(path)
     owner, attr = case.target
     with monkeypatch.context() as m:
-        m.setattr(owner, attr, fail_nth(getattr(owner, attr), case.nth, exc_type("injected")))
+        m.setattr(
+            owner,
+            attr,
+            fail_nth(getattr(owner, attr), case.apply_nth or case.nth, exc_type("injected")),
+        )
         with pytest.raises(exc_type, match="injected"):
             case.act(bus, ctx)
     assert bus.closed
@@ -476,22 +481,26 @@ def test_failed_add_of_a_rederive_puts_the_old_parents_back(
         assert bus.read(d).tolist() == (bus.read(a) + bus.read(b) + 1).tolist()  # old one
 
 
-def test_failed_append_of_a_tick_s_derived_commit_leaves_the_changes_pending(
+def test_a_tick_the_log_refuses_commits_nothing_and_earlier_changes_stay_pending(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The input batch is committed, its derived batch could not be logged: the next tick
-    must still bring the child up to date with its parent."""
+    """The tick's one frame cannot be logged: its input rows (already staged in the arena
+    for the derivations) are taken back, and a change committed before the tick is still
+    propagated by the next one."""
     with mmsb.open(tmp_path / "b", sync="off", checkpoint_every=None) as bus:
         ctx = tick_setup(bus)
         a, b = ctx["ids"][:2]
+        bus.write(a, np.full(8, 5.0))  # committed, pending for the next tick
+        digest, lsn = bus.state_hash(), bus.lsn
         with monkeypatch.context() as m:
-            m.setattr(LogWriter, "append", fail_nth(LogWriter.append, 2, no_space(),
+            m.setattr(LogWriter, "append", fail_nth(LogWriter.append, 1, no_space(),
                                                     of_type(codec.BATCH)))  # fmt: skip
             with pytest.raises(mmsb.LogWriteError):
                 tick_act(bus, ctx)
-        tick_input_only(bus, ctx)
+        assert (bus.state_hash(), bus.lsn) == (digest, lsn)
+        assert bus.read(a).tolist() == [5.0] * 8
         bus.tick()
-        assert bus.read(b).tolist() == (bus.read(a) * 2).tolist()
+        assert bus.read(b).tolist() == [10.0] * 8
 
 
 def test_a_torn_append_is_cut_from_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

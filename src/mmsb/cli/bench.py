@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmsb.benchmarks import compare, engine, memory, peers
+from mmsb.benchmarks import compare, engine, memory, peers, snapshots
 from mmsb.benchmarks.common import Result
 from mmsb.cli.output import console
 
@@ -99,7 +99,8 @@ def _compare(scale: float, json_path: str | None) -> None:
 
 
 @click.command()
-@click.option("--suite", type=click.Choice(["all", "engine", "memory"]), default="all",
+@click.option("--suite", type=click.Choice(["all", "engine", "memory", "snapshots"]),
+              default="all",
               show_default=True, help="Which benchmarks to run.")  # fmt: skip
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Multiply the stated sizes (deltas, pages) by this.")  # fmt: skip
@@ -109,8 +110,9 @@ def _compare(scale: float, json_path: str | None) -> None:
               help="Instead of the suites: MMSB against LMDB, SQLite and numpy on shared "
                    "memory (LMDB needs mmsb[compare]).")  # fmt: skip
 def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) -> None:
-    """Measure commit throughput (1 and 2 workers, the numpy floor, the seed's workload)
-    and memory (page creation, a million pages, GC and CPython gc pauses); or, with
+    """Measure commit throughput (1 and 2 workers, the numpy floor, the seed's workload),
+    memory (page creation, a million pages, GC and CPython gc pauses) and snapshots (open
+    and read cost, before-image memory under a slow reader); or, with
     --compare, MMSB against LMDB, SQLite and numpy on the same workloads."""
     if not scale > 0:
         raise click.BadParameter("must be positive", param_hint="--scale")
@@ -118,6 +120,7 @@ def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) 
         _compare(scale, json_path)
         return
     results: list[Result] = []
+    detailed: list[Result] = []
     with _bars(sys.stderr.isatty()) as sink:
         if suite in ("all", "engine"):
             for label, fn in engine.scenarios(scale):
@@ -126,6 +129,12 @@ def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) 
             pages = max(int(1_000_000 * scale), 10_000)
             results.append(memory.create_rate(pages))
             results.append(memory.million_pages(pages, progress=sink))
+        if suite in ("all", "snapshots"):
+            for i, scenario in enumerate(snapshots.scenarios(scale)):
+                sink("snapshots", i, 2)
+                got = scenario()
+                results.extend(got)
+                detailed.append(got[-1])  # the scenario's figures behind its ratios
     table = Table(title="mmsb bench")
     for col in ("benchmark", "result", "conditions"):
         table.add_column(col)
@@ -137,7 +146,7 @@ def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) 
     out = console()
     out.print(table)
     for r in results:
-        if r.unit == "bytes":  # the million-page run: its details
+        if r.unit == "bytes" or r in detailed:  # the million-page run, snapshots: details
             for k, v in r.extra.items():
                 out.print(f"  {k}: {v:,.3f}" if isinstance(v, float) else f"  {k}: {v}")
     if json_path:

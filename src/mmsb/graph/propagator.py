@@ -235,6 +235,17 @@ class Propagator:
                     del self._derivations[c]
                     self._deriv_version += 1
 
+    @property
+    def tick_budget_ms(self) -> float:
+        """The time a tick may take before its report says ``overrun`` (settable; > 0)."""
+        return self.budget_ms
+
+    @tick_budget_ms.setter
+    def tick_budget_ms(self, ms: float) -> None:
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 0:
+            raise InvalidArgumentError(f"tick_budget_ms must be a number > 0, got {ms!r}")
+        self.budget_ms = float(ms)
+
     def _plan_for(self, state: State) -> Plan:
         key = (state.edges.version, self._deriv_version)
         if self._plan is None or self._plan_key != key:
@@ -248,50 +259,70 @@ class Propagator:
         return self._plan
 
     def tick(self, batch: DeltaBatch | None = None) -> TickReport:
-        """Commit ``batch`` (if any), propagate every change since the last tick, run the
-        maintenance step and, every ``invariant_every`` ticks, the invariants.
+        """Commit ``batch`` (if any) together with everything it and the changes since the
+        last tick derive, as one commit (one LSN: no reader, snapshot, ``at()`` or replay
+        sees the inputs without the derived pages they cause), then run the maintenance
+        step and, every ``invariant_every`` ticks, the invariants.
 
-        If a derivation raises (:class:`PropagationError`) or the log refuses the derived
-        commit (:class:`LogWriteError`), the error propagates: the input batch stays
-        committed, no derived write of this tick is applied, and the changes stay pending
-        for the next tick.
+        If a derivation raises (:class:`PropagationError`, naming it) or the log refuses the
+        frame (:class:`LogWriteError`), nothing of the tick is committed, ``batch``
+        included; changes committed before the tick stay pending for the next one.
         """
         writer = self._writable()
         state = writer.state
         t0 = time.perf_counter_ns()
-        n_in = 0
-        if batch is not None:
-            n_in = writer.apply_batch(batch).count
-        t1 = time.perf_counter_ns()
-        recomputed = changed_n = derived = flagged = 0
-        if self._dirty or self._seeds:
-            # the cause: the last commit that wrote a pending page (or, for a pass that only
-            # computes newly registered derivations, the current LSN)
-            cause = self._dirty_lsn if self._dirty else self._lsn_of()
+        n_in = 0 if batch is None else len(batch)
+        timing = [0]
+        passed: list[Any] = []
+
+        def derive() -> DeltaBatch | None:
+            t = time.perf_counter_ns()
+            if not (self._dirty or self._seeds or (n_in and state.edges.count)):
+                return None
+            assert batch is not None or not n_in
+            # the cause: this tick's own commit when it has inputs, else the last commit
+            # that wrote a pending page (or, for a pass that only computes newly registered
+            # derivations, the current LSN)
+            if n_in:
+                cause = self._lsn_of() + 1
+            else:
+                cause = self._dirty_lsn if self._dirty else self._lsn_of()
+            ins = [] if batch is None or not n_in else [batch]
             seeds = [s[s < state.next_page_id] for s in self._seeds]
-            written = np.concatenate([*self._dirty, *seeds])  # rows may repeat a page
-            lo = np.concatenate([*self._dirty_lo, *(np.zeros(s.size, np.int64) for s in seeds)])
-            hi = np.concatenate([*self._dirty_hi, *(state.size[s] for s in seeds)])
+            written = np.concatenate([*self._dirty, *(b.page_ids for b in ins), *seeds])
+            lo = np.concatenate([*self._dirty_lo, *(b.offsets for b in ins),
+                                 *(np.zeros(s.size, np.int64) for s in seeds)])  # fmt: skip
+            hi = np.concatenate([*self._dirty_hi, *(b.offsets + b.lengths for b in ins),
+                                 *(state.size[s] for s in seeds)])  # fmt: skip
             keep = written < state.next_page_id
             if not keep.all():
                 written, lo, hi = written[keep], lo[keep], hi[keep]
-            plan = self._plan_for(state)
-            result = run_pass(plan, state, written, lo, hi, cause)
-            n_written = sum(d.size for d in self._dirty)
-            written = written[: int(keep[:n_written].sum())]  # the seeds are not writes
+            result = run_pass(self._plan_for(state), state, written, lo, hi, cause)
+            n_written = sum(d.size for d in self._dirty) + n_in
+            passed[:] = [written[: int(keep[:n_written].sum())], result]  # seeds: not writes
+            timing[0] = time.perf_counter_ns() - t
+            return result.batch
+
+        # the tick's rows are propagated within it: not pending for the next one
+        self._propagating = True
+        try:
+            done = writer.commit_tick(batch, derive)
+        finally:
+            self._propagating = False
+        recomputed = changed_n = derived = flagged = 0
+        if passed:
+            written, result = passed
             recomputed = result.recomputed
-            if result.batch is not None:
-                # already propagated within this pass: not pending for the next one
-                self._propagating = True
-                try:
-                    derived = writer.apply_batch(result.batch).count
-                finally:
-                    self._propagating = False
-                changed_n = int(result.changed_pages.size)
-            # only now: a derived commit the log refused leaves the changes pending
+            changed_n = int(result.changed_pages.size)
+            derived = 0 if done is None else done.count - n_in
+            # only now: a tick that committed nothing leaves earlier changes pending
             for pending in (self._dirty, self._dirty_lo, self._dirty_hi, self._seeds):
                 pending.clear()
             flagged = self._flag_children(np.concatenate((written, result.changed_pages)))
+        elif n_in:
+            flagged = self._flag_children(batch.page_ids) if batch is not None else 0
+        t2 = time.perf_counter_ns()
+        t1 = t2 - timing[0]  # the phases as before: committing, then propagating
         t2 = time.perf_counter_ns()
         gc_report = None if self.maintenance is None else self.maintenance()
         t3 = time.perf_counter_ns()

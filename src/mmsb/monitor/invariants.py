@@ -101,6 +101,10 @@ class Invariants:
     def names(self) -> list[str]:
         return [*self.BUILTINS, *self._user]
 
+    def failing_sample(self) -> list[str]:
+        """The names of the invariants that fail on a sampled run (what a tick checks)."""
+        return [r.name for r in self.run(sample=True) if not r.passed]
+
     def run(self, sample: bool = False, names: list[str] | None = None) -> list[InvariantResult]:
         """Run the checks (all, or ``names``); never raises for a failing check."""
         wanted = self.names() if names is None else names

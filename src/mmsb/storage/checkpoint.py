@@ -10,7 +10,10 @@ File ``ckpt/<lsn, 20 digits>.ckpt``::
 
 Written to a temporary name, fsynced, renamed, then the directory is fsynced: a reader sees
 either the old set of checkpoints or the new one, never a half-written file. The same format
-without the arena section is the clean-shutdown file ``state.clean``.
+without the arena section is the clean-shutdown file ``state.clean``. A failed write, fsync
+or rename raises :class:`~mmsb.errors.CheckpointWriteError` and leaves the directory as it
+was (the temporary file removed; a file renamed into place whose directory entry could not
+be synced removed again), so nothing ever relies on an image that may not be on disk.
 
 Loading treats the file as untrusted: every section is bounds-checked and CRC-checked, and
 the page table must be self-consistent (sizes, dtypes, non-overlapping slots inside the
@@ -19,6 +22,7 @@ arena) before anything is written to an arena.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,7 +35,7 @@ import numpy.typing as npt
 
 from mmsb.engine import kernels
 from mmsb.engine.crc import crc32
-from mmsb.errors import CorruptCheckpointError
+from mmsb.errors import CheckpointWriteError, CorruptCheckpointError, storage_error
 from mmsb.storage import layout
 from mmsb.storage.arena import Arena
 from mmsb.storage.edges import EdgeTable
@@ -130,6 +134,35 @@ def write_state(
     header += b" " * ((-len(header)) % 8)
     pre = _PRE.pack(MAGIC, VERSION, len(header), crc32(header))
     tmp = path + layout.TMP_SUFFIX
+    existed = os.path.exists(path)
+    try:
+        size = _write_file(tmp, pre, header, parts, sync)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise storage_error(f"cannot write {path}", exc, CheckpointWriteError) from exc
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise storage_error(f"cannot rename {tmp} into place", exc, CheckpointWriteError) from exc
+    if sync:
+        try:
+            fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            if not existed:  # it may vanish in a power cut: let nothing count on it
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise storage_error(
+                f"cannot sync the directory entry of {path}", exc, CheckpointWriteError
+            ) from exc
+    return size
+
+
+def _write_file(
+    tmp: str, pre: bytes, header: bytes, parts: list[tuple[str, Any]], sync: bool
+) -> int:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, layout.FILE_MODE)
     try:
         with os.fdopen(fd, "wb", buffering=0, closefd=False) as f:
@@ -142,13 +175,9 @@ def write_state(
                     _write(f, b"\0" * ((-mv.nbytes) % 8))
         if sync:
             os.fsync(fd)
-        size = os.fstat(fd).st_size
+        return os.fstat(fd).st_size
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    if sync:
-        fsync_dir(os.path.dirname(path))
-    return size
 
 
 def _write(f: BinaryIO, data: bytes | memoryview) -> None:

@@ -68,6 +68,10 @@ class FollowState(State):
     def read(self, page_id: int) -> Any:
         return self.follower.stable(lambda st: State.read(st, page_id))
 
+    def read_many(self, page_ids: Any) -> Any:
+        # one seqlock bracket around the whole gather: every row from the same commit
+        return self.follower.stable(lambda st: State.read_many(st, page_ids))
+
     def state_hash(self) -> str:
         return self.follower.on_copy(State.state_hash)
 
@@ -148,24 +152,38 @@ class Follower:
         while True:
             if not self.live:
                 return fn(self.state)
-            hdr = self._header
-            assert hdr is not None
-            snap = hdr.snapshot()
-            if snap is None:
-                if hdr.seq & 1:
-                    self._await_even(hdr)
-                continue
-            seq, gen, lsn, _ = snap
-            if gen != self.generation:
-                self._follow_new_writer()
-                continue
-            if lsn != self.lsn:
-                self._catch_up(lsn)
+            seq = self._settled()
+            if seq is None:
                 continue
             out = fn(self.state)
-            if hdr.seq == seq:
+            if self._seq() == seq:
                 return out
             self.retries += 1
+
+    def _settled(self) -> int | None:
+        """The ``seq`` under which the live view holds the writer's published commit, or
+        None after one step towards it (waiting for a publish, following a new writer,
+        catching up): call again."""
+        hdr = self._header
+        assert hdr is not None
+        snap = hdr.snapshot()
+        if snap is None:
+            if hdr.seq & 1:
+                self._await_even(hdr)
+            return None
+        seq, gen, lsn, _ = snap
+        if gen != self.generation:
+            self._follow_new_writer()
+            return None
+        if lsn != self.lsn:
+            self._catch_up(lsn)
+            return None
+        return seq
+
+    def _seq(self) -> int:
+        hdr = self._header
+        assert hdr is not None
+        return hdr.seq
 
     def on_copy(self, fn: Callable[[State], T]) -> T:
         """Run ``fn`` over the current table and a private copy of the arena bytes, taken in
@@ -187,6 +205,23 @@ class Follower:
     @property
     def writer_alive(self) -> bool:
         return writer_active(self._lock_path)
+
+    def pin(self, publish: Callable[[int], None]) -> int:
+        """Pin the view's current commit for a snapshot: bring the view to the writer's
+        last published LSN, ``publish(lsn)`` the pin (it must store and fence), and keep
+        it only if no commit began meanwhile (``seq`` unchanged); else pin again. Return
+        the pinned LSN. With the writer, ``seq`` odd -> fence -> read pins, this is
+        Dekker's pattern: the writer sees the pin or the reader sees ``seq`` move."""
+        while True:
+            if not self.live or self._header is None:
+                publish(self.lsn)  # a private view never changes
+                return self.lsn
+            seq = self._settled()
+            if seq is None:
+                continue
+            publish(self.lsn)
+            if self._seq() == seq:
+                return self.lsn
 
     # -- transitions ----------------------------------------------------------------------
 

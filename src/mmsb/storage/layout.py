@@ -5,6 +5,7 @@ names them (every other module takes its names and modes from here)::
     LOCK               writer lock (flock)                          (lock.py)
     SEQ                publication header for reader processes      (seqlock.py)
     READERS            live readers' shared locks                   (readers.py)
+    SNAPSHOTS          pinned snapshots and before-images           (snapstore.py)
     arena.bin          page bytes, memory-mapped                    (arena.py)
     state.clean        page table at a clean shutdown               (recovery.py)
     log/*.seg          transaction log segments                     (log.py)
@@ -22,6 +23,7 @@ MANIFEST_FILE = "MANIFEST.json"
 LOCK_FILE = "LOCK"
 SEQ_FILE = "SEQ"
 READERS_FILE = "READERS"
+SNAPSHOTS_FILE = "SNAPSHOTS"
 ARENA_FILE = "arena.bin"
 CLEAN_FILE = "state.clean"
 LOG_DIR = "log"

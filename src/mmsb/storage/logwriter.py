@@ -3,6 +3,16 @@
 
 The format itself (segment and frame headers, frame types) and reading are in
 :mod:`mmsb.storage.log`.
+
+Failures. A failed append leaves the log as it was (a partial frame is cut off) and the
+writer usable. A failed fsync does not: the kernel may have dropped the unwritten pages
+and marked them clean, so a retry could succeed without the data ever reaching the disk
+(PostgreSQL's "fsyncgate"). The writer therefore *fails*: it records the first failed
+fsync (or any other failure that leaves the log in doubt, such as a partial frame it could
+not cut off) and from then on every append, sync and close raises
+:class:`~mmsb.errors.LogSyncError` (or :class:`~mmsb.errors.LogWriteError`) chained to
+the original :class:`OSError`, without touching the file again. Its owner closes the bus
+as after a crash; the next open recovers what the log holds.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mmsb.errors import LogSyncError, LogWriteError
 from mmsb.storage import layout
 from mmsb.storage.log import (
     _ZEROS,
@@ -57,7 +68,12 @@ class LogWriter:
         self.appended = 0  # bytes appended by this writer, ever (only grows)
         self.synced = 0  # value of ``appended`` covered by the last completed fsync
         self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
-        self.sync_error: OSError | None = None  # set by a failed background fsync
+        self.sync_error: OSError | None = None  # the failed fsync that stopped this writer
+        # why the writer stopped: (error class, what failed, the OSError); see failed()
+        self._failure: tuple[type[LogWriteError], str, BaseException] | None = None
+        # called with the error when an explicit sync (force=True: the owner's sync_now)
+        # fails or finds the writer failed; the owner closes the bus there
+        self.on_failure: Callable[[BaseException], None] | None = None
         # normal mode: a roll hands the full segment to the next sync() instead of
         # fsyncing it on the commit path (the mode promises durability within an interval)
         self.defer_roll_sync = False
@@ -92,33 +108,106 @@ class LogWriter:
                 self.preallocate = False
 
     def _release(self, fd: int, pos: int) -> None:
-        """Give back the preallocated blocks past ``pos`` (the segment's end)."""
+        """Give back the preallocated blocks past ``pos`` (the segment's end). Best effort:
+        the file's size is ``pos`` either way, so a failure only keeps the blocks."""
         if self.preallocate:
-            os.ftruncate(fd, pos)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, pos)
+
+    # -- failure ------------------------------------------------------------------------------
+
+    @property
+    def failed(self) -> bool:
+        """Whether a failure has stopped this writer for good (see the module docstring)."""
+        return self._failure is not None
+
+    def _fail(self, kind: type[LogWriteError], what: str, cause: BaseException) -> LogWriteError:
+        """Record the failure that stops this writer (the first one wins) and return the
+        error to raise for it (``from cause``)."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = (kind, what, cause)
+                if kind is LogSyncError and isinstance(cause, OSError):
+                    self.sync_error = cause
+        why = " (a retried fsync would prove nothing)" if kind is LogSyncError else ""
+        err = kind(f"{what} failed ({cause}); the log takes no more writes{why}: reopen the bus")
+        err.errno = getattr(cause, "errno", None)
+        return err
+
+    def _check_failed(self) -> None:
+        """Raise the recorded failure again (a new error chained to the same cause)."""
+        failure = self._failure
+        if failure is not None:
+            kind, what, cause = failure
+            raise self._fail(kind, f"an earlier {what}", cause) from cause
+
+    def raise_if_failed(self, on_failure: Callable[[BaseException], None]) -> None:
+        """For the owner, before it stages a commit: if the writer has failed, call
+        ``on_failure(error)`` (which closes the bus) and raise the error."""
+        try:
+            self._check_failed()
+        except LogWriteError as exc:
+            on_failure(exc)
+            raise
 
     def roll(self, first_lsn: int) -> None:
-        """Start a new segment whose first frame will carry ``first_lsn``."""
+        """Start a new segment whose first frame will carry ``first_lsn``.
+
+        The new segment is complete (header written and, unless deferred, synced with its
+        directory entry) before the old one is let go; when it cannot be made, it is
+        removed again and the old segment stays current, so the next append still works
+        (a :class:`LogWriteError`). A failed fsync fails the writer (:class:`LogSyncError`).
+        """
+        self._check_failed()
         with self._lock:
             defer = self.defer_roll_sync and self.fsync_enabled
+            if self._fd >= 0 and not defer:
+                self.sync()  # the old segment is complete on disk before the new one starts
+            path = os.path.join(self.log_dir, segment_name(first_lsn))
+            fd = self._new_segment(path, first_lsn)
+            if not defer and self.fsync_enabled:
+                try:
+                    os.fsync(fd)
+                    fsync_dir(self.log_dir)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                    raise self._fail(LogSyncError, "fsync of a new log segment", exc) from exc
             if self._fd >= 0:
                 self._release(self._fd, self.pos)
                 if defer:
                     self._retired.append(self._fd)
                 else:
-                    self.sync()
-                    os.close(self._fd)
-                self._fd = -1
-            path = os.path.join(self.log_dir, segment_name(first_lsn))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, layout.FILE_MODE)
-            self._preallocate(fd)
-            _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
             if defer:
                 self._dir_unsynced = True  # the next sync covers the header and the entry
-            elif self.fsync_enabled:
-                os.fsync(fd)
-                fsync_dir(self.log_dir)
             self._fd, self.path, self.name = fd, path, os.path.basename(path)
             self.pos = SEG_HEADER_SIZE
+
+    def _new_segment(self, path: str, first_lsn: int) -> int:
+        """Create the segment file with its header; on failure leave no file behind."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, layout.FILE_MODE)
+        except OSError as exc:
+            raise LogWriteError(f"cannot create log segment {path}: {exc}") from exc
+        try:
+            self._preallocate(fd)
+            _write_all(fd, [encode_segment_header(first_lsn)], SEG_HEADER_SIZE)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            try:
+                os.unlink(path)
+                if self.fsync_enabled:
+                    fsync_dir(self.log_dir)  # the removal is durable before later frames
+            except OSError as gone:
+                # a stray segment named for an LSN the current one will also hold would
+                # read as damage: stop here, and let recovery drop the headerless file
+                raise self._fail(LogWriteError, f"removal of half-made segment {path}",
+                                 gone) from exc  # fmt: skip
+            raise LogWriteError(f"cannot write the header of log segment {path}: {exc}") from exc
+        return fd
 
     def append(
         self,
@@ -130,8 +219,12 @@ class LogWriter:
         crc: int | None = None,
     ) -> int:
         """Write one frame; return its offset. Rolls first when the segment is full.
-        ``crc`` is the pieces' CRC-32 when the caller computed it already."""
-        self._check_sync_error()
+        ``crc`` is the pieces' CRC-32 when the caller computed it already.
+
+        A failed write raises its :class:`OSError` with the log as it was; when the part
+        already written cannot be cut off again the writer fails (:class:`LogWriteError`).
+        """
+        self._check_failed()
         if self.pos >= self.segment_size and self.pos > SEG_HEADER_SIZE:
             self.roll(lsn)
         head, length, pad = encode_frame_header(ftype, flags, lsn, ts, pieces, crc)
@@ -142,9 +235,14 @@ class LogWriter:
         size = FRAME_HEADER_SIZE + length + pad
         try:
             _write_all(self._fd, parts, size)
-        except BaseException:
+        except BaseException as exc:
             # never leave a partial frame behind a later good one
-            os.ftruncate(self._fd, offset)
+            try:
+                os.ftruncate(self._fd, offset)
+            except OSError as cut:
+                # the tail stays torn (recovery cuts it); nothing may follow it
+                raise self._fail(LogWriteError, "cutting off a partly written frame",
+                                 cut) from exc  # fmt: skip
             raise
         self.pos += size
         self.appended += size
@@ -163,23 +261,30 @@ class LogWriter:
         self.appended -= removed
         self.written -= removed
 
-    def _check_sync_error(self) -> None:
-        if self.sync_error is not None:
-            raise OSError(
-                f"an earlier background fsync of the log failed ({self.sync_error}); "
-                "commits that were acknowledged may not be durable, so writing stops here"
-            ) from self.sync_error
-
     @property
     def unsynced(self) -> int:
         """Bytes appended since the last completed fsync."""
         return self.appended - self.synced
 
-    def sync(self, *, force: bool = False) -> None:
+    def sync(self, *, force: bool = False, background: bool = False) -> None:
         """fdatasync the current segment if anything was appended since the last sync
-        (always when ``force``; otherwise only where the sync mode allows fsync at all)."""
-        if not (self.fsync_enabled or force):
-            return
+        (always when ``force``; otherwise only where the sync mode allows fsync at all).
+
+        A failed fsync fails the writer: this call and every later one raise
+        :class:`LogSyncError` and nothing is retried. ``force`` marks the owner's explicit
+        request (``Bus.sync_now``), made outside any commit: :attr:`on_failure` is then
+        called first, so the bus closes at once. ``background`` only words the error (a
+        sync thread's)."""
+        try:
+            self._check_failed()
+            if self.fsync_enabled or force:
+                self._sync("background fsync of the log" if background else "fsync of the log")
+        except LogWriteError as exc:
+            if force and self.on_failure is not None:
+                self.on_failure(exc)
+            raise
+
+    def _sync(self, what: str) -> None:
         with self._lock:  # collect what to sync; the fsyncs run without the lock
             target = self.appended
             retired, self._retired = self._retired, []
@@ -193,11 +298,14 @@ class LogWriter:
                 os.fsync(current) if dir_unsynced else os.fdatasync(current)
             if dir_unsynced:
                 fsync_dir(self.log_dir)
-        except BaseException:
-            with self._lock:  # try again next time
+        except BaseException as exc:
+            with self._lock:  # kept: for abandon() to close, or (interrupted) to sync later
                 self._retired[:0] = retired
-                self._dir_unsynced = self._dir_unsynced or dir_unsynced
                 retired = []
+                if not isinstance(exc, OSError):
+                    self._dir_unsynced = self._dir_unsynced or dir_unsynced
+            if isinstance(exc, OSError):  # never synced again (see the module docstring)
+                raise self._fail(LogSyncError, what, exc) from exc
             raise
         finally:
             for fd in retired:
@@ -208,17 +316,23 @@ class LogWriter:
             self.synced = max(self.synced, target)
 
     def close(self) -> None:
+        """Sync and close. On a failed writer (or a failed last sync) every descriptor is
+        still closed, and the failure is raised: the owner must not record a clean
+        shutdown."""
         with self._lock:
             if self._fd >= 0 or self._retired:
                 try:
                     self.sync()
                 finally:
                     for fd in self._retired:
-                        os.close(fd)
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
                     self._retired = []
                     if self._fd >= 0:
-                        self._release(self._fd, self.pos)
-                        os.close(self._fd)
+                        if not self.failed:
+                            self._release(self._fd, self.pos)
+                        with contextlib.suppress(OSError):
+                            os.close(self._fd)
                     self._fd = -1
 
     def abandon(self) -> None:
@@ -253,11 +367,11 @@ class PeriodicSync:
         self._thread.start()
 
     def run_once(self) -> None:
-        """One sync step (what the thread does each interval)."""
+        """One sync step (what the thread does each interval). A failure stops the thread;
+        the writer keeps it, and its owner's next commit, sync or close raises it."""
         try:
-            self.writer.sync()
-        except OSError as exc:
-            self.writer.sync_error = exc
+            self.writer.sync(background=True)
+        except OSError:
             self._stop.set()
 
     def _run(self) -> None:

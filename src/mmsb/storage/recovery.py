@@ -5,6 +5,13 @@ is current (fast open). Otherwise the newest checkpoint that passes its checks i
 the log after its LSN is replayed; a torn tail is truncated and reported, damage before the
 tail raises :class:`CorruptLogError`. Read-only opens do the same into process memory and
 never modify a file.
+
+Recovery never ends behind an LSN the directory records as durable: the LSN of the
+clean-shutdown file (written after the log was closed) and that of the checkpoint it starts
+from (written after the log was synced up to it). A log that ends before that LSN (a segment
+cut short or removed) raises :class:`CorruptLogError` naming both LSNs, whether its end is a
+clean frame boundary, a torn append or a damaged final frame, and with
+``drop_damaged_tail`` too: dropping a tail may only remove frames after every such LSN.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from mmsb.errors import (
 )
 from mmsb.storage import codec, layout
 from mmsb.storage.arena import Arena
-from mmsb.storage.checkpoint import list_checkpoints, load_state
+from mmsb.storage.checkpoint import list_checkpoints, load_state, read_header
 from mmsb.storage.log import (
     SEG_HEADER_SIZE,
     Frame,
@@ -130,10 +137,13 @@ def recover(
 
     A complete final frame that fails its checksum is corruption (``CorruptLogError``)
     unless ``drop_damaged_tail``: then it is cut off like a torn tail, its LSN is named in
-    ``RecoveryInfo.dropped_lsns`` and a warning is logged."""
+    ``RecoveryInfo.dropped_lsns`` and a warning is logged. Either way, a log that ends
+    before the clean-shutdown LSN or the base checkpoint's LSN raises ``CorruptLogError``
+    (see the module doc)."""
     t0 = time.perf_counter()
     log_dir = os.path.join(directory, layout.LOG_DIR)
     clean_path = os.path.join(directory, CLEAN_FILE)
+    clean_lsn = _recorded_lsn(clean_path)
     if not readonly and os.path.exists(clean_path):
         fast = _try_clean_open(directory, clean_path, arena)
         if fast is not None:
@@ -160,13 +170,8 @@ def recover(
             done.gap.segment,
             done.gap.offset,
         )
-    if segments and reader.end_lsn < ckpt_lsn and reader.torn is None:
-        raise CorruptLogError(
-            f"log ends at LSN {reader.end_lsn}, before checkpoint LSN {ckpt_lsn}",
-            os.path.basename(segments[-1][1]),
-            -1,
-        )
     torn = reader.torn
+    _check_durable_floor(segments, reader, lsn, ckpt_lsn, clean_lsn)
     if torn is not None and not readonly:
         _truncate_torn(log_dir, torn)
     dropped: tuple[int, ...] = ()
@@ -260,6 +265,52 @@ def load_base(directory: str, arena: Arena, upto: int | None = None) -> Base:
             continue
         return Base(state, ck_lsn, ts, first_log_lsn, rejected)
     return Base(None, 0, 0, first_log_lsn, rejected)
+
+
+def _recorded_lsn(path: str) -> int | None:
+    """The LSN a clean-shutdown file records (None: no such file, or one whose header
+    fails its checks, which records nothing that can be trusted)."""
+    try:
+        with open(path, "rb") as f:
+            return read_header(f, path)[0].lsn
+    except (OSError, MMSBError):
+        return None
+
+
+def _check_durable_floor(
+    segments: list[tuple[int, str]],
+    reader: LogReader,
+    lsn: int,
+    ckpt_lsn: int,
+    clean_lsn: int | None,
+) -> None:
+    """Raise :class:`CorruptLogError` where the log (less any torn or dropped tail) ends
+    before an LSN recorded as durable: the base checkpoint's, or the clean-shutdown file's.
+
+    With no segment at all the state ends at ``lsn`` (the checkpoint's, or 0)."""
+    floor, what = ckpt_lsn, f"checkpoint at LSN {ckpt_lsn}"
+    if clean_lsn is not None and clean_lsn > floor:
+        floor, what = clean_lsn, f"clean-shutdown file ({CLEAN_FILE})"
+    end = reader.end_lsn if segments else lsn
+    if end >= floor:
+        return
+    torn = reader.torn
+    if torn is not None:
+        segment, offset = torn.segment, torn.offset
+        where = f"segment {segment} at offset {offset}, where its tail is damaged or cut off"
+    elif segments:
+        path = segments[-1][1]
+        segment, offset = os.path.basename(path), os.path.getsize(path)
+        where = f"the end of segment {segment} (offset {offset})"
+    else:
+        segment, offset, where = "", -1, "no log segment"
+    raise CorruptLogError(
+        f"log ends at LSN {end} ({where}), before LSN {floor}, which the {what} records as "
+        f"durable: the frames up to LSN {floor} are missing (a log segment was cut short or "
+        "removed); recovery may only drop frames after it",
+        segment,
+        offset,
+    )
 
 
 def _try_clean_open(directory: str, clean_path: str, arena: Arena) -> tuple[State, int, int] | None:

@@ -333,7 +333,10 @@ class State:
     # -- deltas -------------------------------------------------------------------------
 
     def validate(self, batch: DeltaBatch) -> None:
-        """Raise unless every row targets a live page and fits inside it. Vectorised."""
+        """Raise unless every row targets a live page and fits inside it, and every typed
+        row (``batch.dtypes`` not 0, raw bytes) has its page's dtype and starts and ends on
+        whole items. Vectorised; the words of the errors the commit path raises (its
+        compiled checks, :mod:`mmsb.engine.commit_kernels`, only say yes or no)."""
         if len(batch) == 0:
             return
         pids = batch.page_ids
@@ -357,6 +360,33 @@ class State:
                 f"{int(pids[r])} size {int(self.size[pids[r]])})",
                 bad[:20].tolist(),
             )
+        typed = np.flatnonzero(batch.dtypes)
+        if typed.size == 0:
+            return
+        codes = batch.dtypes[typed].astype(np.intp)
+        pages = batch.page_ids[typed]
+        page_codes = self.dtype[pages].astype(np.intp)
+        span = batch.offsets[typed] | batch.lengths[typed]
+        bad_rows = (codes != page_codes) | ((span & (DTYPE_ITEMSIZE[codes] - 1)) != 0)
+        if not bad_rows.any():
+            return
+        bad = typed[bad_rows]
+        k = int(np.argmax(bad_rows))
+        r, p, code = int(typed[k]), int(pages[k]), int(codes[k])
+        off, n = int(batch.offsets[r]), int(batch.lengths[r])
+        have, want = DTYPE_NAMES[code], DTYPE_NAMES[int(page_codes[k])]
+        item = int(DTYPE_ITEMSIZE[code])
+        if code != page_codes[k]:
+            why = f"payload dtype {have} does not match page {p} dtype {want} (offset {off})"
+        elif off % item:
+            why = f"offset {off} is not a multiple of page {p}'s {want} itemsize {item}"
+        else:
+            why = (f"length {n} at offset {off} is not a multiple of page {p}'s {want} "
+                   f"itemsize {item}")  # fmt: skip
+        raise InvalidDeltaError(
+            f"batch rows {format_rows(bad)} do not fit the dtype of their page (row {r}: {why})",
+            bad[:20].tolist(),
+        )
 
     def apply(self, batch: DeltaBatch) -> None:
         """Write a validated batch into the arena, in row order."""

@@ -7,6 +7,12 @@ published commit (a hook of the :class:`~mmsb.writer.committer.Committer`), and 
 whose arena is at most ``BACKGROUND_CHECKPOINT_BYTES`` is copied (a memcpy) and written by a
 helper thread, which first syncs the log up to that LSN, so the commit that crossed the
 threshold does not wait for the disk.
+
+Failures never lose a commit, because the log is the record: a checkpoint that cannot be
+written raises :class:`~mmsb.errors.CheckpointWriteError` (explicit) or is kept in
+``last_error`` (automatic: the commit that called for it is already published, so it does
+not raise), and the next threshold tries again. Only a failed fsync of the log is worse: it
+closes the bus (see :mod:`mmsb.storage.logwriter`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from mmsb.errors import LogWriteError, StorageIOError, storage_error
 from mmsb.storage import layout
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
 from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
@@ -62,14 +69,19 @@ class Checkpointer:
 
     def after_commit(self) -> None:
         """The committer's after-publish hook: reap a finished background checkpoint and
-        start the next one when the log has grown by ``every`` bytes."""
-        bg = self._thread
-        if bg is not None and not bg.is_alive():
-            self.join()
-            if self.auto_compact:
-                self.compact()
-        if self.every is not None and self.committer.log.written >= self.every:
-            self._automatic()
+        start the next one when the log has grown by ``every`` bytes. It never raises for
+        a failure of its own: the commit that ran it is published (and in the log), so the
+        failure goes to ``last_error`` and the next threshold tries again."""
+        try:
+            bg = self._thread
+            if bg is not None and not bg.is_alive():
+                self.join()
+                if self.auto_compact:
+                    self.compact()
+            if self.every is not None and self.committer.log.written >= self.every:
+                self._automatic()
+        except (OSError, RuntimeError) as exc:  # typed I/O errors, or no thread to run
+            self.last_error = exc
 
     def _automatic(self) -> None:
         if self._thread is not None:
@@ -89,7 +101,7 @@ class Checkpointer:
 
         def write() -> None:
             try:
-                log.sync()  # the log up to ``lsn`` is durable before its image is
+                log.sync(background=True)  # the log up to ``lsn`` is durable before its image
                 write_state(path, image, lsn, ts, with_arena=True, sync=sync)
             except BaseException as exc:  # kept for the owner: see join()
                 self._thread_error = exc
@@ -109,22 +121,43 @@ class Checkpointer:
     # -- explicit -----------------------------------------------------------------------------
 
     def checkpoint(self) -> CheckpointInfo:
-        """Write a full image at the current LSN and start a new log segment."""
+        """Write a full image at the current LSN and start a new log segment. Raises
+        :class:`~mmsb.errors.CheckpointWriteError` when the image cannot be written (the bus
+        stays open) and :class:`~mmsb.errors.LogSyncError` when the log cannot be synced
+        first (the bus closes itself)."""
         self.join()
         state, log, c = self.state, self.committer.log, self.committer
         t0 = time.perf_counter()
-        log.sync()
+        try:
+            log.sync()
+        except LogWriteError as exc:
+            c.fail_stop(exc)
+            raise
         path = os.path.join(self.path, layout.CKPT_DIR, checkpoint_name(c.lsn))
         size = write_state(path, state, c.lsn, c.timestamp, with_arena=True, sync=self.sync)
         if log.pos > SEG_HEADER_SIZE:
-            log.roll(c.lsn + 1)
+            try:
+                log.roll(c.lsn + 1)
+            except LogWriteError as exc:
+                if log.failed:
+                    c.fail_stop(exc)
+                raise
         log.written = 0
         return CheckpointInfo(c.lsn, path, size, state.live_count, time.perf_counter() - t0)
 
     def compact(self) -> CompactInfo:
         """Drop checkpoints beyond the newest ``keep`` and the log segments wholly covered
-        by the oldest kept one. History before it becomes unavailable."""
+        by the oldest kept one. History before it becomes unavailable. A failed removal
+        raises :class:`~mmsb.errors.StorageIOError`; what was removed was covered."""
         self.join()  # its temporary file must not be taken for debris
+        try:
+            return self._compact()
+        except OSError as exc:
+            if isinstance(exc, StorageIOError):
+                raise
+            raise storage_error(f"cannot compact {self.path}", exc) from exc
+
+    def _compact(self) -> CompactInfo:
         ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
         log_dir = os.path.join(self.path, layout.LOG_DIR)
         ckpts = list_checkpoints(ckpt_dir)

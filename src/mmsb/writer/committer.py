@@ -5,7 +5,13 @@ creation and deletion, deltas, batches, graph edges, GC relayouts, the derived p
 tick)::
 
     stamp (LSN, time) -> append the frame to the log (fsync when sync="always")
-      -> seq odd -> apply(state) -> publish (LSN, seq even) -> listeners
+      -> seq odd -> keep before-images for pinned snapshots -> apply(state)
+      -> publish (LSN, seq even) -> listeners
+
+A tick changes the arena before its frame exists (its derivations read its inputs):
+:meth:`Committer.stage` makes ``seq`` odd and keeps the snapshots' before-images first, and
+the commit that follows takes a ``restore`` to put the staged bytes back if the frame
+cannot be made durable (:meth:`Committer.unstage` when the tick gives up before logging).
 
 with one failure rule:
 
@@ -34,8 +40,10 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.errors import BusClosedError, LogWriteError
+from mmsb.storage.codec import BATCH, DELETE
 from mmsb.storage.logwriter import LogWriter
 from mmsb.storage.seqlock import SeqPublisher
+from mmsb.storage.snapstore import SnapWriter
 
 R = TypeVar("R")
 I64 = npt.NDArray[np.int64]
@@ -91,7 +99,37 @@ class Committer:
         self.listeners: list[Listener] = []
         self.after_publish: list[Callable[[], None]] = []  # e.g. the automatic checkpoint
         self.failure: str | None = None  # why the bus closed itself, once it has
+        self.snapshots: SnapWriter | None = None  # keeps what pinned snapshots still see
+        self._staging = False  # arena changes made ahead of the next frame (see stage())
         self._on_fail_stop = on_fail_stop
+
+    def _before_change(self, ftype: int, pages: I64 | None, lsn: int) -> None:
+        """With ``seq`` odd: save the pages commit ``lsn`` overwrites or deletes for the
+        snapshots pinned before it."""
+        snaps = self.snapshots
+        if snaps is not None and pages is not None and ftype in (BATCH, DELETE):
+            snaps.before_change(pages, lsn, deleted=ftype == DELETE)
+
+    def stage(self, pages: I64) -> None:
+        """Begin changing the arena ahead of the next commit's frame (a tick applies its
+        inputs first, because its derivations read them): ``seq`` goes odd, so readers
+        wait, and the pinned snapshots keep ``pages``. The next :meth:`commit` (with
+        ``restore``) or :meth:`unstage` ends it."""
+        if self.failure is not None:
+            raise BusClosedError(f"the bus closed itself after a failed commit ({self.failure})")
+        self.seq.begin()
+        self._staging = True
+        try:
+            self._before_change(BATCH, pages, self.lsn + 1)
+        except BaseException:
+            self.unstage()
+            raise
+
+    def unstage(self) -> None:
+        """The staged changes were taken back (the caller restored the arena): publish
+        the unchanged LSN again, so readers go on."""
+        self._staging = False
+        self.seq.publish(self.lsn, self.timestamp)
 
     def commit(
         self,
@@ -100,6 +138,7 @@ class Committer:
         apply: Callable[[], R],
         *,
         undo: Callable[[], None] | None = None,
+        restore: Callable[[], None] | None = None,
         crc: int | None = None,
         pages: I64 | None = None,
         first_delta_id: int = 0,
@@ -109,18 +148,28 @@ class Committer:
     ) -> tuple[int, int, R]:
         """Log one frame, then ``apply()`` it and publish; return ``(lsn, timestamp,
         apply's result)``. ``undo()`` takes back what the caller staged before the call
-        (epochs assigned, edges checked) when the frame could not be made durable."""
+        (epochs assigned, edges checked) when the frame could not be made durable;
+        ``restore()``, given after :meth:`stage`, takes back the arena changes staged."""
         if self.failure is not None:
             raise BusClosedError(f"the bus closed itself after a failed commit ({self.failure})")
+        self.log.raise_if_failed(self.fail_stop)  # an earlier fsync failed: close, raise
         lsn = self.lsn + 1
         ts = max(int(self.clock()), self.timestamp)
         log = self.log
         seg = log.name
+
+        def take_back() -> None:
+            if undo is not None:
+                undo()
+            if self._staging:
+                assert restore is not None, "a staged commit needs restore()"
+                restore()
+                self.unstage()
+
         try:
             off = log.append(ftype, lsn, ts, pieces, crc=crc)
         except BaseException as exc:
-            if undo is not None:
-                undo()
+            take_back()
             if isinstance(exc, OSError) and not isinstance(exc, LogWriteError):
                 raise LogWriteError(f"could not append commit {lsn} to the log: {exc}") from exc
             raise
@@ -129,8 +178,7 @@ class Committer:
                 log.sync()
             except BaseException as exc:
                 log.cut(off)  # the frame was never acknowledged: no replay may find it
-                if undo is not None:
-                    undo()
+                take_back()
                 self.fail_stop(exc)
                 if isinstance(exc, OSError):
                     raise LogWriteError(
@@ -140,6 +188,8 @@ class Committer:
                 raise
         try:
             self.seq.begin()  # readers: the arena changes from here until publish
+            self._staging = False
+            self._before_change(ftype, pages, lsn)
             result = apply()
             self.lsn = lsn
             self.timestamp = ts

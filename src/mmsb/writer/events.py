@@ -12,12 +12,25 @@ Rules:
   example in your next tick). This bounds recursion by construction.
 * Events are only built when someone subscribed to that event type: an idle hub costs one
   dictionary lookup per commit.
+
+Live readers (``readonly=True``) raise the same commit events (``page_created``,
+``page_deleted``, ``delta_applied``, ``page_changed``) from the log frames they follow
+(:meth:`EventHub.follow`): for each commit the reader observes (by a read, ``refresh``,
+``wait_for`` or the automatic catch-up), once, in commit order, with the commit's LSN. A
+commit made while the reader was not looking is reported when it next catches up. What a
+reader rebuilds by replay rather than tails frame by frame is not reported: the commits
+before it opened or subscribed, and those skipped when it re-attaches (a new writer process,
+or log segments compacted away while it lagged); ``page_stale``, ``page_invalidated``,
+``gpu_sync_needed`` and ``tick_done`` are the writer's own. Handlers run once the reader's
+table has taken the commit; what they read is the reader's newest view, which may already
+be past the event's LSN.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmsb.errors import InvalidArgumentError
+from mmsb.storage import codec
 from mmsb.storage.codec import BATCH, CREATE, DELETE
+from mmsb.storage.log import Frame
+from mmsb.storage.logtail import batch_rows
 
 if TYPE_CHECKING:
     from mmsb.writer.committer import Change
@@ -74,6 +90,9 @@ class EventHub:
         self.failed = 0
         self.last_error: str | None = None
         self.dispatching = False
+        # a live reader's events waiting for delivery, in commit order (see ``followed``)
+        self._pending: deque[tuple[str, int, Any, dict[str, Any]]] = deque()
+        self._draining = False
 
     def subscribe(
         self, event: str, handler: Handler, filter: Filter | Iterable[int] | None = None
@@ -151,6 +170,49 @@ class EventHub:
                           first_delta_id=change.first_delta_id, count=change.count)  # fmt: skip
             if self.wants("page_changed") and change.pages is not None:
                 self.emit("page_changed", change.lsn, np.unique(change.pages))
+
+    def follow(self, then: Callable[[Frame], None]) -> Callable[[Frame], None]:
+        """A ``Follower(on_frame=...)`` hook for a read-only bus: ``then(frame)`` (say, the
+        history index), then this hub's events for the frame (:meth:`followed`)."""
+
+        def on_frame(frame: Frame) -> None:
+            then(frame)
+            self.followed(frame)
+
+        return on_frame
+
+    def followed(self, frame: Frame) -> None:
+        """Follower hook: raise the events a writable bus raises for this commit (see
+        :meth:`committed`), built from its log frame, which the reader has applied.
+
+        The events are queued and delivered in order; a handler that reads the bus may make
+        the reader catch up with later frames, whose events join the queue behind the
+        current ones rather than run inside it, so every commit is reported once, in
+        commit order."""
+        ftype, lsn = frame.type, frame.lsn
+        queue = self._pending
+        if ftype == CREATE:
+            if self.wants("page_created"):
+                rec = codec.decode_create(frame.payload)
+                queue.append(("page_created", lsn, np.arange(rec.first, rec.first + rec.n), {}))
+        elif ftype == DELETE:
+            if self.wants("page_deleted"):
+                queue.append(("page_deleted", lsn, codec.decode_delete(frame.payload), {}))
+        elif ftype == BATCH and (self.wants("delta_applied") or self.wants("page_changed")):
+            first, pids, _, _ = batch_rows(frame.payload)
+            if self.wants("delta_applied"):
+                queue.append(("delta_applied", lsn, None,
+                              {"first_delta_id": first, "count": int(pids.size)}))  # fmt: skip
+            if self.wants("page_changed"):
+                queue.append(("page_changed", lsn, np.unique(pids), {}))
+        if queue and not self._draining:
+            self._draining = True
+            try:
+                while queue:
+                    event, at, pages, detail = queue.popleft()
+                    self.emit(event, at, pages, **detail)
+            finally:
+                self._draining = False
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -6,13 +6,21 @@ Three ways to end it: :meth:`WriterSession.close` (clean: the log synced, the cl
 state written), :meth:`WriterSession.abandon` (as a crash: nothing flushed, so the next open
 recovers) and :meth:`WriterSession.release` (just let go of every resource; what both end
 with, and what a failed open does).
+
+A failed OS call while opening raises a typed :class:`~mmsb.errors.StorageIOError` (or
+:class:`~mmsb.errors.StorageFullError`) with every resource let go. :meth:`close` writes the
+clean-shutdown state only when the log closed cleanly and the arena flushed: after a failed
+fsync of the log it closes the bus as after a crash instead and raises
+:class:`~mmsb.errors.LogSyncError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
+from mmsb.errors import LogWriteError, MMSBError, storage_error
 from mmsb.options import Options
 from mmsb.storage import layout
 from mmsb.storage.arena import FileArena
@@ -23,6 +31,7 @@ from mmsb.storage.manifest import Manifest
 from mmsb.storage.readers import ReaderSafeArena
 from mmsb.storage.recovery import recover
 from mmsb.storage.seqlock import SeqPublisher
+from mmsb.storage.snapstore import SnapWriter
 from mmsb.types import RecoveryInfo
 from mmsb.writer.checkpointer import Checkpointer
 from mmsb.writer.committer import Committer
@@ -55,12 +64,20 @@ class WriterSession:
         on_compacted: Callable[[], None],
     ) -> WriterSession:
         """Take the writer lock, recover the state, open the log for appending."""
-        s = cls(path, WriterLock(os.path.join(path, layout.LOCK_FILE)))
+        try:
+            lock = WriterLock(os.path.join(path, layout.LOCK_FILE))
+        except OSError as exc:
+            if isinstance(exc, MMSBError):  # BusLockedError
+                raise
+            raise storage_error(f"cannot take the writer lock of {path}", exc) from exc
+        s = cls(path, lock)
+        arena: FileArena | None = None
+        log: LogWriter | None = None
         try:
             s.seq = SeqPublisher(path)  # seq odd: recovery may rewrite the arena
             layout.make_dirs(path)
-            rec = recover(path, ReaderSafeArena(os.path.join(path, layout.ARENA_FILE)),
-                          readonly=False,
+            arena = ReaderSafeArena(os.path.join(path, layout.ARENA_FILE))
+            rec = recover(path, arena, readonly=False,
                           drop_damaged_tail=opts.recovery == "truncate")  # fmt: skip
             log = LogWriter(os.path.join(path, layout.LOG_DIR), rec.lsn + 1,
                             segment_size=manifest.segment_size,
@@ -70,6 +87,7 @@ class WriterSession:
             s.committer = Committer(log, s.seq, lsn=rec.lsn, timestamp=rec.timestamp,
                                     clock=clock, sync_always=opts.sync == "always",
                                     on_fail_stop=on_fail_stop)  # fmt: skip
+            log.on_failure = s.committer.fail_stop  # a failed sync_now closes the bus
             if opts.sync == "normal":
                 log.defer_roll_sync = True  # full segments are synced by the thread
                 s.syncer = PeriodicSync(log, opts.sync_interval)
@@ -81,9 +99,19 @@ class WriterSession:
             )  # fmt: skip
             s.committer.after_publish.append(s.checkpointer.after_commit)
             s.recovery = rec.info
+            # before the first publish: no reader can pin a snapshot before it exists
+            s.committer.snapshots = SnapWriter(path, rec.state, opts.snapshot_memory)
             s.seq.publish(rec.lsn, rec.timestamp)
-        except BaseException:
-            s.release()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # the open's own error is the one to report
+                s.release()
+            if log is not None and not hasattr(s, "committer"):
+                log.abandon()  # what release() does not know of yet
+            if arena is not None:
+                with contextlib.suppress(OSError):
+                    arena.close()
+            if isinstance(exc, OSError) and not isinstance(exc, MMSBError):
+                raise storage_error(f"cannot open the bus at {path} for writing", exc) from exc
             raise
         return s
 
@@ -96,11 +124,18 @@ class WriterSession:
 
     def close(self) -> None:
         """Clean shutdown: the log synced and closed, the arena flushed, the clean-shutdown
-        state written (the next open skips recovery), every resource released."""
+        state written (the next open skips recovery), every resource released. Where the log
+        cannot be closed cleanly (a failed fsync, now or before) the bus closes as after a
+        crash and the error is raised; where the arena cannot be flushed or the state
+        written, the typed error is raised and the next open replays the log."""
         try:
             self._stop_background()
             c, state = self.committer, self.writer.state
-            c.log.close()
+            try:
+                c.log.close()
+            except LogWriteError as exc:
+                c.fail_stop(exc)  # no clean-shutdown state: the next open recovers
+                raise
             state.arena.flush()
             write_state(os.path.join(self.path, layout.CLEAN_FILE), state, c.lsn, c.timestamp,
                         with_arena=False, sync=c.log.fsync_enabled)  # fmt: skip
@@ -112,21 +147,31 @@ class WriterSession:
         self._stop_background()
         if hasattr(self, "committer"):
             self.committer.log.abandon()
+        if hasattr(self, "writer"):
             arena = self.writer.state.arena
             if isinstance(arena, FileArena):
                 arena.abandon()
         self.release()
 
     def release(self) -> None:
-        """Let go of every resource (idempotent)."""
-        self._stop_background()
-        if hasattr(self, "committer"):
-            c = self.committer
-            c.log.close() if c.failure is None else c.log.abandon()
-            self.writer.state.arena.close()
-        if self.seq is not None:
-            self.seq.close()
-            self.seq = None
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        """Let go of every resource (idempotent); each one is let go even when letting go of
+        an earlier one raised (that error is raised at the end)."""
+        try:
+            self._stop_background()
+            if hasattr(self, "committer"):
+                c = self.committer
+                try:
+                    c.log.close() if c.failure is None else c.log.abandon()
+                finally:
+                    if c.snapshots is not None:
+                        c.snapshots.close()
+                        c.snapshots = None
+                    if hasattr(self, "writer"):
+                        self.writer.state.arena.close()
+        finally:
+            if self.seq is not None:
+                self.seq.close()
+                self.seq = None
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None

@@ -33,7 +33,7 @@ from mmsb.engine.driver import effective_workers, row_splits, run_shares
 from mmsb.errors import InvalidDeltaError
 from mmsb.storage import codec
 from mmsb.storage.state import State
-from mmsb.types import MAX_PAGE_SIZE
+from mmsb.types import DTYPE_ITEMSIZE, MAX_PAGE_SIZE
 
 LITTLE = sys.byteorder == "little"
 
@@ -65,13 +65,18 @@ def _fail(state: State, batch: DeltaBatch) -> None:
 def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) -> Prepared:
     """Check ``batch`` against ``state``, assign epochs, encode the frame payload.
 
-    On any error nothing is changed (epochs assigned by a share are taken back).
+    The checks: the structure, live pages, rows inside their pages, and for typed rows
+    (``batch.dtypes``) the page's dtype at whole items. On any error nothing is changed
+    (epochs assigned by a share are taken back) and :func:`_fail` raises the error
+    :meth:`State.validate` words.
     """
     n = len(batch)
     cols = (batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.plens,
-            batch.mstarts, batch.source_idx, batch.meta_idx)  # fmt: skip
+            batch.mstarts, batch.source_idx, batch.meta_idx, batch.dtypes)  # fmt: skip
     if any(c.size != n for c in cols) or not LITTLE:
         _fail(state, batch)
+    # rows of raw bytes only (the usual case): the kernel's type checks are compiled out
+    typed = (batch.dtypes, state.dtype, DTYPE_ITEMSIZE) if batch.dtypes.any() else (None,) * 3
     masked = bool(batch.kinds.any())
     flags = codec.HAS_MASKS if masked else 0
     if len(batch.sources) > 1 and (batch.source_idx != batch.source_idx[0]).any():
@@ -125,7 +130,7 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
             lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds,
             batch.pstarts, batch.plens, batch.mstarts, batch.source_idx, batch.meta_idx,
             batch.payload.size, batch.mask, len(batch.sources), len(batch.metas),
-            MAX_PAGE_SIZE, state.next_page_id, state.live, state.size,
+            MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, *typed,
         )  # fmt: skip
         contiguous = ck.encode_rows(
             lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds, batch.plens,

@@ -7,15 +7,15 @@ Checks happen before anything is staged; what a change stages before its frame i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
-from mmsb.delta import Delta, as_payload, check_offset, check_source
-from mmsb.engine import checksum
+from mmsb.delta import Delta, as_payload, check_offset, check_source, payload_dtype_name
+from mmsb.engine import checksum, kernels
 from mmsb.engine.driver import check_workers
 from mmsb.errors import DeviceUnavailableError, InvalidArgumentError, InvalidDeltaError
 from mmsb.storage import codec
@@ -125,8 +125,9 @@ class Writer:
     ) -> int:
         """Write ``data`` at byte ``offset`` of a page (one range delta); return its id.
 
-        A typed numpy array must have the page's dtype and start at a multiple of its
-        itemsize; bytes-like data is written as is.
+        A typed numpy array (any dtype but ``uint8``) must have the page's dtype and start
+        at a multiple of its itemsize; bytes-like data and uint8 arrays are raw bytes,
+        written as they are. ``apply`` and ``apply_batch`` hold deltas to the same rule.
         """
         state = self.state
         pid = state.require(page_id)
@@ -135,8 +136,8 @@ class Writer:
         if n == 0:
             raise InvalidDeltaError(f"empty payload for page {pid}")
         off = check_offset(offset)
-        if isinstance(data, np.ndarray):
-            self.check_dtype(pid, data.dtype.name, off)
+        if isinstance(data, np.ndarray) and data.dtype != np.uint8:
+            self.check_dtype(pid, payload_dtype_name(data.dtype), off)
         size = int(state.size[pid])
         if off + n > size:
             raise InvalidDeltaError(
@@ -161,14 +162,18 @@ class Writer:
         return first
 
     def apply(self, delta: Delta) -> int:
-        """Commit one delta; return its delta id."""
+        """Commit one delta; return its delta id. A delta of a typed payload is checked as
+        :meth:`write` checks typed data (by :meth:`check_dtype`, then as a batch row)."""
         if not isinstance(delta, Delta):
             raise InvalidDeltaError(f"expected a Delta, got {type(delta).__name__}")
-        if delta.dtype is not None:
+        if delta.dtype is not None and delta.dtype != "uint8":
             self.check_dtype(self.state.require(delta.page_id), delta.dtype, delta.offset)
         return self.apply_batch(DeltaBatch.from_deltas([delta])).first_delta_id
 
     def check_dtype(self, pid: int, dtype: str, offset: int) -> None:
+        """Raise unless a typed payload of ``dtype`` may be written at ``offset`` of page
+        ``pid``: the page has that dtype and ``offset`` is a multiple of its itemsize (the
+        rule :meth:`State.validate` and the commit kernels apply to typed batch rows)."""
         page_dtype = DTYPE_NAMES[int(self.state.dtype[pid])]
         if dtype != page_dtype:
             raise InvalidDeltaError(
@@ -182,6 +187,12 @@ class Writer:
 
     def apply_batch(self, batch: DeltaBatch, *, workers: int = 1) -> Commit:
         """Commit a batch atomically: all rows are logged and applied, or none is.
+
+        Every row must name a live page and lie inside it; a typed row (``batch.dtypes``:
+        built from an array of any dtype but ``uint8``) must also have its page's dtype and
+        an offset and length that are multiples of the itemsize, as in :meth:`write`. Raw
+        rows (bytes-like data, uint8 arrays) may go anywhere in any page. A bad row raises
+        ``InvalidDeltaError`` or ``PageNotFoundError`` naming it, and nothing is logged.
 
         Order: validate -> append one log frame (fsync when ``sync="always"``) -> apply to
         the arena -> publish the new LSN. ``workers`` > 1 splits checking, encoding and
@@ -217,6 +228,84 @@ class Writer:
         )  # fmt: skip
         return Commit(lsn, first, first + n - 1, n, ts)
 
+    def commit_tick(
+        self, batch: DeltaBatch | None, derive: Callable[[], DeltaBatch | None]
+    ) -> Commit | None:
+        """Commit ``batch`` and the rows ``derive()`` computes from the state with ``batch``
+        applied as one commit: one frame, one LSN. None when there was nothing to commit.
+
+        ``batch`` is checked, then applied to the arena ahead of its frame (staged: readers
+        wait, pinned snapshots keep the pages, and the rows' old bytes are kept), because the
+        derivations read it. If ``derive()`` raises, or the log refuses the frame, the old
+        bytes and epochs are put back and nothing is logged: the tick never happened.
+        """
+        state, c = self.state, self.committer
+        if batch is not None and not isinstance(batch, DeltaBatch):
+            raise InvalidDeltaError(f"expected a DeltaBatch, got {type(batch).__name__}")
+        n_in = 0 if batch is None else len(batch)
+        if batch is None or n_in == 0:
+            derived = derive()
+            return None if derived is None or not len(derived) else self.apply_batch(derived)
+        first = state.next_delta_id
+        prepared = stages.prepare(state, batch, 1, first)  # checks; stages the epochs
+        lengths = batch.lengths
+        old = np.empty(int(lengths.sum()), np.uint8)
+        kernels.gather_slots(state.arena.buf, state.slot[batch.page_ids] + batch.offsets,
+                             lengths, old)  # fmt: skip
+        rows = (batch.page_ids, batch.offsets, lengths, np.zeros(n_in, np.uint8),
+                _starts(lengths), np.zeros(n_in, np.int64), old, np.zeros(0, np.uint8))  # fmt: skip
+
+        def restore() -> None:  # every row's old bytes were taken before any row applied
+            kernels.apply_rows_in(np.zeros(0, np.int64), 0, n_in, False, state.arena.buf,
+                                  state.slot, *rows)  # fmt: skip
+
+        staged_epochs: DeltaBatch | None = batch
+        total = batch
+        try:
+            c.stage(batch.page_ids)
+        except BaseException:
+            stages.undo(state, batch)
+            raise
+        try:
+            stages.apply(state, batch, prepared)
+            derived = derive()
+            if derived is not None and len(derived):
+                stages.undo(state, batch)  # the frame of both assigns every epoch again
+                staged_epochs = None
+                total = DeltaBatch.concat([batch, derived])
+                prepared = stages.prepare(state, total, 1, first)
+                staged_epochs = total
+            crc = checksum.crc32(prepared.pieces, prepared.shares)
+        except BaseException:
+            if staged_epochs is not None:
+                stages.undo(state, staged_epochs)
+            restore()
+            c.unstage()
+            raise
+        n = len(total)
+
+        def apply() -> None:  # the input rows are in the arena already
+            if n > n_in:
+                kernels.apply_rows_in(
+                    prepared.order, n_in, n, False, state.arena.buf, state.slot,
+                    total.page_ids, total.offsets, total.lengths, total.kinds, total.pstarts,
+                    total.mstarts, total.payload, total.mask,
+                )  # fmt: skip
+            state.next_delta_id = first + n
+
+        lsn, ts, _ = c.commit(
+            BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, total),
+            restore=restore, crc=crc, pages=total.page_ids, first_delta_id=first, count=n,
+            lo=total.offsets, hi=total.offsets + total.lengths,
+        )  # fmt: skip
+        return Commit(lsn, first, first + n - 1, n, ts)
+
     def sync_now(self) -> None:
         """Force the log to stable storage now (whatever the sync mode)."""
         self.committer.log.sync(force=True)
+
+
+def _starts(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    out = np.zeros(lengths.size, np.int64)
+    np.cumsum(lengths[:-1], out=out[1:])
+    return out
