@@ -90,3 +90,11 @@ def store_fenced(words: U64, i: int, value: Any) -> None:
     core before any later load of this thread runs."""
     words[i] = np.uint64(value)
     _fence()  # type: ignore[call-arg]
+
+
+@njit(cache=True, nogil=True)
+def fence_load(words: U64, i: int) -> Any:
+    """Fence, then load ``words[i]``: the load cannot run before this thread's earlier
+    stores are visible (the writer's side of Dekker's pattern, in one call)."""
+    _fence()  # type: ignore[call-arg]
+    return words[i]

@@ -151,6 +151,7 @@ class SnapWriter:
         m.head[_MAGIC] = MAGIC
         atomics.fence()
         self.generation = gen
+        self._head = m.head
         self._saved_at = np.zeros(1024, np.int64)  # page -> commit of its newest entry
         self._pos = 0  # data bytes ever allocated (positions are taken modulo the size)
         self._oldest_pos = 0  # data position of the oldest live entry
@@ -181,6 +182,8 @@ class SnapWriter:
     def before_change(self, pages: I64, commit: int, *, deleted: bool) -> None:
         """Save the bytes of ``pages`` (about to be overwritten or deleted by ``commit``)
         that a pinned snapshot can still see."""
+        if not atomics.fence_load(self._head, _ACTIVE):  # nobody pinned: one fence, one load
+            return
         state = self.state
         pins = self.pins()
         if pins.size == 0 or pages.size == 0:
@@ -343,6 +346,7 @@ class SnapWriter:
         return freed
 
     def close(self) -> None:
+        self.__dict__.pop("_head", None)  # the mapping closes only with no view left
         self._m.close()
 
 

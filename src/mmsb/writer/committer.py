@@ -152,7 +152,8 @@ class Committer:
         ``restore()``, given after :meth:`stage`, takes back the arena changes staged."""
         if self.failure is not None:
             raise BusClosedError(f"the bus closed itself after a failed commit ({self.failure})")
-        self.log.raise_if_failed(self.fail_stop)  # an earlier fsync failed: close, raise
+        if self.log.failed:  # an earlier fsync failed: close, raise
+            self.log.raise_if_failed(self.fail_stop)
         lsn = self.lsn + 1
         ts = max(int(self.clock()), self.timestamp)
         log = self.log
