@@ -52,7 +52,7 @@ def disagrees(rows: np.ndarray) -> bool:
     return not np.allclose(rows[N_IN:], recompute(rows), rtol=1e-12, atol=1e-9)
 
 
-def writer_main(path: str, seconds: float, out: str) -> None:
+def writer_main(path: str, seconds: float, out: str, max_ticks: int = 1 << 62) -> None:
     bus = mmsb.open(path, sync="off")
     ids = bus.create_pages(TOTAL, WIDTH * 8, dtype="float64").tolist()
     ins, (s, m, a, z) = ids[:N_IN], ids[N_IN:]
@@ -66,7 +66,7 @@ def writer_main(path: str, seconds: float, out: str) -> None:
     sys.stdin.readline()
     ticks = bad_steps = 0
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and ticks < max_ticks:
         k = int(rng.integers(1, N_IN + 1))
         pages = rng.choice(ins, k, replace=False)
         data = rng.normal(size=(k, WIDTH)).view(np.uint8)
@@ -99,25 +99,20 @@ def reader_main(path: str, seconds: float, out: str) -> None:
     bus.close()
 
 
-def run(tmp_path: Path, seconds: float, readers: int) -> dict[str, int]:
+def run(
+    tmp_path: Path, seconds: float, readers: int, max_ticks: int = 1 << 62, every_at: bool = False
+) -> dict[str, int]:
     path = str(tmp_path / "bus")
     me = [sys.executable, __file__]
     pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
-    roles = [("writer", "w")] + [("reader", f"r{i}") for i in range(readers)]
-    procs = []
-    for role, name in roles[:1]:
-        procs.append(
-            subprocess.Popen(
-                [*me, role, path, str(seconds), str(tmp_path / f"{name}.json")], **pipes
-            )
-        )
+
+    def start(role: str, name: str) -> subprocess.Popen[str]:
+        args = [*me, role, path, str(seconds), str(tmp_path / f"{name}.json"), str(max_ticks)]
+        return subprocess.Popen(args, **pipes)
+
+    procs = [start("writer", "w")]
     assert procs[0].stdout.readline().strip() == "ready"
-    for role, name in roles[1:]:
-        procs.append(
-            subprocess.Popen(
-                [*me, role, path, str(seconds), str(tmp_path / f"{name}.json")], **pipes
-            )
-        )
+    procs += [start("reader", f"r{i}") for i in range(readers)]
     try:
         for p in procs[1:]:
             assert p.stdout.readline().strip() == "ready"
@@ -145,7 +140,7 @@ def run(tmp_path: Path, seconds: float, readers: int) -> dict[str, int]:
     at_bad = at_checked = 0
     with mmsb.open(path, readonly=True) as r:
         assert r.lsn == w["lsn"]
-        step = max(1, w["ticks"] // 40)
+        step = 1 if every_at else max(1, w["ticks"] // 40)
         for lsn in [*range(first, w["lsn"], step), w["lsn"]]:
             with r.at(lsn) as view:
                 at_bad += int(disagrees(np.stack([view.read(int(p)) for p in ids])))
@@ -187,10 +182,15 @@ def test_ticks_are_atomic_for_readers_at_and_replay(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ticks_are_atomic_with_two_readers_for_ten_seconds(tmp_path: Path) -> None:
-    check(run(tmp_path, seconds=10.0, readers=2))
+def test_ticks_are_atomic_with_two_readers_and_at_every_lsn(tmp_path: Path) -> None:
+    fig = run(tmp_path, seconds=10.0, readers=2, max_ticks=600, every_at=True)
+    check(fig)
+    assert fig["at_checked"] == fig["ticks"] + 1  # at() rebuilt every LSN of the ticks
 
 
 if __name__ == "__main__":
     role, bus_path, secs, out_path = sys.argv[1:5]
-    {"writer": writer_main, "reader": reader_main}[role](bus_path, float(secs), out_path)
+    if role == "writer":
+        writer_main(bus_path, float(secs), out_path, int(sys.argv[5]))
+    else:
+        reader_main(bus_path, float(secs), out_path)
