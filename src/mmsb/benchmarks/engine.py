@@ -157,6 +157,147 @@ def floor(
     )  # fmt: skip
 
 
+RELIABLE_SPREAD = 0.30  # paired ratios spread wider than this: the figure is unreliable
+
+
+def _leg(bus: mmsb.Bus, pool: list[mmsb.DeltaBatch], workers: int, total: int) -> float:
+    """Deltas/s of committing ``total`` deltas from ``pool`` with ``workers``."""
+    n = calls = 0
+    t0 = time.perf_counter()
+    while n < total:
+        b = pool[calls % len(pool)]
+        bus.apply_batch(b, workers=workers)
+        n += len(b)
+        calls += 1
+    return n / (time.perf_counter() - t0)
+
+
+def _paired(ratios: list[float], workers: int) -> dict[str, Any]:
+    med = float(np.median(ratios))
+    spread = (max(ratios) - min(ratios)) / med if med > 0 else float("inf")
+    return {"median": med, "ratios": [round(r, 3) for r in ratios], "spread": spread,
+            "reliable": spread <= RELIABLE_SPREAD and med <= workers * 1.05}  # fmt: skip
+
+
+CEILING_CHILD = """
+import sys, time
+from mmsb.benchmarks import engine
+bus_path, total, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import numpy as np, mmsb
+rng = np.random.default_rng(int(sys.argv[4]))
+with mmsb.open(bus_path, sync="normal") as bus:
+    ids = bus.create_pages(4096, 1024)
+    pool = engine.make_batches(rng, ids, 1024, 16, batch, 8, False)
+    engine._leg(bus, pool, 1, batch)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        print(engine._leg(bus, pool, 1, total), flush=True)
+"""
+
+
+def scaling(
+    *,
+    workers: int = 2,
+    pairs: int = 5,
+    total: int = 2_000_000,
+    batch: int = 100_000,
+    seed: int = 0,
+    timeout: float = 300.0,
+) -> Result:
+    """The N-worker speed-up measured honestly, with the machine's own ceiling beside it.
+
+    * Speed-up: one bus, legs of ``total`` deltas alternating 1 worker and ``workers``
+      (ABAB..., ``pairs`` pairs); the figure is the median of the paired ratios.
+    * Ceiling: ``workers`` independent processes, each committing the same 1-worker loop on
+      its own bus, run alone (one of them) and all at once, alternating the same way; the
+      ceiling is the median of (sum of the concurrent rates / the lone rate): how much this
+      machine gives N copies of the work, which no thread split can beat.
+
+    A speed-up above N, or paired ratios that spread more than 30 %, mark the figure as
+    unreliable (``extra["reliable"]`` False) rather than as a result.
+    """
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(seed)
+    ratios: list[float] = []
+    with scratch_dir() as path, mmsb.open(path, sync="normal") as bus:
+        ids = bus.create_pages(4096, 1024)
+        pool = make_batches(rng, ids, 1024, 16, batch, 8, False)
+        for w in (1, workers):
+            _leg(bus, pool, w, batch)  # compiled kernels loaded, threads started
+        for _ in range(pairs):
+            one = _leg(bus, pool, 1, total)
+            many = _leg(bus, pool, workers, total)
+            ratios.append(many / one)
+    ceilings: list[float] = []
+    with scratch_dir() as base:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    CEILING_CHILD,
+                    f"{base}-{i}",
+                    str(total),
+                    str(batch),
+                    str(seed + i),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(workers)
+        ]
+        try:
+            for p in procs:
+                assert p.stdout is not None
+                if p.stdout.readline().strip() != "ready":
+                    raise RuntimeError("a ceiling process failed to start")
+
+            def run(group: list[subprocess.Popen[str]]) -> list[float]:
+                for p in group:
+                    assert p.stdin is not None
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+                return [float(p.stdout.readline()) for p in group]  # type: ignore[union-attr]
+
+            for _ in range(pairs):
+                alone = run(procs[:1])[0]
+                together = sum(run(procs))
+                ceilings.append(together / alone)
+        finally:
+            for p in procs:
+                if p.stdin is not None:
+                    p.stdin.close()
+            for p in procs:
+                try:
+                    p.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=30)
+                if p.stdout is not None:
+                    p.stdout.close()
+    speed = _paired(ratios, workers)
+    ceil = _paired(ceilings, workers)
+    fraction = speed["median"] / ceil["median"] if ceil["median"] > 0 else 0.0
+    reliable = bool(speed["reliable"] and ceil["reliable"])
+    return Result(
+        f"{workers}-worker speed-up, 16 B range deltas (median of {pairs} paired runs)",
+        speed["median"],
+        "x",
+        {"payload_bytes": 16, "shape": "range", "batch": batch, "pages": 4096,
+         "page_size": 1024, "sync": "normal", "workers": workers, "pairs": pairs,
+         "deltas_per_leg": total},
+        {"ratios": speed["ratios"], "spread": round(speed["spread"], 3),
+         "ceiling": round(ceil["median"], 3), "ceiling_ratios": ceil["ratios"],
+         "ceiling_spread": round(ceil["spread"], 3), "fraction_of_ceiling": round(fraction, 3),
+         "reliable": reliable},
+    )  # fmt: skip
+
+
 def scenarios(scale: float = 1.0) -> list[tuple[str, Callable[..., Result]]]:
     """(label, fn(progress=...)) for each engine benchmark at ``scale`` x the stated sizes."""
     total = max(int(10_000_000 * scale), 200_000)
@@ -178,6 +319,10 @@ def scenarios(scale: float = 1.0) -> list[tuple[str, Callable[..., Result]]]:
         (
             "seed workload, 2 workers",
             lambda progress=None: seed_workload(workers=2, total=total, progress=progress),
+        ),
+        (
+            "2-worker speed-up, paired, with the machine's ceiling",
+            lambda progress=None: scaling(total=max(total // 5, 200_000)),
         ),
     ]
 
