@@ -22,8 +22,8 @@ validate-full: $(STAMP)
 	$(BIN)/mmsb validate --full
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests tools
-	$(BIN)/ruff format --check src tests tools
+	$(BIN)/ruff check src tests tools examples
+	$(BIN)/ruff format --check src tests tools examples
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

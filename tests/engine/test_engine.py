@@ -318,7 +318,14 @@ def test_throughput_target_runner_measures_and_checks(tmp_path: Path) -> None:
     for key in ("single_deltas_per_s", "two_workers_deltas_per_s", "dense64_deltas_per_s",
                 "floor_deltas_per_s", "seed_workload_deltas_per_s"):  # fmt: skip
         assert f[key] > 0
-    assert f["speedup_2_workers"] == pytest.approx(
+    # the speed-up is the median of the paired runs, read against the machine's ceiling
+    assert f["speedup_2_workers"] == pytest.approx(float(np.median(f["speedup_ratios"])), 1e-2)
+    assert len(f["speedup_ratios"]) == len(f["ceiling_ratios"]) == 5
+    assert f["fraction_of_ceiling"] == pytest.approx(
+        f["speedup_2_workers"] / f["ceiling_2_processes"], rel=2e-2
+    )
+    assert isinstance(f["speedup_reliable"], bool)
+    assert f["speedup_2_workers_one_pair"] == pytest.approx(
         f["two_workers_deltas_per_s"] / f["single_deltas_per_s"], rel=1e-2
     )
     assert {r["conditions"]["workers"] for r in f["runs"] if "workers" in r["conditions"]} == {
@@ -342,7 +349,8 @@ def test_bench_command_writes_a_table_and_json(tmp_path: Path) -> None:
     assert "2 worker(s)" in res.output and "floor" in res.output
     doc = json.loads(out.read_text())
     assert doc["machine"]["cpus"] >= 1
-    assert len(doc["results"]) == 7 and "speedup_2_workers" in doc["summary"]
+    assert len(doc["results"]) == 8 and "speedup_2_workers" in doc["summary"]
+    assert "fraction_of_ceiling" in doc["summary"]
     assert all(r["conditions"] and r["value"] > 0 for r in doc["results"])
     bad = CliRunner().invoke(cli, ["bench", "--scale", "0"])
     assert bad.exit_code == 2

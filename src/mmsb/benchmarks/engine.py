@@ -344,6 +344,11 @@ def summarize(results: list[Result]) -> dict[str, float]:
         out["floor_ratio_1_worker"] = fl.value / one.value
     if two and fl:
         out["floor_ratio_2_workers"] = fl.value / two.value
+    paired = next((r for r in results if "ceiling" in r.extra), None)
+    if paired:
+        out["speedup_2_workers_paired"] = paired.value
+        out["ceiling_2_processes"] = float(paired.extra["ceiling"])
+        out["fraction_of_ceiling"] = float(paired.extra["fraction_of_ceiling"])
     return out
 
 

@@ -70,7 +70,8 @@ def _progress_bars(enabled: bool) -> Iterator[ProgressSink | None]:
     "--html",
     "html_path",
     type=click.Path(dir_okay=False),
-    help="Write a self-contained HTML report with plots to this file.",
+    help="Write a self-contained HTML report with plots to this file "
+    "(needs matplotlib: pip install 'mmsb[report]').",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the workloads.")
 @click.option(
@@ -117,6 +118,13 @@ def validate(
     if unknown:
         ids = ", ".join(f"#{i}" for i in unknown)
         raise CommandError(f"no validation target {ids}; known: {sorted(known)}")
+    if html_path:
+        from mmsb.validation.plots import require_matplotlib
+
+        try:  # before the long run, not after it: the report needs the optional matplotlib
+            require_matplotlib()
+        except ImportError as e:
+            raise CommandError(f"--html: {e}") from e
 
     def show(result: TargetResult) -> None:
         line = format_line(result, size)

@@ -3,7 +3,9 @@
 Plots are drawn with matplotlib on its Agg canvas (a :class:`matplotlib.figure.Figure`
 without pyplot, so no GUI backend is ever chosen and the caller's pyplot state is left
 alone) and embedded as base64 PNG ``<img>`` elements; the page loads nothing from anywhere
-else. matplotlib is imported only when a report is drawn, so ``import mmsb`` does not pull it.
+else. matplotlib is imported only when a report is drawn, so ``import mmsb`` does not pull it;
+it is an optional dependency (``pip install 'mmsb[report]'``), and without it
+:func:`render_html` and :func:`write_html` raise ImportError naming that extra.
 
 Each plot reads the series its target measured (``figures["series"]``, see
 :mod:`mmsb.validation.series`): throughput against batch size and workers (target #5),
@@ -17,13 +19,9 @@ from __future__ import annotations
 import base64
 import html
 import os
-from typing import TYPE_CHECKING
 
 from mmsb.validation.plots import Plot, draw_plots
 from mmsb.validation.runner import TargetResult, ValidationReport
-
-if TYPE_CHECKING:
-    pass
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;

@@ -1,11 +1,14 @@
 """The plots of the HTML validation report, drawn with matplotlib on its Agg canvas (a
 :class:`matplotlib.figure.Figure` without pyplot) from the series each target measured
 (``figures["series"]``, see :mod:`mmsb.validation.series`). A target that did not run
-gives a short note in place of its plot. matplotlib is imported only when a plot is drawn.
+gives a short note in place of its plot. matplotlib is imported only when a plot is drawn;
+it is optional (the ``report`` extra), and :func:`require_matplotlib` says so when it is
+missing.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import itertools
 from collections.abc import Callable
@@ -26,6 +29,21 @@ TICK_FLOOR_MS = 16.0
 GC_FLOOR_MS = 3.0
 
 BLUE, ORANGE, GREY, RED = "#1f77b4", "#ff7f0e", "#555555", "#c0392b"
+REPORT_EXTRA = "pip install 'mmsb[report]'"
+
+
+def require_matplotlib() -> None:
+    """Import the parts of matplotlib the plots use; when that fails, raise ImportError
+    naming the ``report`` extra that installs it (``mmsb validate --html`` calls this before
+    its long run)."""
+    try:
+        for name in ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker"):
+            importlib.import_module(name)
+    except ImportError as e:
+        raise ImportError(
+            f"the HTML report draws its plots with matplotlib, which is not importable here "
+            f"({e}); install the report extra: {REPORT_EXTRA}"
+        ) from e
 
 
 @dataclass
@@ -347,7 +365,9 @@ PLOTS: tuple[tuple[str, Callable[[TargetResult | None], Plot]], ...] = (
 
 
 def draw_plots(report: ValidationReport) -> list[Plot]:
-    """Every plot of the report, in order (a missing series gives a plot without a PNG)."""
+    """Every plot of the report, in order (a missing series gives a plot without a PNG).
+    Raises ImportError naming the ``report`` extra when matplotlib is missing."""
+    require_matplotlib()
     by_key = {r.key: r for r in report.results}
     return [draw(by_key.get(key)) for key, draw in PLOTS]
 
