@@ -11,7 +11,7 @@ CONTRACT = {
     "open", "verify", "Bus", "Snapshot", "LiveSnapshot", "Delta", "DeltaBatch",
     # records
     "PageInfo", "Commit", "DeltaRecord", "CheckpointInfo", "CompactInfo", "RecoveryInfo",
-    "PageDiff", "IntegrityReport",
+    "PageDiff", "IntegrityReport", "BusStats",
     # graph, propagation, events, provenance, invariants
     "Semiring", "TickReport", "GraphReport", "Event", "Subscription", "Provenance",
     "ProvenanceStep", "InvariantResult",

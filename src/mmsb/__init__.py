@@ -33,6 +33,7 @@ from mmsb.graph import Event, GraphReport, Subscription, TickReport
 from mmsb.history import Snapshot
 from mmsb.history.provenance import Provenance, ProvenanceStep
 from mmsb.monitor.invariants import InvariantResult
+from mmsb.monitor.stats import BusStats
 from mmsb.semiring import Semiring
 from mmsb.snapshot import LiveSnapshot
 from mmsb.types import (
@@ -53,6 +54,7 @@ __all__ = [
     "BusClosedError",
     "BusLockedError",
     "BusNotFoundError",
+    "BusStats",
     "CheckpointInfo",
     "CheckpointWriteError",
     "Commit",

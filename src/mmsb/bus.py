@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import numpy.typing as npt
@@ -23,8 +24,7 @@ from mmsb.graph.propagator import Propagator
 from mmsb.history.component import History
 from mmsb.monitor.gc import Collector, GCReport
 from mmsb.monitor.invariants import Invariants
-from mmsb.monitor.memory import MemorySnapshot
-from mmsb.monitor.memory import snapshot as memory_snapshot
+from mmsb.monitor.stats import CountedCollector, Monitor
 from mmsb.options import Options
 from mmsb.snapshot import LiveSnapshot, open_snapshot
 from mmsb.storage import layout
@@ -50,6 +50,7 @@ _gc = component("_collector", "_writer")
 _history = component("_history", "_live_state")
 _graph = component("_propagator", "_live_state")
 _events = component("_events", "_live_state")
+_monitor = attrgetter("_monitor")  # its methods check what they need: stats() works closed
 
 
 class Bus(StateView):
@@ -105,9 +106,9 @@ class Bus(StateView):
             c = self._committer = w.committer
             self._checkpointer = w.checkpointer
             state, lsn, ts, info = w.writer.state, c.lsn, c.timestamp, w.recovery
-            self._collector = Collector(d, state, c, keep_checkpoints=opts.keep_checkpoints,
-                                        auto_compact=opts.auto_compact,
-                                        on_segments_dropped=h.forget_index)  # fmt: skip
+            self._collector = CountedCollector(d, state, c, keep_checkpoints=opts.keep_checkpoints,
+                                               auto_compact=opts.auto_compact,
+                                               on_segments_dropped=h.forget_index)  # fmt: skip
             h.before_export = c.log.sync
         self._state, self._lsn, self._last_ts = state, lsn, ts
         self.recovery: RecoveryInfo = info
@@ -121,6 +122,8 @@ class Bus(StateView):
         if self._committer is not None:
             self._committer.listeners += [h.committed, self._propagator.committed,
                                           self._events.committed]  # fmt: skip
+        self._monitor = Monitor(d, self._live_state, self._propagator, self._committer,
+                                self._follower, getattr(self, "_collector", None))  # fmt: skip
 
     # -- closing --------------------------------------------------------------------------
 
@@ -237,7 +240,7 @@ class Bus(StateView):
         self._live_state()
         return not self.readonly or writer_active(os.path.join(self.path, layout.LOCK_FILE))
 
-    # -- changes (components: Writer, Checkpointer, Collector) ------------------------------
+    # -- changes, health (components: Writer, Checkpointer, Collector, Monitor) -------------
 
     create_page = forward(_writing, Writer.create_page)
     create_pages = forward(_writing, Writer.create_pages)
@@ -250,17 +253,14 @@ class Bus(StateView):
     checkpoint = forward(_checkpoints, Checkpointer.checkpoint)
     compact = forward(_checkpoints, Checkpointer.compact)
     gc = forward(_gc, Collector.gc)
+    memory = forward(_monitor, Monitor.memory)
+    stats = forward(_monitor, Monitor.stats)
 
     @property
     def last_checkpoint_error(self) -> BaseException | None:
         """Why the last automatic checkpoint written in the background failed (None: it
         did not); the log still holds every commit, so nothing was lost."""
         return None if self._committer is None else self._checkpointer.last_error
-
-    def memory(self) -> MemorySnapshot:
-        """Where this bus's memory goes: pages, bookkeeping, log, arena, free lists, and the
-        measured resident memory (see :mod:`mmsb.monitor.memory`)."""
-        return memory_snapshot(self._live_state(), self.path)
 
     # -- history (component: History) ------------------------------------------------------
 

@@ -20,6 +20,7 @@ from mmsb.cli.crashtest import crashtest
 from mmsb.cli.graphcmd import graph, provenance
 from mmsb.cli.inspect import history, info, log_cmd, verify
 from mmsb.cli.maintain import checkpoint, compact, replay
+from mmsb.cli.metricscmd import metrics
 from mmsb.cli.output import CommandError
 from mmsb.cli.validate import validate
 
@@ -54,7 +55,7 @@ def cli() -> None:
 
 
 for command in (info, log_cmd, history, checkpoint, verify, replay, compact, validate, crashtest,
-                graph, provenance, bench):  # fmt: skip
+                graph, provenance, bench, metrics):  # fmt: skip
     cli.add_command(command)
 
 

@@ -82,6 +82,7 @@ class Propagator:
         self._seeds: list[npt.NDArray[np.int64]] = []  # parents of new derivations
         self._flags = np.zeros(0, np.uint8)  # per page: STALE | GPU_SYNC | INVALIDATED
         self._ticks = 0
+        self.after_tick: list[Callable[[TickReport], None]] = []  # e.g. the stats' histogram
         self._propagating = False  # committing a pass's derived batch: not new input
 
     # -- edges and derivations ----------------------------------------------------------
@@ -342,6 +343,8 @@ class Propagator:
             self._ticks, lsn, n_in, derived, recomputed, changed_n, flagged, phases,
             total, budget, total > budget, checked, failures, gc_report,
         )  # fmt: skip
+        for hook in self.after_tick:
+            hook(report)
         if self._events.wants("tick_done"):
             self._events.emit("tick_done", lsn, None, report=report)
         return report

@@ -23,6 +23,7 @@ import errno
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,6 +70,9 @@ class LogWriter:
         self.synced = 0  # value of ``appended`` covered by the last completed fsync
         self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
         self.sync_error: OSError | None = None  # the failed fsync that stopped this writer
+        self.fsyncs = 0  # syncs that reached the disk, their total and longest time (ns)
+        self.fsync_ns = 0
+        self.fsync_max_ns = 0
         # why the writer stopped: (error class, what failed, the OSError); see failed()
         self._failure: tuple[type[LogWriteError], str, BaseException] | None = None
         # called with the error when an explicit sync (force=True: the owner's sync_now)
@@ -291,6 +295,7 @@ class LogWriter:
             dir_unsynced, self._dir_unsynced = self._dir_unsynced, False
             current = os.dup(self._fd) if self._fd >= 0 and (target > self.synced or
                                                            dir_unsynced) else -1  # fmt: skip
+        t0 = time.perf_counter_ns()
         try:
             for fd in retired:
                 os.fdatasync(fd)
@@ -312,8 +317,13 @@ class LogWriter:
                 os.close(fd)
             if current >= 0:
                 os.close(current)
+        took = time.perf_counter_ns() - t0
         with self._lock:
             self.synced = max(self.synced, target)
+            if current >= 0 or dir_unsynced or retired:
+                self.fsyncs += 1
+                self.fsync_ns += took
+                self.fsync_max_ns = max(self.fsync_max_ns, took)
 
     def close(self) -> None:
         """Sync and close. On a failed writer (or a failed last sync) every descriptor is

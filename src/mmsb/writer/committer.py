@@ -100,6 +100,8 @@ class Committer:
         self.after_publish: list[Callable[[], None]] = []  # e.g. the automatic checkpoint
         self.failure: str | None = None  # why the bus closed itself, once it has
         self.snapshots: SnapWriter | None = None  # keeps what pinned snapshots still see
+        self.commits = 0  # commits published since open, and the deltas they carried
+        self.deltas = 0
         self._staging = False  # arena changes made ahead of the next frame (see stage())
         self._on_fail_stop = on_fail_stop
 
@@ -199,6 +201,8 @@ class Committer:
             # the frame is logged, the arena holds part of it: recover from disk
             self.fail_stop(exc)
             raise
+        self.commits += 1
+        self.deltas += count
         if self.listeners:
             change = Change(ftype, lsn, ts, seg, off, pages, first_delta_id, count, lo, hi)
             for listener in self.listeners:
