@@ -246,6 +246,7 @@ class Bus(StateView):
     create_pages = forward(_writing, Writer.create_pages)
     delete_page = forward(_writing, Writer.delete_page)
     delete_pages = forward(_writing, Writer.delete_pages)
+    set_metadata = forward(_writing, Writer.set_metadata)
     write = forward(_writing, Writer.write)
     apply = forward(_writing, Writer.apply)
     apply_batch = forward(_writing, Writer.apply_batch)

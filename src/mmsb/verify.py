@@ -177,6 +177,17 @@ def _check_frame(state: State, frame: Frame, rep: IntegrityReport) -> None:
             state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata)
         elif isinstance(rec, codec.RelayoutRecord):
             state.relayout(rec.ids, rec.slots)
+        elif isinstance(rec, codec.MetaRecord):
+            if not state.is_live(rec.page):
+                rep.error(f"{where}: sets the metadata of page {rec.page}, which is not live")
+            elif rec.epoch != int(state.epoch[rec.page]):
+                rep.epoch_violations += 1
+                rep.error(f"{where}: metadata of page {rec.page} logged at epoch {rec.epoch}, "
+                          f"the page is at epoch {int(state.epoch[rec.page])}")  # fmt: skip
+            elif rec.metadata is None:
+                state.metadata.pop(rec.page, None)
+            else:
+                state.metadata[rec.page] = rec.metadata
         elif isinstance(rec, codec.GraphRecord):
             apply_graph(state, rec.ops, rec.kinds, rec.parents, rec.children)
         elif isinstance(rec, codec.DeleteRecord):

@@ -47,8 +47,20 @@ def _bars(enabled: bool) -> Iterator[Sink]:
         yield sink
 
 
-def _conditions(r: Result) -> str:
-    return ", ".join(f"{k}={v}" for k, v in r.conditions.items())
+def scaled_note(scale: float) -> str | None:
+    """What every figure of a run at ``scale`` carries: None for a full-size run (1.0)."""
+    if scale == 1.0:
+        return None
+    return f"scale {scale:g}: not comparable with a full run"
+
+
+def _tagged(text: str, note: str | None) -> str:
+    return text if note is None else f"{text} ({note})"  # round brackets: rich eats [..]
+
+
+def _conditions(r: Result, note: str | None = None) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in r.conditions.items())
+    return text if note is None else f"{note}; {text}" if text else note
 
 
 def _value(r: Result) -> str:
@@ -73,13 +85,15 @@ def _compare(scale: float, json_path: str | None) -> None:
             rep = compare.run(scale, progress=sink)
     except peers.MismatchError as e:
         raise click.ClickException(f"comparison check failed: {e}") from e
-    table = Table(title="mmsb bench --compare")
+    note = scaled_note(scale)
+    table = Table(title=_tagged("mmsb bench --compare", note))
     for col in ("system", "workload", "figure", "conditions", "vs MMSB"):
         table.add_column(col)
     for key, title in peers.WORKLOADS.items():
         for fig in rep.figures:
             if fig.workload == key:
-                table.add_row(fig.system, title, _figure(fig), fig.conditions, _versus(fig))
+                conditions = fig.conditions if note is None else f"{note}; {fig.conditions}"
+                table.add_row(fig.system, title, _figure(fig), conditions, _versus(fig))
     out = console()
     out.print(table)
     s = rep.sizes
@@ -89,12 +103,14 @@ def _compare(scale: float, json_path: str | None) -> None:
         f"reads; {s['durable']:,} durable commits; seed {rep.seed}"
     )
     for g in rep.goals:
-        out.print(g.text)
+        out.print(_tagged(g.text, note))
     for name, why in rep.skipped.items():
         out.print(f"{name} skipped: {why}")
     if json_path:
         with open(json_path, "w", encoding="utf-8") as f:
-            json.dump({"scale": scale, **rep.to_json()}, f, indent=2, ensure_ascii=False)
+            doc = {"scale": scale, "comparable_with_full_run": note is None, "scale_note": note,
+                   **rep.to_json()}  # fmt: skip
+            json.dump(doc, f, indent=2, ensure_ascii=False)
         click.echo(f"results written to {json_path}", err=True)
 
 
@@ -103,7 +119,9 @@ def _compare(scale: float, json_path: str | None) -> None:
               default="all",
               show_default=True, help="Which benchmarks to run.")  # fmt: skip
 @click.option("--scale", type=float, default=1.0, show_default=True,
-              help="Multiply the stated sizes (deltas, pages) by this.")  # fmt: skip
+              help="Multiply the stated sizes (deltas, pages) by this; at any other value "
+                   "than 1 every figure says that it is not comparable with a full "
+                   "run.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the results, with their conditions, to this file.")  # fmt: skip
 @click.option("--compare", "compare_peers", is_flag=True,
@@ -135,25 +153,29 @@ def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) 
                 got = scenario()
                 results.extend(got)
                 detailed.append(got[-1])  # the scenario's figures behind its ratios
-    table = Table(title="mmsb bench")
+    note = scaled_note(scale)
+    table = Table(title=_tagged("mmsb bench", note))
     for col in ("benchmark", "result", "conditions"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.name, _value(r), _conditions(r))
+        table.add_row(r.name, _value(r), _conditions(r, note))
     summary = engine.summarize(results)
     for k, v in summary.items():
-        table.add_row(k, f"{v:.2f}", "ratio of the measured figures above")
+        table.add_row(k, f"{v:.2f}", _tagged("ratio of the measured figures above", note))
     out = console()
     out.print(table)
     for r in results:
         if r.unit == "bytes" or r in detailed:  # the million-page run, snapshots: details
             for k, v in r.extra.items():
-                out.print(f"  {k}: {v:,.3f}" if isinstance(v, float) else f"  {k}: {v}")
+                shown = f"  {k}: {v:,.3f}" if isinstance(v, float) else f"  {k}: {v}"
+                out.print(_tagged(shown, note))
     if json_path:
         doc = {
             "machine": {"python": platform.python_version(), "platform": platform.platform(),
                         "cpus": os.cpu_count()},
             "scale": scale,
+            "comparable_with_full_run": note is None,
+            "scale_note": note,
             "results": [r.to_json() for r in results],
             "summary": summary,
         }  # fmt: skip

@@ -12,7 +12,16 @@ import click
 import numpy as np
 
 import mmsb
-from mmsb.cli.output import EXIT_FAILED, console, emit_json, grid, kv_table, require_bus
+from mmsb.cli.output import (
+    EXIT_FAILED,
+    console,
+    emit_json,
+    grid,
+    iso_ns,
+    kv_table,
+    replace_ns_times,
+    require_bus,
+)
 from mmsb.graph import KINDS
 from mmsb.history.provenance import ProvenanceStep
 
@@ -77,11 +86,16 @@ def graph(path: str, limit: int, as_json: bool) -> None:
         raise SystemExit(EXIT_FAILED)
 
 
+def _record_json(step: ProvenanceStep) -> dict[str, Any]:
+    assert step.record is not None
+    return {**asdict(step.record), "time": iso_ns(step.record.timestamp)}
+
+
 def _step_json(step: ProvenanceStep) -> dict[str, Any]:
     return {
         "page_id": step.page_id,
         "byte": step.byte,
-        "record": None if step.record is None else asdict(step.record),
+        "record": None if step.record is None else _record_json(step),
         "truncated": step.truncated,
         "parents": [_step_json(p) for p in step.parents],
     }
@@ -104,4 +118,4 @@ def provenance(path: str, page: int, byte: int | None, depth: int, as_json: bool
         emit_json({"lsn": prov.lsn, "depth": prov.depth, "steps": prov.steps,
                    "root": _step_json(prov.root)})  # fmt: skip
     else:
-        click.echo(prov.explain())
+        click.echo(replace_ns_times(prov.explain()))  # --json keeps the raw nanoseconds

@@ -34,6 +34,7 @@ from mmsb.storage.recovery import CLEAN_FILE
 from mmsb.types import DTYPE_NAMES
 
 LIMIT_HELP = "Show at most N entries, newest first (0: all)."
+TIME_COLUMN = "time (local)"  # ISO 8601 with the UTC offset; --json keeps the nanoseconds
 
 
 def _limit(n: int) -> int | None:
@@ -65,6 +66,7 @@ def info_data(path: str) -> dict[str, Any]:
             "path": os.path.abspath(path),
             "format_version": manifest.version,
             "created": iso_ns(manifest.created_ns),
+            "created_ns": manifest.created_ns,
             "segment_size": manifest.segment_size,
             "lsn": bus.lsn,
             "last_commit": {"timestamp": last_ts, "time": iso_ns(last_ts)},
@@ -188,7 +190,7 @@ def _print_deltas(title: str, deltas: list[dict[str, Any]]) -> None:
         )
         for d in deltas
     ]  # fmt: skip
-    columns = ["delta", "LSN", "page", "epoch", "time", "shape", "offset", "length", "source",
+    columns = ["delta", "LSN", "page", "epoch", TIME_COLUMN, "shape", "offset", "length", "source",
                "metadata"]  # fmt: skip
     console().print(grid(title, columns, rows))
 
@@ -229,12 +231,12 @@ def log_data(path: str, limit: int | None, deltas: bool) -> dict[str, Any]:
     if deltas:
         rows: list[dict[str, Any]] = []
         for frame in frames:
-            rows += logview.delta_rows(frame)
+            rows += [{**r, "time": iso_ns(r["timestamp"])} for r in logview.delta_rows(frame)]
             if limit is not None and len(rows) >= limit:
                 break
         out["deltas"] = rows[:limit]
     else:
-        out["frames"] = [{**logview.frame_summary(f)} for f in frames]
+        out["frames"] = [{**logview.frame_summary(f), "time": iso_ns(f.timestamp)} for f in frames]
     return out
 
 
@@ -264,7 +266,7 @@ def log_cmd(path: str, page: int | None, limit: int, deltas: bool, as_json: bool
              f"{f['segment']}@{f['offset']}")
             for f in data["frames"]
         ]  # fmt: skip
-        console().print(grid(head, ["LSN", "time", "type", "what", "where"], rows))
+        console().print(grid(head, ["LSN", TIME_COLUMN, "type", "what", "where"], rows))
     if data["torn_tail"] is not None:
         t = data["torn_tail"]
         click.echo(

@@ -103,6 +103,9 @@ def frame_summary(frame: Frame) -> dict[str, Any]:
         )
     elif isinstance(rec, codec.DeleteRecord):
         info.update(deltas=0, deleted=[int(p) for p in rec.ids.tolist()])
+    elif isinstance(rec, codec.MetaRecord):
+        meta = None if rec.metadata is None else json.loads(rec.metadata)
+        info.update(deltas=0, page=rec.page, metadata=meta)
     return info
 
 
@@ -123,6 +126,10 @@ def describe(summary: dict[str, Any]) -> str:
         ids = summary["deleted"]
         shown = ", ".join(str(p) for p in ids[:8]) + (" ..." if len(ids) > 8 else "")
         return f"delete {plural(len(ids), 'page')}: {shown}"
+    if summary["type"] == "metadata":
+        meta = summary["metadata"]
+        shown = "cleared" if meta is None else json.dumps(meta, sort_keys=True)
+        return f"metadata of page {summary['page']}: {shown}"
     return str(summary["type"])
 
 

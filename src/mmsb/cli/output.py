@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from mmsb.errors import BusNotFoundError
 from mmsb.storage.manifest import Manifest, read_manifest
+
+if TYPE_CHECKING:  # rich is loaded when a command draws, not when ``mmsb --help`` starts
+    from rich.console import Console
+    from rich.table import Table
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and found a problem (verify not ok, a target missed)
@@ -30,6 +33,8 @@ class CommandError(click.ClickException):
 
 def console() -> Console:
     """A console on the current stdout (created per call, so test runners capture it)."""
+    from rich.console import Console
+
     # piped output keeps whole table rows (rich would otherwise fold them at 80 columns)
     width = None if sys.stdout.isatty() else 200
     return Console(file=sys.stdout, highlight=False, soft_wrap=True, width=width)
@@ -54,17 +59,33 @@ def require_bus(path: str) -> Manifest:
     return read_manifest(path)
 
 
+def _local(ns: int) -> datetime:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    dt = datetime.fromtimestamp(seconds).astimezone()  # the local zone, with its offset
+    return dt.replace(microsecond=rest // 1000)
+
+
 def iso_ns(ns: int) -> str:
-    """A nanosecond timestamp as ISO 8601 UTC with microseconds."""
+    """A nanosecond timestamp (since the epoch) as ISO 8601 in the local time zone, to the
+    microsecond, with the zone's UTC offset: ``2026-12-06T03:41:07.123456+00:00``; ``-``
+    for 0 (no commit). JSON output keeps the raw integer beside it."""
     if ns <= 0:
         return "-"
-    dt = datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _local(ns).isoformat(timespec="microseconds")
 
 
 def short_time(ns: int) -> str:
-    """A nanosecond timestamp for table cells: UTC date and time to the millisecond."""
-    return "-" if ns <= 0 else iso_ns(ns)[:23].replace("T", " ")
+    """A nanosecond timestamp for table cells: ISO 8601, local time zone, to the
+    millisecond, with the UTC offset (``2026-12-06T03:41:07.123+00:00``)."""
+    return "-" if ns <= 0 else _local(ns).isoformat(timespec="milliseconds")
+
+
+def replace_ns_times(text: str) -> str:
+    """``time <nanoseconds>`` in a library explanation, rewritten as ISO 8601 local time."""
+    return _NS_TIME.sub(lambda m: f"{m[1]}time {iso_ns(int(m[2]))},", text)
+
+
+_NS_TIME = re.compile(r"(: delta \d+ at LSN \d+, epoch -?\d+, )time (\d+),")
 
 
 def plural(n: int, word: str) -> str:
@@ -81,6 +102,8 @@ def human_bytes(n: int) -> str:
 
 
 def kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
     table.add_column("key", style="bold")
     table.add_column("value")
@@ -90,6 +113,8 @@ def kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
 
 
 def grid(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for name in columns:
         table.add_column(name, overflow="fold")

@@ -57,8 +57,13 @@ def _progress_bars(enabled: bool) -> Iterator[ProgressSink | None]:
         yield sink
 
 
+QUICK_NOTE = "not comparable with a full run"
+
+
 @click.command()
-@click.option("--quick", is_flag=True, help="Reduced sizes (each reduced line says so).")
+@click.option("--quick", is_flag=True,
+              help="Reduced sizes; every line says that it is not comparable with a full "
+                   "run.")  # fmt: skip
 @click.option("--full", is_flag=True, help="At least the stated sizes (some larger).")
 @click.option(
     "--json",
@@ -126,8 +131,10 @@ def validate(
         except ImportError as e:
             raise CommandError(f"--html: {e}") from e
 
+    note = QUICK_NOTE if quick else None
+
     def show(result: TargetResult) -> None:
-        line = format_line(result, size)
+        line = format_line(result, size, note)  # the note goes on every line, reduced or not
         mark, rest = line[:1], line[1:]
         click.echo(click.style(mark, fg="green" if result.passed else "red", bold=True) + rest)
 
@@ -146,6 +153,8 @@ def validate(
         click.echo(f"warning: {warning}", err=True)
     for line in format_report(report)[len(report.results) :]:  # goals, result, regressions
         click.echo(line)
+    if note is not None:
+        click.echo(f"{size} run: reduced sizes; its figures are {note}", err=True)
     if json_path:
         write_json(report, json_path)
         click.echo(f"results written to {json_path}", err=True)

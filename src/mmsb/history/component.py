@@ -18,6 +18,7 @@ from mmsb.errors import HistoryUnavailableError, InvalidArgumentError
 from mmsb.history.provenance import Provenance, ProvenanceIndex
 from mmsb.history.timeline import LogIndex, Snapshot, diff_states, export_prefix, touched_pages
 from mmsb.storage import layout
+from mmsb.storage.codec import META
 from mmsb.storage.replay import copy_state, state_at
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff, integer_arg
@@ -61,8 +62,11 @@ class History:
         """Committer listener: index the new frame, drop cached explanations of its pages."""
         if self._index is not None:
             pages = change.pages if change.count else None
+            meta = None
+            if change.ftype == META and change.pages is not None:
+                meta = int(change.pages[0])
             self._index.add(change.lsn, change.timestamp, change.segment, change.offset,
-                            change.first_delta_id, pages)  # fmt: skip
+                            change.first_delta_id, pages, meta)  # fmt: skip
         if self._prov is not None and change.pages is not None:
             self._prov.invalidate(change.pages)
 

@@ -25,7 +25,7 @@ from mmsb.errors import (
 )
 from mmsb.storage import codec, layout
 from mmsb.storage.checkpoint import list_checkpoints
-from mmsb.storage.codec import BATCH
+from mmsb.storage.codec import BATCH, META
 from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, LogReader, list_segments
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff
@@ -75,6 +75,7 @@ class LogIndex:
 
     Frames: lsn, timestamp, type, segment, offset (all frames). Deltas: page id and delta id
     (batch frames), sorted lazily by (page, delta id) so a page's history is a binary search.
+    Metadata changes (META frames): the frame rows per page, listed in the page's history.
     """
 
     def __init__(self) -> None:
@@ -88,6 +89,7 @@ class LogIndex:
         self._sorted: tuple[I64, I64] | None = None
         self._decoded: OrderedDict[int, codec.DecodedBatch] = OrderedDict()
         self._farrays: tuple[int, I64, I64] | None = None
+        self._meta: dict[int, list[int]] = {}  # page id -> rows of its META frames
         self.next_delta_id = 1
 
     @classmethod
@@ -102,14 +104,28 @@ class LogIndex:
     def add_frame(self, frame: Frame) -> None:
         pages = None
         first = 0
+        meta_page = None
         if frame.type == BATCH:
             dec = codec.decode_batch(frame.payload)
             pages, first = dec.batch.page_ids, dec.first_delta_id
-        self.add(frame.lsn, frame.timestamp, frame.segment, frame.offset, first, pages)
+        elif frame.type == META:
+            meta_page = codec.decode_meta(frame.payload).page
+        self.add(frame.lsn, frame.timestamp, frame.segment, frame.offset, first, pages,
+                 meta_page)  # fmt: skip
 
     def add(
-        self, lsn: int, ts: int, segment: str, offset: int, first_did: int, pages: I64 | None
+        self,
+        lsn: int,
+        ts: int,
+        segment: str,
+        offset: int,
+        first_did: int,
+        pages: I64 | None,
+        meta_page: int | None = None,
     ) -> None:
+        """Index one frame; ``meta_page``: the page whose metadata a META frame set."""
+        if meta_page is not None:
+            self._meta.setdefault(meta_page, []).append(len(self.f_lsn))
         self.f_lsn.append(lsn)
         self.f_ts.append(ts)
         self.f_seg.append(segment)
@@ -203,10 +219,35 @@ class LogIndex:
         return rec, dec, row
 
     def records(self, log_dir: str, page_id: int, limit: int | None) -> list[DeltaRecord]:
+        """The page's deltas and metadata changes, newest first, at most ``limit``."""
         dids = self.delta_ids(page_id)[::-1]
         if limit is not None:
             dids = dids[:limit]
-        return [self.record(log_dir, page_id, did)[0] for did in dids.tolist()]
+        out = [self.record(log_dir, page_id, did)[0] for did in dids.tolist()]
+        rows = self._meta.get(page_id)
+        if not rows:
+            return out
+        newest = rows[::-1] if limit is None else rows[::-1][:limit]
+        out += [self.meta_record(log_dir, j) for j in newest]
+        out.sort(key=lambda r: r.lsn, reverse=True)
+        return out if limit is None else out[:limit]
+
+    def meta_record(self, log_dir: str, j: int) -> DeltaRecord:
+        """The metadata change of META frame row ``j``, as a history record: shape
+        ``"metadata"``, no delta id (0), no bytes, the page's new metadata (None: cleared)."""
+        rec = codec.decode_meta(_read_frame(os.path.join(log_dir, self.f_seg[j]), self.f_off[j]))
+        return DeltaRecord(
+            delta_id=0,
+            page_id=rec.page,
+            lsn=self.f_lsn[j],
+            epoch=rec.epoch,
+            timestamp=self.f_ts[j],
+            source="metadata",
+            metadata=None if rec.metadata is None else json.loads(rec.metadata),
+            offset=0,
+            length=0,
+            shape="metadata",
+        )
 
     def _frame(self, log_dir: str, j: int) -> codec.DecodedBatch:
         dec = self._decoded.get(j)
@@ -249,6 +290,8 @@ def touched_pages(directory: str, lo: int, hi: int) -> I64:
             found.append(np.arange(rec.first, rec.first + rec.n, dtype=np.int64))
         elif isinstance(rec, codec.DeleteRecord):
             found.append(rec.ids)
+        elif isinstance(rec, codec.MetaRecord):
+            found.append(np.array([rec.page], np.int64))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
 

@@ -1,7 +1,8 @@
 """Every log frame type, its payload encoding and decoding, and the one dispatcher.
 
 Frame types: ``BATCH`` (deltas), ``CREATE`` (pages), ``DELETE`` (pages), ``GRAPH`` (edge
-changes), ``RELAYOUT`` (page slots moved by arena compaction). :func:`decode` maps a frame's
+changes), ``RELAYOUT`` (page slots moved by arena compaction), ``META`` (one page's metadata
+replaced). :func:`decode` maps a frame's
 type to its decoder and returns one of the record types below; every reader of the log
 (recovery, replay, history, verify, invariants, the CLI) dispatches on that record, never
 on the type number.
@@ -43,8 +44,9 @@ CREATE = 2
 DELETE = 3
 GRAPH = 4  # dependency-graph edge changes
 RELAYOUT = 5  # page slots moved by arena compaction
+META = 6  # one page's metadata replaced or cleared
 FRAME_TYPES = {BATCH: "batch", CREATE: "create", DELETE: "delete", GRAPH: "graph",
-               RELAYOUT: "relayout"}  # fmt: skip
+               RELAYOUT: "relayout", META: "metadata"}  # fmt: skip
 
 HAS_MASKS, SOURCE_COL, META_COL = 1, 2, 4
 # the head of a batch payload: n, flags, first delta id, payload, mask and strings lengths
@@ -383,6 +385,54 @@ def decode_relayout(payload: memoryview) -> tuple[I64, I64]:
     return body[:n].astype(np.int64), body[n:].astype(np.int64)
 
 
+# -- META ---------------------------------------------------------------------------------
+#
+# Payload (little-endian): page_id u64 | epoch u32 | flags u32 | metadata text. With
+# META_SET in flags the text is the page's new metadata, a JSON object in the canonical form
+# of ``mmsb.types.encode_metadata`` (UTF-8, to the end of the payload); without it the
+# metadata is cleared and the text is empty. ``epoch`` is the page's epoch when the
+# metadata changed (the change leaves it as it is); replay checks it.
+
+_META_HEAD = struct.Struct("<QII")
+META_SET = 1
+
+
+@dataclass(frozen=True)
+class MetaRecord:
+    page: int
+    epoch: int
+    metadata: str | None  # canonical JSON text of the new metadata; None: cleared
+
+
+def encode_meta(rec: MetaRecord) -> list[bytes | memoryview]:
+    text = b"" if rec.metadata is None else rec.metadata.encode()
+    flags = 0 if rec.metadata is None else META_SET
+    return [_META_HEAD.pack(rec.page, rec.epoch, flags) + text]
+
+
+def decode_meta(payload: memoryview) -> MetaRecord:
+    if payload.nbytes < _META_HEAD.size:
+        raise CorruptLogError("metadata frame too short for its header")
+    page, epoch, flags = _META_HEAD.unpack(payload[: _META_HEAD.size])
+    if flags & ~META_SET:
+        raise CorruptLogError(f"metadata frame has unknown flags {flags:#x}")
+    if not 0 < page < 2**62:
+        raise CorruptLogError(f"metadata frame names page id {page}")
+    raw = bytes(payload[_META_HEAD.size :])
+    if not flags & META_SET:
+        if raw:
+            raise CorruptLogError("metadata frame clears the metadata but carries text")
+        return MetaRecord(page, epoch, None)
+    try:
+        text = raw.decode()
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptLogError(f"metadata frame text is not valid JSON: {exc}") from None
+    if not isinstance(value, dict) or not value:
+        raise CorruptLogError("metadata frame text is not a non-empty JSON object")
+    return MetaRecord(page, epoch, text)
+
+
 # -- the dispatcher --------------------------------------------------------------------------
 
 
@@ -405,7 +455,7 @@ class RelayoutRecord:
     slots: I64  # their new arena offsets
 
 
-Record = DecodedBatch | CreateRecord | DeleteRecord | GraphRecord | RelayoutRecord
+Record = DecodedBatch | CreateRecord | DeleteRecord | GraphRecord | RelayoutRecord | MetaRecord
 
 
 def decode(ftype: int, payload: memoryview) -> Record:
@@ -421,4 +471,6 @@ def decode(ftype: int, payload: memoryview) -> Record:
         return GraphRecord(*decode_graph(payload))
     if ftype == RELAYOUT:
         return RelayoutRecord(*decode_relayout(payload))
+    if ftype == META:
+        return decode_meta(payload)
     raise CorruptLogError(f"unknown frame type {ftype}")

@@ -93,6 +93,16 @@ def apply_frame(state: State, frame: Frame) -> int:
         if isinstance(rec, codec.RelayoutRecord):
             state.relayout(rec.ids, rec.slots)
             return 0
+        if isinstance(rec, codec.MetaRecord):
+            pid = state.require(rec.page)
+            if rec.epoch != int(state.epoch[pid]):
+                raise CorruptLogError(f"page {pid} metadata logged at epoch {rec.epoch}, "
+                                      f"the page is at epoch {int(state.epoch[pid])}")  # fmt: skip
+            if rec.metadata is None:
+                state.metadata.pop(pid, None)
+            else:
+                state.metadata[pid] = rec.metadata
+            return 0
         apply_graph(state, rec.ops, rec.kinds, rec.parents, rec.children)
         return 0
     except (CorruptLogError, InvalidDeltaError, PageNotFoundError, InvalidArgumentError) as exc:

@@ -11,7 +11,9 @@ Line format (the same for every target)::
 floor check passed, ★ that every goal check passed as well; the floor and goal parts show
 each check's figure, its bound and its own ✓/✗ (or the size it is left to), and a line
 carries [correct; a speed floor was missed] where only a floor failed. A reduced run says so
-on every line it reduces; the JSON carries ``reduced`` per target. The history file and the
+on every line it reduces, and ``mmsb validate --quick`` adds ``[quick run: not comparable
+with a full run]`` after the time of every line; the JSON carries ``reduced`` per target and
+``comparable_with_full_run`` for the run. The history file and the
 regression flags are :mod:`mmsb.validation.history`'s.
 """
 
@@ -48,12 +50,16 @@ def format_checks(checks: list[CheckResult], kind: str, size: str) -> str:
     return f"{kind} " + ", ".join(parts) if parts else ""
 
 
-def format_line(result: TargetResult, size: str = "stated") -> str:
+def format_line(result: TargetResult, size: str = "stated", note: str | None = None) -> str:
+    """The target's line; a ``note`` (``mmsb validate --quick``: not comparable with a full
+    run) follows its time, on every line, whether or not the target was reduced."""
     mark = "✓" if result.passed else "✗"
     tag = f" [{size}: {'; '.join(result.reductions)}]" if result.reductions else ""
     # the registry's goal checks decide the ★; a runner's own trailing ★ is not repeated
     summary = result.summary.removesuffix(" ★")
     line = f"{mark} #{result.id} {result.name}{tag}: {summary}; {result.seconds:.1f} s"
+    if note:
+        line += f" [{size} run: {note}]"
     for kind in ("floor", "goal"):
         part = format_checks(result.checks, kind, size)
         if part:
@@ -90,7 +96,10 @@ def write_json(report: ValidationReport, path: str | os.PathLike[str]) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = path + ".tmp"
+    doc = report.to_json()
+    # a quick run's figures come from reduced sizes: they compare with other quick runs only
+    doc["comparable_with_full_run"] = report.size != "quick"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report.to_json(), f, indent=2, ensure_ascii=False)
+        json.dump(doc, f, indent=2, ensure_ascii=False)
         f.write("\n")
     os.replace(tmp, path)

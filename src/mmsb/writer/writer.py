@@ -19,7 +19,7 @@ from mmsb.engine import checksum, kernels
 from mmsb.engine.driver import check_workers
 from mmsb.errors import DeviceUnavailableError, InvalidArgumentError, InvalidDeltaError
 from mmsb.storage import codec
-from mmsb.storage.codec import BATCH, CREATE, DELETE
+from mmsb.storage.codec import BATCH, CREATE, DELETE, META
 from mmsb.storage.state import State, check_page_shape
 from mmsb.types import DTYPE_NAMES, Commit, dtype_code, encode_metadata, location_code
 from mmsb.writer import stages
@@ -111,6 +111,26 @@ class Writer:
         # deleting drops the pages' edges too (listeners drop their derivations)
         self.committer.commit(DELETE, codec.encode_delete(arr), lambda: state.delete(arr),
                               pages=arr)  # fmt: skip
+
+    def set_metadata(self, page_id: int, metadata: dict[str, Any] | None) -> int:
+        """Replace a page's metadata as one commit (``None`` or ``{}`` clears it); return
+        the commit's LSN. The page's bytes and epoch stay as they are."""
+        state = self.state
+        pid = state.require(page_id)
+        meta = encode_metadata(metadata, "page")
+        if meta == "{}":
+            meta = None
+        rec = codec.MetaRecord(pid, int(state.epoch[pid]), meta)
+
+        def apply() -> None:
+            if meta is None:
+                state.metadata.pop(pid, None)
+            else:
+                state.metadata[pid] = meta
+
+        lsn, _, _ = self.committer.commit(META, codec.encode_meta(rec), apply,
+                                          pages=np.array([pid], np.int64))  # fmt: skip
+        return lsn
 
     # -- deltas -------------------------------------------------------------------------------
 
