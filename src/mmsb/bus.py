@@ -24,7 +24,7 @@ from mmsb.graph.propagator import Propagator
 from mmsb.history.component import History
 from mmsb.monitor.gc import Collector, GCReport
 from mmsb.monitor.invariants import Invariants
-from mmsb.monitor.stats import CountedCollector, Monitor
+from mmsb.monitor.stats import Monitor
 from mmsb.options import Options
 from mmsb.snapshot import LiveSnapshot, open_snapshot
 from mmsb.storage import layout
@@ -106,9 +106,9 @@ class Bus(StateView):
             c = self._committer = w.committer
             self._checkpointer = w.checkpointer
             state, lsn, ts, info = w.writer.state, c.lsn, c.timestamp, w.recovery
-            self._collector = CountedCollector(d, state, c, keep_checkpoints=opts.keep_checkpoints,
-                                               auto_compact=opts.auto_compact,
-                                               on_segments_dropped=h.forget_index)  # fmt: skip
+            self._collector = Collector(d, state, c, keep_checkpoints=opts.keep_checkpoints,
+                                        auto_compact=opts.auto_compact,
+                                        on_segments_dropped=h.forget_index)  # fmt: skip
             h.before_export = c.log.sync
         self._state, self._lsn, self._last_ts = state, lsn, ts
         self.recovery: RecoveryInfo = info

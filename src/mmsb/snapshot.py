@@ -239,6 +239,8 @@ class LiveSnapshot:
 
     def _entries(self, ids: I64) -> I64:
         self._refresh()
+        if not self._first:  # nothing changed since the pin: every page is in the arena
+            return np.full(ids.size, -1, np.int64)
         get = self._first.get
         return np.fromiter((get(p, -1) for p in ids.tolist()), np.int64, ids.size)
 

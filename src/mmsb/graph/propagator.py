@@ -273,6 +273,7 @@ class Propagator:
         state = writer.state
         t0 = time.perf_counter_ns()
         n_in = 0 if batch is None else len(batch)
+        ins = [batch] if batch is not None and n_in else []  # the tick's own input rows
         timing = [0]
         passed: list[Any] = []
 
@@ -280,7 +281,6 @@ class Propagator:
             t = time.perf_counter_ns()
             if not (self._dirty or self._seeds or (n_in and state.edges.count)):
                 return None
-            assert batch is not None or not n_in
             # the cause: this tick's own commit when it has inputs, else the last commit
             # that wrote a pending page (or, for a pass that only computes newly registered
             # derivations, the current LSN)
@@ -288,7 +288,6 @@ class Propagator:
                 cause = self._lsn_of() + 1
             else:
                 cause = self._dirty_lsn if self._dirty else self._lsn_of()
-            ins = [] if batch is None or not n_in else [batch]
             seeds = [s[s < state.next_page_id] for s in self._seeds]
             written = np.concatenate([*self._dirty, *(b.page_ids for b in ins), *seeds])
             lo = np.concatenate([*self._dirty_lo, *(b.offsets for b in ins),

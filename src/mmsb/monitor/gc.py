@@ -154,6 +154,8 @@ class Collector:
         self._last_moves = 128
         self._scan_per_ms = 200_000.0
         self.last_phases: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self.steps = 0  # steps run and their summed pauses (for Bus.stats)
+        self.pause_ns = 0
 
     # -- the step -------------------------------------------------------------------------
 
@@ -195,8 +197,11 @@ class Collector:
         t4 = time.perf_counter_ns()
         # where the last step's time went (segments, compaction, shrink, eviction), in ns
         self.last_phases = (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        pause = time.perf_counter_ns() - t0
+        self.steps += 1
+        self.pause_ns += pause
         return GCReport(
-            pause_ns=time.perf_counter_ns() - t0,
+            pause_ns=pause,
             bytes_reclaimed=tally.shrunk + tally.log_bytes,
             arena_bytes_compacted=tally.compacted,
             arena_bytes_shrunk=tally.shrunk,

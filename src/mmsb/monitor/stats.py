@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from mmsb.graph.propagator import Propagator
 from mmsb.graph.tick import TickReport
-from mmsb.monitor.gc import Collector, GCReport
+from mmsb.monitor.gc import Collector
 from mmsb.monitor.memory import MemorySnapshot
 from mmsb.monitor.memory import snapshot as memory_snapshot
 from mmsb.storage import layout
@@ -40,7 +40,6 @@ from mmsb.writer.committer import Committer
 __all__ = [
     "TICK_LE_MS",
     "BusStats",
-    "CountedCollector",
     "Monitor",
     "pinned_snapshots",
     "reader_count",
@@ -87,19 +86,6 @@ class BusStats:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class CountedCollector(Collector):
-    """The GC collector, counting its steps and their pauses for :meth:`Monitor.stats`."""
-
-    steps = 0
-    pause_ns = 0
-
-    def step(self, budget_ms: float, cold_after_s: float | None = None) -> GCReport:
-        report = super().step(budget_ms, cold_after_s)
-        self.steps += 1
-        self.pause_ns += report.pause_ns
-        return report
 
 
 class _Listing(Generic[T]):
@@ -209,7 +195,7 @@ class Monitor:
         propagator: Propagator,
         committer: Committer | None,
         follower: Follower | None,
-        collector: CountedCollector | None,
+        collector: Collector | None,
     ) -> None:
         self.path = path
         self._state_of = state_of

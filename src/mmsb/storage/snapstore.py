@@ -162,11 +162,9 @@ class SnapWriter:
     # -- pins -------------------------------------------------------------------------------
 
     def pins(self) -> I64:
-        """The LSNs pinned now (call after ``seq`` is odd; fences first)."""
+        """The LSNs pinned now. Call after the fence that follows ``seq`` going odd
+        (:meth:`before_change` makes it), so no pin registered before can be missed."""
         m = self._m
-        atomics.fence()
-        if not int(m.head[_ACTIVE]):
-            return np.zeros(0, np.int64)
         v = m.slots[0::2]
         # claimed slots have no pin yet; pins below expired_below can no longer be served
         live = (v != 0) & (v < CLAIMED) & (v > m.head[_EXPIRED])
@@ -227,24 +225,33 @@ class SnapWriter:
             pos = self._room(total, commit, len(chunk))
             o = pos % m.data_bytes
             kernels.gather_slots(state.arena.buf, state.slot[chunk], n, m.data[o : o + total])
-            first = int(m.head[_PUBLISHED])
-            idx = np.arange(first, first + len(chunk), dtype=np.int64)
-            at = idx % m.capacity
             starts = np.zeros(len(chunk), np.int64)
             np.cumsum(n[:-1], out=starts[1:])
-            fields = np.empty((len(chunk), ENTRY_WORDS - 1), np.uint64)
-            fields[:, _E_PAGE - 1], fields[:, _E_COMMIT - 1] = chunk, commit
-            fields[:, _E_EPOCH - 1], fields[:, _E_POS - 1] = state.epoch[chunk], pos + starts
-            fields[:, _E_BYTES - 1], fields[:, _E_META - 1] = n, 0
-            fields[:, _E_FLAGS - 1] = DELETED if deleted else 0
-            # in this order, as for one entry: index invalid, the fields, then the index
-            m.entries[at, _E_INDEX] = INVALID
-            m.entries[at, 1:] = fields
-            m.entries[at, _E_INDEX] = idx.astype(np.uint64)
-            m.head[_PUBLISHED] = first + len(chunk)
+            self._publish(chunk, commit, state.epoch[chunk], pos + starts, n, 0, deleted)
             self.saved += len(chunk)
             self.saved_bytes += total
             i = j
+
+    def _publish(
+        self, pages: I64, commit: int, epochs: Any, pos: I64, n: I64, meta: int, deleted: bool
+    ) -> None:
+        """Write the entry records of images already copied into the ring, then publish
+        them: for each record its index word invalid, its fields, its index (readers check
+        the index before and after reading a record), and last the published count."""
+        m = self._m
+        first = int(m.head[_PUBLISHED])
+        idx = np.arange(first, first + pages.size, dtype=np.int64)
+        at = idx % m.capacity
+        fields = np.empty((pages.size, ENTRY_WORDS - 1), np.uint64)
+        fields[:, _E_PAGE - 1], fields[:, _E_COMMIT - 1], fields[:, _E_EPOCH - 1] = (
+            pages, commit, epochs,
+        )  # fmt: skip
+        fields[:, _E_POS - 1], fields[:, _E_BYTES - 1], fields[:, _E_META - 1] = pos, n, meta
+        fields[:, _E_FLAGS - 1] = DELETED if deleted else 0
+        m.entries[at, _E_INDEX] = INVALID
+        m.entries[at, 1:] = fields
+        m.entries[at, _E_INDEX] = idx.astype(np.uint64)
+        m.head[_PUBLISHED] = first + pages.size
 
     def _save(self, state: State, pid: int, commit: int, deleted: bool) -> None:
         m = self._m
@@ -262,12 +269,8 @@ class SnapWriter:
         m.data[o : o + n] = state.arena.buf[s : s + n]
         if mb:
             m.data[o + n : o + need] = np.frombuffer(mb, np.uint8)
-        idx = int(m.head[_PUBLISHED])
-        row = m.entries[idx % m.capacity]
-        row[_E_INDEX] = INVALID
-        row[1:] = (pid, commit, int(state.epoch[pid]), pos, n, len(mb), DELETED if deleted else 0)
-        row[_E_INDEX] = idx
-        m.head[_PUBLISHED] = idx + 1
+        self._publish(np.array([pid]), commit, state.epoch[pid : pid + 1], np.array([pos]),
+                      np.array([n]), len(mb), deleted)  # fmt: skip
         self.saved += 1
         self.saved_bytes += need
 
