@@ -1,0 +1,1 @@
+"""A sharded bus on Ray (optional extra ``mmsb[cluster]``)."""

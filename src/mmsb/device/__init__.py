@@ -1,0 +1,1 @@
+"""Device pages on an NVIDIA GPU (optional extra ``mmsb[gpu]``)."""
