@@ -1,10 +1,6 @@
-"""The bus: a facade over the components that each own one part of an open bus.
-
-Each component (committer, writer, checkpointer, history, propagator, collector, events)
-owns its state and is built in :meth:`Bus._open`; docs/design.md draws how they fit.
-
-A bus is a directory; :mod:`mmsb.storage.layout` names what is in it.
-"""
+"""The bus: a facade over the components that each own one part of an open bus, built in
+:meth:`Bus._open` (docs/design.md draws how they fit). A bus is a directory;
+:mod:`mmsb.storage.layout` names what is in it."""
 
 from __future__ import annotations
 
