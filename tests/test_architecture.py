@@ -84,6 +84,42 @@ def test_import_mmsb_loads_no_tooling() -> None:
     assert out == []
 
 
+def loaded_by(code: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with one of ``prefixes`` that ``code`` leaves imported."""
+    listing = f"print('\\n'.join(m for m in sys.modules if m.startswith({prefixes!r})))"
+    probe = f"{code}\nimport sys\n{listing}"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=120).stdout.split()  # fmt: skip
+
+
+def test_import_mmsb_loads_neither_numba_nor_numpy() -> None:
+    """Public names load on first use and kernels import numba on their first call, so a
+    program or command that never runs a kernel does not pay for numba."""
+    assert loaded_by("import mmsb", ("numba", "numpy", "mmsb.bus", "mmsb.engine")) == []
+    assert loaded_by("import mmsb; mmsb.MMSBError", ("numba", "numpy")) == []
+    assert "mmsb.bus" in loaded_by("import mmsb; mmsb.Bus", ("mmsb.bus",))
+
+
+def test_mmsb_help_loads_neither_numba_nor_numpy() -> None:
+    code = (
+        "import contextlib, io\nfrom mmsb.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help'])"
+    )
+    assert loaded_by(code, ("numba", "numpy", "rich", "mmsb.bus")) == []
+
+
+def test_mmsb_verify_stays_the_function() -> None:
+    """The lazily loaded package keeps ``mmsb.verify`` the function even after the
+    submodule :mod:`mmsb.verify` is imported by another route."""
+    code = (
+        "import mmsb, mmsb.history, mmsb.verify, types\n"
+        "assert not isinstance(mmsb.verify, types.ModuleType), mmsb.verify\n"
+        "from mmsb.verify import verify\nassert mmsb.verify is verify"
+    )
+    loaded_by(code, ())
+
+
 def test_modules_stay_small() -> None:
     sizes = {p.relative_to(SRC).as_posix(): len(p.read_text().splitlines())
              for p in SRC.rglob("*.py")}  # fmt: skip

@@ -113,7 +113,7 @@ def test_unknown_page(setup: Setup) -> None:
     )  # fmt: skip
     assert err.page_ids == [99]  # type: ignore[attr-defined]
     rejected(
-        bus, PageNotFoundError, "page id must be an integer, got '1'",
+        bus, PageNotFoundError, "page id must be an integer or a page name, got '1'",
         lambda: bus.write("1", b"x"),  # type: ignore[arg-type]
     )  # fmt: skip
 

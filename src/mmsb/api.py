@@ -51,6 +51,9 @@ def open(
         :class:`CorruptLogError`; ``"truncate"``: drop it and name its LSN in
         ``bus.recovery.dropped_lsns``), ``snapshot_memory`` (bytes the writer keeps for
         the old pages open snapshots still see, :meth:`Bus.snapshot`; default 16 MiB, at
-        least 64 KiB). An unknown option raises :class:`InvalidArgumentError`.
+        least 64 KiB), ``verify_on_open`` (``"lazy"``, the default: a clean reopen checks O(1)
+        evidence and reads the log frames a crash recovery would need on a background
+        thread; ``"full"``: it checks the arena's CRC and those frames before returning).
+        An unknown option raises :class:`InvalidArgumentError`.
     """
     return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

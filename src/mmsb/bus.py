@@ -243,7 +243,9 @@ class Bus(StateView):
     delete_page = forward(_writing, Writer.delete_page)
     delete_pages = forward(_writing, Writer.delete_pages)
     set_metadata = forward(_writing, Writer.set_metadata)
+    rename_page = forward(_writing, Writer.rename_page)
     write = forward(_writing, Writer.write)
+    write_field = forward(_writing, Writer.write_field)
     apply = forward(_writing, Writer.apply)
     apply_batch = forward(_writing, Writer.apply_batch)
     sync_now = forward(_writing, Writer.sync_now)
@@ -267,6 +269,7 @@ class Bus(StateView):
     export = forward(_history, History.export)
     verify = forward(_history, History.verify)
     provenance = forward(_history, History.provenance)
+    history_table = forward(_history, History.history_table)
 
     # -- graph, propagation, ticks, events (components: Propagator, EventHub) -----------------
 
@@ -278,6 +281,7 @@ class Bus(StateView):
 
     derive = forward(_graph, Propagator.derive)
     derive_semiring = forward(_graph, Propagator.derive_semiring)
+    derive_many = forward(_graph, Propagator.derive_many)
     underive = forward(_graph, Propagator.underive)
     derivations = forward(_graph, Propagator.derivations)
     tick = forward(_graph, Propagator.tick)

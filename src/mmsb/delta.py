@@ -36,6 +36,8 @@ def payload_dtype_name(dtype: np.dtype[Any]) -> str:
     """The name a typed payload's dtype is checked by: the numpy name for native-order
     dtypes, the type string (``'>f8'``) otherwise, so that a byte-swapped array never
     passes for a page's native dtype."""
+    if dtype.names is not None:
+        return "record"
     return dtype.name if dtype.isnative else dtype.str
 
 
@@ -45,6 +47,11 @@ def payload_dtype_code(name: str | None, what: str = "payload") -> int:
     if name is None:
         return RAW
     code = _PAYLOAD_CODES.get(name)
+    if name == "record":
+        raise InvalidDeltaError(
+            f"{what} is a record array; write records with Bus.write or Bus.write_field "
+            "(they check the page's record dtype), or as raw bytes (array.view(np.uint8))"
+        )
     if code is None:
         raise InvalidDeltaError(
             f"{what} has dtype {name}, which no page can have (page dtypes: "

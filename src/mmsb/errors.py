@@ -165,6 +165,22 @@ class SnapshotTooOldError(MMSBError, LookupError):
     snapshot stayed open. Close it and take a new one."""
 
 
+class ClusterError(MMSBError, RuntimeError):
+    """A sharded bus (:mod:`mmsb.cluster`) cannot do what was asked: Ray is missing or not
+    reachable, the directory does not hold a cluster, or a shard's state does not match
+    the global log. Raised instead of Ray's own exceptions."""
+
+
+class ClusterUnavailableError(ClusterError):
+    """A shard or the sequencer did not answer within the timeout, even after waiting for
+    Ray to restart it. ``lsn`` is the global LSN of the commit in flight when it is known
+    to be in the global log (it is then applied when the shard is back), else None."""
+
+    def __init__(self, message: str, lsn: int | None = None) -> None:
+        super().__init__(message)
+        self.lsn = lsn
+
+
 # errno values that mean "no room" rather than a broken device
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM})
 
@@ -189,6 +205,8 @@ __all__ = [
     "BusLockedError",
     "BusNotFoundError",
     "CheckpointWriteError",
+    "ClusterError",
+    "ClusterUnavailableError",
     "CorruptCheckpointError",
     "CorruptLogError",
     "CorruptStateError",

@@ -30,6 +30,7 @@ class Options:
     invariant_every: int = 100
     recovery: str = "strict"
     snapshot_memory: int = DEFAULT_SNAPSHOT_MEMORY
+    verify_on_open: str = "lazy"
 
     @classmethod
     def check(cls, ephemeral: bool, sync: str | None, **given: Any) -> Options:
@@ -67,6 +68,10 @@ class Options:
         if opts.recovery not in ("strict", "truncate"):
             raise InvalidArgumentError(
                 f"recovery must be 'strict' or 'truncate', got {opts.recovery!r}"
+            )
+        if opts.verify_on_open not in ("lazy", "full"):
+            raise InvalidArgumentError(
+                f"verify_on_open must be 'lazy' or 'full', got {opts.verify_on_open!r}"
             )
         if integer_arg(opts.snapshot_memory, "snapshot_memory") < 65536:
             raise InvalidArgumentError("snapshot_memory must be at least 65536 bytes")

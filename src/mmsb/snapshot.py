@@ -113,7 +113,7 @@ class LiveSnapshot:
     def read_many(self, page_ids: npt.ArrayLike) -> npt.NDArray[Any]:
         """Pages of one size and dtype as of :attr:`lsn`, a row per id in the order given."""
         self._open()
-        ids = np.asarray(page_ids)
+        ids = np.asarray(self._table_now().ids_of(page_ids))
         if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
             raise InvalidArgumentError("page ids must be a 1-D sequence of integers")
         ids = ids.astype(np.int64, copy=False)
@@ -141,7 +141,7 @@ class LiveSnapshot:
         for r in np.flatnonzero(hits >= 0).tolist():
             out[r] = self._image(int(hits[r]))[1][:size]
         self._valid()
-        return out if code == 0 else out.view(_DTYPES[code])
+        return st.typed(int(ids[0]), out)
 
     def page(self, page_id: int) -> PageInfo:
         """Id, size, dtype, location, epoch and metadata of the page as of :attr:`lsn`."""
@@ -164,13 +164,15 @@ class LiveSnapshot:
         else:
             meta = st.metadata.get(pid)
         self._valid()
+        record = st.records.get(pid)
         return PageInfo(
             id=pid,
             size=int(st.size[pid]),
-            dtype=DTYPE_NAMES[int(st.dtype[pid])],
+            dtype="record" if record else DTYPE_NAMES[int(st.dtype[pid])],
             location=LOCATIONS[int(st.loc[pid])],
             epoch=epoch,
             metadata={} if meta is None else json.loads(meta),
+            record_dtype=None if record is None else st.np_dtype(pid),
         )
 
     def page_ids(self) -> I64:
@@ -204,6 +206,8 @@ class LiveSnapshot:
 
     def _check(self, page_id: Any) -> int:
         self._open()
+        if isinstance(page_id, str):  # names resolve against the live table (see design.md)
+            return self._table_now().page_id(page_id)
         if isinstance(page_id, (bool, np.bool_)) or not isinstance(page_id, (int, np.integer)):
             raise InvalidArgumentError(f"page id must be an integer, got {page_id!r}")
         pid = int(page_id)
@@ -252,9 +256,7 @@ class LiveSnapshot:
     def _from_entry(self, pid: int, hit: int) -> npt.NDArray[Any]:
         n, raw = self._image(hit)
         self._valid()  # after the copy: the bytes were not reused while we copied them
-        out = raw[:n]
-        code = int(self._table_now().dtype[pid])
-        return out if code == 0 else out.view(_DTYPES[code])
+        return self._table_now().typed(pid, raw[:n])
 
 
 def open_snapshot(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +63,98 @@ def dtype_code(dtype: Any) -> int:
     return code
 
 
+# -- record (structured) page dtypes ---------------------------------------------------------
+# A record page is stored as raw bytes (dtype code 0 in the page table) with its numpy record
+# dtype kept beside it as canonical JSON text, the *record spec*: field names, each field's
+# base dtype name (one of DTYPE_NAMES) and shape, the byte offsets and the record size. The
+# spec is what the log and checkpoints hold; never a pickled dtype.
+
+MAX_RECORD_FIELDS = 256
+
+
+def record_spec(dtype: Any) -> str | None:
+    """The canonical record spec of a numpy record dtype, or None for a plain dtype.
+
+    Fields must be native-order numbers or bools from :data:`DTYPE_NAMES`, optionally
+    fixed-shape sub-arrays of them; nested records, strings and objects are refused with
+    :class:`InvalidArgumentError`.
+    """
+    if isinstance(dtype, np.dtype):
+        dt = dtype
+    elif isinstance(dtype, list) or (isinstance(dtype, dict) and "names" in dtype):
+        try:
+            dt = np.dtype(dtype)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"invalid record dtype {dtype!r}: {exc}") from None
+    else:
+        return None
+    if dt.names is None or dt.fields is None:
+        return None
+    if not 0 < len(dt.names) <= MAX_RECORD_FIELDS:
+        raise InvalidArgumentError(f"a record dtype has 1 to {MAX_RECORD_FIELDS} fields")
+    formats: list[list[Any]] = []
+    offsets: list[int] = []
+    for name in dt.names:
+        fdt, off = dt.fields[name][:2]
+        base = fdt.base
+        if not name or not name.isprintable() or len(name) > 128:
+            raise InvalidArgumentError(f"record field name {name!r} is empty or invalid")
+        if base.names is not None or base.name not in _DTYPE_CODES or not base.isnative:
+            raise InvalidArgumentError(
+                f"record field {name!r} has dtype {fdt}; fields hold native-order "
+                f"{', '.join(DTYPE_NAMES)} values or fixed-shape arrays of them"
+            )
+        if fdt.itemsize == 0:
+            raise InvalidArgumentError(f"record field {name!r} has no bytes")
+        formats.append([base.name, list(fdt.shape)])
+        offsets.append(int(off))
+    spec = {"names": list(dt.names), "formats": formats, "offsets": offsets,
+            "itemsize": int(dt.itemsize)}  # fmt: skip
+    return json.dumps(spec, separators=(",", ":"))
+
+
+@lru_cache(maxsize=256)
+def record_dtype(spec: str) -> np.dtype[Any]:
+    """The numpy record dtype a record spec (from :func:`record_spec`) describes; raises
+    ``ValueError`` (or ``TypeError``, ``KeyError``) for a malformed spec."""
+    body = json.loads(spec)
+    if not isinstance(body, dict) or set(body) != {"names", "formats", "offsets", "itemsize"}:
+        raise ValueError("a record spec has names, formats, offsets and itemsize")
+    formats: list[Any] = []
+    for base, shape in body["formats"]:
+        if base not in _DTYPE_CODES:
+            raise ValueError(f"record field dtype {base!r} is not a page dtype")
+        formats.append((base, tuple(int(s) for s in shape)) if shape else base)
+    dt = np.dtype({"names": [str(n) for n in body["names"]], "formats": formats,
+                   "offsets": [int(o) for o in body["offsets"]],
+                   "itemsize": int(body["itemsize"])})  # fmt: skip
+    if record_spec(dt) != spec:
+        raise ValueError("record spec is not in canonical form")
+    return dt
+
+
+# -- page names ---------------------------------------------------------------------------
+
+MAX_NAME_LENGTH = 128
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/\-]*")
+
+
+def check_name(name: Any) -> str:
+    """``name`` if it is a valid page name, else :class:`InvalidArgumentError`.
+
+    A name is 1 to 128 characters: an ASCII letter or ``_``, then letters, digits and
+    ``_ . : / -``. It can never be read as a number, so ``mmsb`` commands tell it from an id.
+    """
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"a page name is a str, got {type(name).__name__}")
+    if not 0 < len(name) <= MAX_NAME_LENGTH or not _NAME.fullmatch(name):
+        raise InvalidArgumentError(
+            f"invalid page name {name!r}: 1 to {MAX_NAME_LENGTH} characters, a letter or _ "
+            "first, then letters, digits and _ . : / -"
+        )
+    return name
+
+
 def location_code(location: str) -> int:
     try:
         return LOCATIONS.index(location)
@@ -98,6 +192,8 @@ class PageInfo:
     stale: bool = False  # a control-edge parent changed since the page was last written
     gpu_sync_needed: bool = False  # a gpu-edge parent changed (see Bus.mark_gpu_synced)
     invalidated: bool = False  # a compiler-edge parent changed since the last write
+    name: str | None = None  # the page's unique name, if it has one
+    record_dtype: np.dtype[Any] | None = None  # a record page's numpy dtype (dtype "record")
 
 
 @dataclass(frozen=True)
@@ -157,6 +253,9 @@ class RecoveryInfo:
     skipped_checkpoints: tuple[str, ...]
     seconds: float
     dropped_lsns: tuple[int, ...] = ()  # recovery="truncate": damaged final frames dropped
+    # "lazy": a clean open that checked O(1) evidence and left the frames since the newest
+    # checkpoint to a background check; "full": everything was checked before the open
+    verify: str = "full"
 
 
 @dataclass(frozen=True)

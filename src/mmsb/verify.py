@@ -174,20 +174,22 @@ def _check_frame(state: State, frame: Frame, rep: IntegrityReport) -> None:
         elif isinstance(rec, codec.CreateRecord):
             if rec.first != state.next_page_id:
                 rep.error(f"{where}: creates page {rec.first}, expected {state.next_page_id}")
-            state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata)
+            state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata, rec.record,
+                         rec.names)  # fmt: skip
         elif isinstance(rec, codec.RelayoutRecord):
             state.relayout(rec.ids, rec.slots)
-        elif isinstance(rec, codec.MetaRecord):
+        elif isinstance(rec, (codec.MetaRecord, codec.NameRecord)):
+            what = "metadata" if isinstance(rec, codec.MetaRecord) else "name"
             if not state.is_live(rec.page):
-                rep.error(f"{where}: sets the metadata of page {rec.page}, which is not live")
+                rep.error(f"{where}: sets the {what} of page {rec.page}, which is not live")
             elif rec.epoch != int(state.epoch[rec.page]):
                 rep.epoch_violations += 1
-                rep.error(f"{where}: metadata of page {rec.page} logged at epoch {rec.epoch}, "
+                rep.error(f"{where}: {what} of page {rec.page} logged at epoch {rec.epoch}, "
                           f"the page is at epoch {int(state.epoch[rec.page])}")  # fmt: skip
-            elif rec.metadata is None:
-                state.metadata.pop(rec.page, None)
+            elif isinstance(rec, codec.MetaRecord):
+                state.set_metadata(rec.page, rec.metadata)
             else:
-                state.metadata[rec.page] = rec.metadata
+                state.set_name(rec.page, rec.name)
         elif isinstance(rec, codec.GraphRecord):
             apply_graph(state, rec.ops, rec.kinds, rec.parents, rec.children)
         elif isinstance(rec, codec.DeleteRecord):

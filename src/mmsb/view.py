@@ -56,6 +56,15 @@ class StateView:
         """Id, size, dtype, location, epoch and metadata of a live page."""
         return self._live_state().info(page_id)
 
+    def page_id(self, name: str) -> int:
+        """The id of the live page called ``name`` (``PageNotFoundError`` if none is).
+        Every call that takes a page id also takes the name; this is for code that keeps ids."""
+        return self._live_state().page_id(name)
+
+    def page_names(self) -> dict[str, int]:
+        """Every live page name and its page id (a copy)."""
+        return dict(self._live_state().by_name)
+
     def page_ids(self) -> npt.NDArray[np.int64]:
         """Ids of all live pages, ascending."""
         return self._live_state().live_ids()
@@ -77,6 +86,8 @@ class StateView:
         return out
 
     def __contains__(self, page_id: object) -> bool:
+        if isinstance(page_id, str):
+            return page_id in self._live_state().by_name
         return isinstance(page_id, (int, np.integer)) and self._live_state().is_live(int(page_id))
 
     def __len__(self) -> int:

@@ -102,7 +102,8 @@ def test_main_takes_argv(capsys: pytest.CaptureFixture[str]) -> None:
 def test_info_json(bus_path: Path) -> None:
     data = ok_json("info", str(bus_path))
     assert data["lsn"] == 9
-    assert data["pages"] == {"live": 4, "bytes": 256, "by_dtype": {"uint8": 3, "float64": 1}}
+    assert data["pages"] == {"live": 4, "bytes": 256, "by_dtype": {"uint8": 3, "float64": 1},
+                             "names": {}}  # fmt: skip
     assert data["log"]["frames"] == 9
     assert data["log"]["deltas"] == 4 + 3 + 1
     assert [c["lsn"] for c in data["checkpoints"]] == [6]

@@ -26,7 +26,13 @@ def test_diff_matches_oracle(seed: int) -> None:
         big_a = np.zeros(pad, np.uint8)
         big_b = np.zeros(pad, np.uint8)
         big_a[:n], big_b[:n] = a, b
-        assert pk._diff(big_a, 0, big_b, 0, n) == oracle(a, b)
+        wa, wb = big_a.view(np.uint64), big_b.view(np.uint64)
+        assert pk._diff(big_a, wa, 0, big_b, wb, 0, n) == oracle(a, b)
+        # the byte-wise path (offsets not 8-aligned) against the same oracle
+        c, d = np.zeros(pad + 3, np.uint8), np.zeros(pad + 5, np.uint8)
+        c[3 : 3 + n], d[5 : 5 + n] = a, b
+        got = pk._diff_bytes(c, c[:0].view(np.uint64), 3, d, d[:0].view(np.uint64), 5, n)
+        assert got == oracle(a, b)
 
 
 def test_diff_at_offsets() -> None:
@@ -34,5 +40,6 @@ def test_diff_at_offsets() -> None:
     b = np.zeros(64, np.uint8)
     b[16 + 9] = 1
     b[16 + 20] = 2
-    assert pk._diff(a, 16, b, 16, 24) == (9, 21)
-    assert pk._diff(a, 0, b, 0, 16) == (-1, -1)
+    wa, wb = a.view(np.uint64), b.view(np.uint64)
+    assert pk._diff(a, wa, 16, b, wb, 16, 24) == (9, 21)
+    assert pk._diff(a, wa, 0, b, wb, 0, 16) == (-1, -1)

@@ -380,8 +380,8 @@ def test_derive_argument_errors(bus: mmsb.Bus) -> None:
         bus.derive(b, lambda x: x, [77])
     with pytest.raises(InvalidArgumentError, match=r"child page id must be an integer, got 1\.5"):
         bus.derive(1.5, lambda x: x, [a])  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgumentError, match=r"parent page id must be an integer, got 'x'"):
-        bus.derive(b, lambda x: x, ["x"])  # type: ignore[list-item]
+    with pytest.raises(mmsb.PageNotFoundError, match=r"no live page is named 'x'"):
+        bus.derive(b, lambda x: x, ["x"])  # a name no page has
     with pytest.raises(InvalidArgumentError, match=r"parent page id must be an integer, got 1\.0"):
         bus.derive_semiring(b, [1.0], SUM_PRODUCT)  # type: ignore[list-item]
     with pytest.raises(InvalidArgumentError, match="parents must be a sequence of page ids"):

@@ -255,8 +255,76 @@ def test_damage_after_a_clean_shutdown_is_found_on_open(tmp_path: Path) -> None:
     frame = frames(path)[1]
     flip(path / "log" / frame.segment, frame.offset + 5)
     with pytest.raises(mmsb.CorruptLogError) as info:
-        mmsb.open(path, sync="off")
+        mmsb.open(path, sync="off", verify_on_open="full")
     assert info.value.offset == frame.offset
+
+
+def test_a_lazy_open_finds_damage_in_the_background_and_checkpoints_past_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "bus"
+    build_history(path, commits=4)
+    with mmsb.open(path, sync="off") as bus:
+        want = bus.state_hash()
+    frame = frames(path)[1]
+    flip(path / "log" / frame.segment, frame.offset + 5)
+    bus = mmsb.open(path, sync="off")  # lazy (the default): O(1) checks, the frames later
+    assert bus.recovery.mode == "clean" and bus.recovery.verify == "lazy"
+    assert bus.state_hash() == want
+    check = bus._session.after_open  # type: ignore[union-attr]
+    assert check is not None and check.done.wait(10)
+    assert check.error is not None and check.error.offset == frame.offset
+    assert "damaged before the clean-shutdown point" in caplog.text
+    pid = int(bus.page_ids()[0])
+    bus.write(pid, b"\1")  # the next commit takes the requested checkpoint
+    bus._checkpointer.join()
+    assert bus.last_checkpoint_error is None
+    want = bus.state_hash()
+    bus.abandon()  # a crash: recovery starts from that checkpoint, past the damage
+    with mmsb.open(path, sync="off") as again:
+        assert again.recovery.mode == "replay" and again.state_hash() == want
+
+
+@pytest.mark.parametrize("change", ["arena grew", "log grew", "log cut", "no record"])
+def test_a_lazy_open_checks_in_full_when_its_evidence_does_not_hold(
+    tmp_path: Path, change: str
+) -> None:
+    path = tmp_path / "bus"
+    build_history(path, commits=4)
+    with mmsb.open(path, sync="off") as bus:
+        want = bus.state_hash()
+    arena = path / "arena.bin"
+    seg = path / "log" / frames(path)[-1].segment
+    if change == "arena grew":  # not the file the shutdown saw; its CRC still proves it
+        arena.write_bytes(arena.read_bytes() + b"\0" * 4096)
+    elif change == "log grew":
+        seg.write_bytes(seg.read_bytes() + b"\0" * 64)  # a zeroed tail, as after a crash
+    elif change == "log cut":
+        data = seg.read_bytes()
+        seg.write_bytes(data[: frames(path)[-1].offset])
+    else:  # a clean-shutdown file without the lazy record: as older versions wrote
+        import json
+        import struct
+
+        raw = (path / "state.clean").read_bytes()
+        hlen = struct.unpack_from("<I", raw, 12)[0]
+        head = json.loads(raw[24 : 24 + hlen])
+        assert head.pop("log_end") and head.pop("arena_file")
+        new = json.dumps(head, separators=(",", ":")).encode()
+        new += b" " * ((-len(new)) % 8)
+        from mmsb.engine.crc import crc32
+
+        pre = raw[:12] + struct.pack("<II", len(new), crc32(new)) + raw[20:24]
+        sections_base = 24 + hlen
+        (path / "state.clean").write_bytes(pre + new + raw[sections_base:])
+    if change == "log cut":
+        with pytest.raises(mmsb.CorruptLogError, match="before LSN"):
+            mmsb.open(path, sync="off")  # the clean file records the last commit as durable
+        return
+    with mmsb.open(path, sync="off") as bus:
+        assert bus.state_hash() == want
+        assert bus.recovery.mode == ("clean" if change != "log grew" else "replay")
+        assert bus.recovery.verify == "full"
 
 
 def test_damaged_last_payload_after_a_clean_shutdown_is_not_buried(tmp_path: Path) -> None:

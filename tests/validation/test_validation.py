@@ -197,7 +197,7 @@ def test_integrity_target_fails_when_a_bad_delta_is_accepted(
     ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the dtype check is switched off: typed writes of the wrong dtype get through
-    monkeypatch.setattr(Writer, "check_dtype", lambda self, pid, dtype, offset: None)
+    monkeypatch.setattr(Writer, "check_dtype", lambda self, pid, dtype, offset, rec=None: None)
     out = integrity.run(ctx, dict(SMALL))
     assert not out.passed
     f = out.figures

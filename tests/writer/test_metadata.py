@@ -200,13 +200,13 @@ def test_codec_roundtrip_and_checks() -> None:
         assert codec.decode(codec.META, payload) == rec
     bad = [
         b"\0" * 8,  # short
-        codec._META_HEAD.pack(1, 0, 2),  # unknown flag
-        codec._META_HEAD.pack(0, 0, 0),  # page 0
-        codec._META_HEAD.pack(1, 0, 0) + b"{}",  # cleared with text
-        codec._META_HEAD.pack(1, 0, 1) + b"{not json",
-        codec._META_HEAD.pack(1, 0, 1) + b"[1]",
-        codec._META_HEAD.pack(1, 0, 1) + b"{}",  # set to nothing: a clear is logged as one
-        codec._META_HEAD.pack(1, 0, 1) + b"\xff",
+        codec._ATTR_HEAD.pack(1, 0, 2),  # unknown flag
+        codec._ATTR_HEAD.pack(0, 0, 0),  # page 0
+        codec._ATTR_HEAD.pack(1, 0, 0) + b"{}",  # cleared with text
+        codec._ATTR_HEAD.pack(1, 0, 1) + b"{not json",
+        codec._ATTR_HEAD.pack(1, 0, 1) + b"[1]",
+        codec._ATTR_HEAD.pack(1, 0, 1) + b"{}",  # set to nothing: a clear is logged as one
+        codec._ATTR_HEAD.pack(1, 0, 1) + b"\xff",
     ]
     for raw in bad:
         with pytest.raises(CorruptLogError):

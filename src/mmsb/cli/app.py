@@ -74,6 +74,8 @@ COMMANDS: dict[str, Spec] = {
                   "Throughput, memory and snapshot benchmarks."),
     "metrics": Spec("mmsb.cli.metricscmd:metrics", "read-only",
                     "Serve a bus's figures for Prometheus."),
+    "warmup": Spec("mmsb.cli.warmup:warmup", "own-buses",
+                   "Compile the kernels once, so later processes start fast."),
 }  # fmt: skip
 
 
@@ -156,9 +158,9 @@ def cli() -> None:
     PATH is a bus directory. Each command says whether it is safe beside a running writer
     (a process that has the bus open). [safe]: the readers (info, log, history, verify,
     graph, provenance, metrics, and replay's source) open it read-only and never take the
-    writer lock; validate, bench and crashtest use only buses they create. [lock]:
-    checkpoint and compact take the writer lock and refuse, with exit code 2, while another
-    process writes.
+    writer lock; validate, bench, crashtest and warmup use only buses they create.
+    [lock]: checkpoint and compact take the writer lock and refuse, with exit code 2, while
+    another process writes.
 
     Times are shown as ISO 8601 in the local time zone, with its UTC offset; --json output
     keeps the raw nanoseconds since the epoch.

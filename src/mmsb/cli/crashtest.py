@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from mmsb.cli import progress
 from mmsb.cli.output import EXIT_FAILED, console, emit_json, grid
 from mmsb.reliability import crashtest as campaign
 
@@ -64,7 +65,11 @@ def _write_json(path: str, data: dict[str, object]) -> None:
     type=click.Path(dir_okay=False),
     help="Also write the figures as JSON to this file ('-' for stdout only).",
 )
-def crashtest(path: str, iterations: int, sync: str, seed: int, json_file: str | None) -> None:
+@progress.option
+def crashtest(
+    path: str, iterations: int, sync: str, seed: int, json_file: str | None,
+    show_progress: bool | None,
+) -> None:  # fmt: skip
     """Kill writer processes at random moments and check every recovery.
 
     PATH is a new (or empty) work directory; one bus per sync mode is made under it.
@@ -72,27 +77,24 @@ def crashtest(path: str, iterations: int, sync: str, seed: int, json_file: str |
     a failed reopen, a verify failure, a stale lock not detected, leaked files).
     """
     modes = ("always", "normal", "off") if sync == "all" else (sync,)
-    quiet = json_file == "-"
-
     partial: dict[str, campaign.ModeFigures] = {}
 
-    def progress(fig: campaign.ModeFigures) -> None:
-        if not quiet and sys.stderr.isatty():
-            click.echo(f"\r{fig.sync}: {fig.iterations}/{iterations}", nl=False, err=True)
-        if json_file and json_file != "-":  # figures so far, in case the run is cut short
-            partial[fig.sync] = fig
-            so_far = campaign.CampaignResult(list(partial.values()), seed, 0.0).to_json()
-            _write_json(json_file, {**so_far, "complete": False})
+    with progress.bars(progress.wanted(show_progress, json_on_stdout=json_file == "-")) as sink:
 
-    result = campaign.run_campaign(path, iterations, modes, seed, progress)
+        def report(fig: campaign.ModeFigures) -> None:
+            sink(f"sync={fig.sync}", fig.iterations, iterations)
+            if json_file and json_file != "-":  # figures so far, in case the run is cut short
+                partial[fig.sync] = fig
+                so_far = campaign.CampaignResult(list(partial.values()), seed, 0.0).to_json()
+                _write_json(json_file, {**so_far, "complete": False})
+
+        result = campaign.run_campaign(path, iterations, modes, seed, report)
     data = result.to_json()
     if json_file == "-":
         emit_json(data)
     else:
         if json_file:
             _write_json(json_file, {**data, "complete": True})
-        if sys.stderr.isatty():
-            click.echo("", err=True)
         rows = [[label, *(f"{getattr(m, attr):,}" for m in result.modes)] for label, attr in ROWS]
         rows.append(["time (s)", *(f"{m.seconds:.1f}" for m in result.modes)])
         rows.append(["result", *("ok" if m.ok else "FAILED" for m in result.modes)])

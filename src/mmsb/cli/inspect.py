@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 import mmsb
-from mmsb.cli import logview
+from mmsb.cli import logview, progress
 from mmsb.cli.output import (
     EXIT_FAILED,
     console,
@@ -70,7 +70,12 @@ def info_data(path: str) -> dict[str, Any]:
             "segment_size": manifest.segment_size,
             "lsn": bus.lsn,
             "last_commit": {"timestamp": last_ts, "time": iso_ns(last_ts)},
-            "pages": {"live": len(bus), "bytes": page_bytes, "by_dtype": by_dtype},
+            "pages": {
+                "live": len(bus),
+                "bytes": page_bytes,
+                "by_dtype": by_dtype,
+                "names": bus.page_names(),
+            },
             "log": {
                 "segments": [
                     {"first_lsn": first, "file": name, "bytes": size}
@@ -89,6 +94,11 @@ def info_data(path: str) -> dict[str, Any]:
             "clean_shutdown": os.path.exists(os.path.join(path, CLEAN_FILE)),
             "recovery": rec,
         }
+
+
+def _names(names: dict[str, int]) -> str:
+    shown = ", ".join(f"{n}={p}" for n, p in sorted(names.items())[:8])
+    return f"{len(names):,}: {shown}{' ...' if len(names) > 8 else ''}" if names else "-"
 
 
 def _checkpoint_timestamp(path: str, lsn: int) -> int:
@@ -119,6 +129,7 @@ def info(path: str, as_json: bool) -> None:
                 ("format", f"version {data['format_version']}, created {data['created']}"),
                 ("LSN", f"{data['lsn']:,} (last commit {data['last_commit']['time']})"),
                 ("pages", f"{pages['live']:,} live, {human_bytes(pages['bytes'])} ({dtypes})"),
+                ("named", _names(pages["names"])),
                 ("arena file", human_bytes(data["arena_bytes"])),
                 ("writer", "open now" if data["writer_active"] else "none"),
                 ("last shutdown", "clean" if data["clean_shutdown"] else "not clean (or open)"),
@@ -166,16 +177,31 @@ def info(path: str, as_json: bool) -> None:
 # -- history and log ----------------------------------------------------------------------
 
 
-def history_data(path: str, page: int, limit: int | None) -> dict[str, Any]:
+def _page_ref(ctx: Any, param: Any, value: str | None) -> int | str | None:
+    """A PAGE argument: an id, or a page name (names never read as numbers)."""
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _page_info(bus: mmsb.Bus, page: int) -> dict[str, Any]:
+    info = asdict(bus.page(page))
+    dt = info.pop("record_dtype")
+    info["record_dtype"] = None if dt is None else str(dt)
+    return info
+
+
+def history_data(path: str, page: int | str, limit: int | None) -> dict[str, Any]:
     require_bus(path)
     with mmsb.open(path, readonly=True) as bus:
+        page = bus.page_id(page) if isinstance(page, str) else page
         records = bus.history(page, limit)
         live = page in bus
         return {
             "path": os.path.abspath(path),
             "page_id": page,
             "live": live,
-            "page": asdict(bus.page(page)) if live else None,
+            "page": _page_info(bus, page) if live else None,
             "lsn": bus.lsn,
             "deltas": [{**asdict(r), "time": iso_ns(r.timestamp)} for r in records],
         }
@@ -195,23 +221,25 @@ def _print_deltas(title: str, deltas: list[dict[str, Any]]) -> None:
     console().print(grid(title, columns, rows))
 
 
-def _show_history(path: str, page: int, limit: int, as_json: bool) -> None:
+def _show_history(path: str, page: int | str, limit: int, as_json: bool) -> None:
     data = history_data(path, page, _limit(limit))
     if as_json:
         emit_json(data)
         return
     state = "live" if data["live"] else "deleted"
-    title = f"page {page} ({state}): {len(data['deltas']):,} deltas shown, newest first"
+    named = data["page"]["name"] if data["page"] else None
+    shown = f"page {data['page_id']}" + (f" '{named}'" if named else "")
+    title = f"{shown} ({state}): {len(data['deltas']):,} deltas shown, newest first"
     _print_deltas(title, data["deltas"])
 
 
 @click.command()
 @click.argument("path", type=click.Path())
-@click.argument("page", type=int)
+@click.argument("page", callback=_page_ref)
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help=LIMIT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def history(path: str, page: int, limit: int, as_json: bool) -> None:
-    """Deltas that touched PAGE of the bus at PATH, newest first."""
+def history(path: str, page: int | str, limit: int, as_json: bool) -> None:
+    """Deltas that touched PAGE (an id or a name) of the bus at PATH, newest first."""
     _show_history(path, page, limit, as_json)
 
 
@@ -242,11 +270,11 @@ def log_data(path: str, limit: int | None, deltas: bool) -> dict[str, Any]:
 
 @click.command("log")
 @click.argument("path", type=click.Path())
-@click.option("--page", type=int, help="Show this page's history instead of the whole log.")
+@click.option("--page", callback=_page_ref, help="Show this page's (id or name) history instead.")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help=LIMIT_HELP)
 @click.option("--deltas", is_flag=True, help="List individual deltas instead of frames.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def log_cmd(path: str, page: int | None, limit: int, deltas: bool, as_json: bool) -> None:
+def log_cmd(path: str, page: int | str | None, limit: int, deltas: bool, as_json: bool) -> None:
     """Commits (log frames) of the bus at PATH, newest first."""
     if page is not None:
         _show_history(path, page, limit, as_json)
@@ -280,10 +308,14 @@ def log_cmd(path: str, page: int | None, limit: int, deltas: bool, as_json: bool
 @click.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(path: str, as_json: bool) -> None:
+@progress.option
+def verify(path: str, as_json: bool, show_progress: bool | None) -> None:
     """Check the integrity of the bus at PATH (read-only). Exit code 1 when not ok."""
     require_bus(path)
-    report = mmsb.verify(path)
+    with progress.bars(progress.wanted(show_progress, json_on_stdout=as_json)) as sink:
+        steps = progress.Steps(sink, f"verify {path}", 1)  # one library call: elapsed time
+        report = mmsb.verify(path)
+        steps.done()
     if as_json:
         emit_json(asdict(report))
     else:

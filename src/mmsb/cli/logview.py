@@ -99,6 +99,8 @@ def frame_summary(frame: Frame) -> dict[str, Any]:
                 "dtype": DTYPE_NAMES[rec.dtype],
                 "location": LOCATIONS[rec.location],
                 "metadata": None if rec.metadata is None else json.loads(rec.metadata),
+                "record": None if rec.record is None else json.loads(rec.record),
+                "names": None if rec.names is None else list(rec.names),
             },
         )
     elif isinstance(rec, codec.DeleteRecord):
@@ -106,6 +108,8 @@ def frame_summary(frame: Frame) -> dict[str, Any]:
     elif isinstance(rec, codec.MetaRecord):
         meta = None if rec.metadata is None else json.loads(rec.metadata)
         info.update(deltas=0, page=rec.page, metadata=meta)
+    elif isinstance(rec, codec.NameRecord):
+        info.update(deltas=0, page=rec.page, name=rec.name)
     return info
 
 
@@ -121,7 +125,10 @@ def describe(summary: dict[str, Any]) -> str:
         c = summary["created"]
         last = c["first_page"] + c["count"] - 1
         ids = f"page {last}" if c["count"] == 1 else f"pages {c['first_page']}-{last}"
-        return f"create {ids}: {c['size']:,} B {c['dtype']} {c['location']}"
+        dtype = "record" if c.get("record") else c["dtype"]
+        names = [n for n in c.get("names") or () if n is not None]
+        named = f" named {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" if names else ""
+        return f"create {ids}: {c['size']:,} B {dtype} {c['location']}{named}"
     if summary["type"] == "delete":
         ids = summary["deleted"]
         shown = ", ".join(str(p) for p in ids[:8]) + (" ..." if len(ids) > 8 else "")
@@ -130,6 +137,9 @@ def describe(summary: dict[str, Any]) -> str:
         meta = summary["metadata"]
         shown = "cleared" if meta is None else json.dumps(meta, sort_keys=True)
         return f"metadata of page {summary['page']}: {shown}"
+    if summary["type"] == "name":
+        name = summary["name"]
+        return f"name of page {summary['page']}: {'cleared' if name is None else name}"
     return str(summary["type"])
 
 

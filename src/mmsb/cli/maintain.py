@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 import mmsb
+from mmsb.cli import progress
 from mmsb.cli.output import EXIT_FAILED, emit_json, human_bytes, require_bus
 
 
@@ -41,11 +42,16 @@ def checkpoint(path: str, as_json: bool) -> None:
     help="Checkpoints to keep; history before the oldest kept one is dropped.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compact(path: str, keep: int, as_json: bool) -> None:
+@progress.option
+def compact(path: str, keep: int, as_json: bool, show_progress: bool | None) -> None:
     """Drop old checkpoints and the log segments they cover."""
     require_bus(path)
-    with mmsb.open(path, create=False, keep_checkpoints=keep) as bus:
-        info = bus.compact()
+    with progress.bars(progress.wanted(show_progress, json_on_stdout=as_json)) as sink:
+        steps = progress.Steps(sink, f"compact {path}", 2)
+        with mmsb.open(path, create=False, keep_checkpoints=keep) as bus:
+            steps.done()  # opened (recovered)
+            info = bus.compact()
+            steps.done()
     if as_json:
         emit_json(asdict(info))
         return
@@ -63,19 +69,28 @@ def compact(path: str, keep: int, as_json: bool) -> None:
     "--out", "out", type=click.Path(), required=True, help="New directory for the result."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def replay(path: str, lsn: int | None, out: str, as_json: bool) -> None:
+@progress.option
+def replay(path: str, lsn: int | None, out: str, as_json: bool, show_progress: bool | None) -> None:
     """Write a standalone bus at OUT holding PATH's history up to an LSN.
 
     The result is opened again and its state hash compared with the source's snapshot at
     that LSN; exit code 1 if they differ.
     """
     require_bus(path)
-    with mmsb.open(path, readonly=True) as src:
-        target = src.lsn if lsn is None else lsn
-        src.export(out, target)
-        with src.at(target) as snap:
-            expected = snap.state_hash()
-    with mmsb.open(out, readonly=True) as result:
+    with progress.bars(progress.wanted(show_progress, json_on_stdout=as_json)) as sink:
+        # phases: open the source, export, the source's hash at the LSN, open the result
+        steps = progress.Steps(sink, f"replay {path}", 4)
+        with mmsb.open(path, readonly=True) as src:
+            steps.done()
+            target = src.lsn if lsn is None else lsn
+            src.export(out, target)
+            steps.done()
+            with src.at(target) as snap:
+                expected = snap.state_hash()
+            steps.done()
+        result = mmsb.open(out, readonly=True)
+        steps.done()
+    with result:
         got = result.state_hash()
         data: dict[str, Any] = {
             "source": os.path.abspath(path),

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mmsb.errors import BusNotFoundError
-from mmsb.storage.manifest import Manifest, read_manifest
 
-if TYPE_CHECKING:  # rich is loaded when a command draws, not when ``mmsb --help`` starts
+if TYPE_CHECKING:  # rich and numpy load when a command runs, not when ``mmsb --help`` starts
     from rich.console import Console
     from rich.table import Table
+
+    from mmsb.storage.manifest import Manifest
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and found a problem (verify not ok, a target missed)
@@ -54,6 +55,8 @@ def _jsonable(value: Any) -> Any:
 
 def require_bus(path: str) -> Manifest:
     """The manifest of the bus at ``path``; a typed error when there is none."""
+    from mmsb.storage.manifest import read_manifest
+
     if not os.path.isdir(path):
         raise BusNotFoundError(f"no bus at {path}")
     return read_manifest(path)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
+
+from mmsb.engine.jit import njit
 
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
+
+from mmsb.engine.jit import njit
 
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit
+
+from mmsb.engine.jit import njit
 
 # node kinds: built-in semiring codes 0..4 (see mmsb.semiring), then host-run nodes
 HOST = 100
@@ -65,10 +66,11 @@ def _fold(
         w = ws[k]
         if code == 0 and w == 0:
             continue  # BOOLEAN: false ⊗ x is false, the identity of ⊕
-        m0 = m1 = e1
-        if fs[k]:
-            m0 = min(max(e0, slos[k]), e1)
-            m1 = max(min(e1, shis[k]), m0)
+        if not fs[k]:  # the parent's current bytes are all in the arena
+            _apply(code, out, o, arena, a0s[k], w, e0, e1)
+            continue
+        m0 = min(max(e0, slos[k]), e1)
+        m1 = max(min(e1, shis[k]), m0)
         _apply(code, out, o, arena, a0s[k], w, e0, m0)
         _apply(code, out, o, stage, s0s[k], w, m0, m1)
         _apply(code, out, o, arena, a0s[k], w, m1, e1)
@@ -116,6 +118,8 @@ def run_nodes(
     changed ranges: outside it no parent changed, so neither does the node."""
     n = kind.size
     recomputed = 0
+    stage_w = words(stage8)
+    arena_w = words(arena8)
     for i in range(start, n):
         k0, k1 = pptr[i], pptr[i + 1]
         rlo = nbytes[i]
@@ -132,32 +136,33 @@ def run_nodes(
             return i, recomputed
         g = group[i]
         so = stage_off[i]
-        item = 1 if g == G_BOOL else (4 if g == G_F32 else 8)
-        e0 = rlo // item
-        e1 = min((rhi + item - 1) // item, nbytes[i] // item)
+        sh = 0 if g == G_BOOL else (2 if g == G_F32 else 3)  # log2 of the itemsize
+        e0 = rlo >> sh
+        e1 = min((rhi + (1 << sh) - 1) >> sh, nbytes[i] >> sh)
         for k in range(k0, k1):
             pn = pnode[k]
-            a0s[k] = slot[ppage[k]] // item
+            a0s[k] = slot[ppage[k]] >> sh
             fs[k] = pn >= 0 and changed[pn] != 0
             if fs[k]:
-                s0s[k] = stage_off[pn] // item
-                slos[k] = slo[pn] // item
-                shis[k] = shi[pn] // item
+                s0s[k] = stage_off[pn] >> sh
+                slos[k] = slo[pn] >> sh
+                shis[k] = shi[pn] >> sh
         if g == G_BOOL:
             _fold(0, np.uint8(0), stage8, so, arena8, stage8, a0s, s0s, fs, slos, shis, w64,
                   k0, k1, e0, e1)  # fmt: skip
         elif g == G_F32:
-            _fold(code, np.float32(zero64[i]), stage32, so // 4, arena32, stage32, a0s, s0s,
+            _fold(code, np.float32(zero64[i]), stage32, so >> 2, arena32, stage32, a0s, s0s,
                   fs, slos, shis, w32, k0, k1, e0, e1)  # fmt: skip
         else:
-            _fold(code, zero64[i], stage64, so // 8, arena64, stage64, a0s, s0s, fs, slos,
+            _fold(code, zero64[i], stage64, so >> 3, arena64, stage64, a0s, s0s, fs, slos,
                   shis, w64, k0, k1, e0, e1)  # fmt: skip
         recomputed += 1
-        b0 = e0 * item
-        b1 = e1 * item
+        b0 = e0 << sh
+        b1 = e1 << sh
         slo[i] = b0
         shi[i] = b1
-        first, end = _diff_bytes(stage8, so + b0, arena8, slot[child[i]] + b0, b1 - b0)
+        first, end = _diff_bytes(stage8, stage_w, so + b0, arena8, arena_w, slot[child[i]] + b0,
+                                 b1 - b0)  # fmt: skip
         if first >= 0:
             changed[i] = 1
             lo[i] = b0 + first
@@ -169,10 +174,10 @@ def run_nodes(
 
 
 @njit(cache=True, nogil=True)
-def _diff_bytes(a: Any, ao: int, b: Any, bo: int, size: int) -> tuple[int, int]:
+def _diff_bytes(a: Any, aw: Any, ao: int, b: Any, bw: Any, bo: int, size: int) -> tuple[int, int]:
     """Like :func:`_diff` for any offsets (word-wise when both are 8-aligned)."""
-    if ao % 8 == 0 and bo % 8 == 0:
-        return _diff(a, ao, b, bo, size)
+    if ((ao | bo) & 7) == 0:
+        return _diff(a, aw, ao, b, bw, bo, size)
     first = -1
     last = -1
     for j in range(size):
@@ -198,19 +203,42 @@ def mark_ranges(mark: Any, mlo: Any, mhi: Any, pages: Any, lo: Any, hi: Any) -> 
 
 
 @njit(cache=True, nogil=True)
-def _diff(a: Any, ao: int, b: Any, bo: int, size: int) -> tuple[int, int]:
+def words(a: Any) -> Any:
+    """The whole 8-byte words of the byte array ``a`` (which starts 8-aligned) as uint64."""
+    return a[: a.size // 8 * 8].view(np.uint64)
+
+
+@njit(cache=True, nogil=True)
+def _copy(d8: Any, d64: Any, do: int, s8: Any, s64: Any, so: int, n: int) -> None:
+    """d8[do:do+n] = s8[so:so+n]; word by word (through the uint64 views ``d64``/``s64``)
+    when both offsets are 8-aligned."""
+    j = 0
+    if ((do | so) & 7) == 0:
+        w = n >> 3
+        a = do >> 3
+        b = so >> 3
+        for i in range(w):
+            d64[a + i] = s64[b + i]
+        j = w << 3
+    for i in range(j, n):
+        d8[do + i] = s8[so + i]
+
+
+@njit(cache=True, nogil=True)
+def _diff(a: Any, aw: Any, ao: int, b: Any, bw: Any, bo: int, size: int) -> tuple[int, int]:
     """First differing byte of a[ao:ao+size] and b[bo:bo+size] and one past the last one
-    ((-1, -1) when equal). Both offsets are 8-aligned: whole words are compared first."""
-    words = size // 8
-    aw = a[ao : ao + 8 * words].view(np.uint64)
-    bw = b[bo : bo + 8 * words].view(np.uint64)
+    ((-1, -1) when equal). Both offsets are 8-aligned: whole words are compared first,
+    through the uint64 views ``aw``/``bw`` of ``a``/``b``."""
+    nw = size >> 3
+    a0 = ao >> 3
+    b0 = bo >> 3
     first = -1
-    for j in range(words):
-        if aw[j] != bw[j]:
+    for j in range(nw):
+        if aw[a0 + j] != bw[b0 + j]:
             first = 8 * j
             break
     if first < 0:
-        for j in range(8 * words, size):
+        for j in range(8 * nw, size):
             if a[ao + j] != b[bo + j]:
                 first = j
                 break
@@ -219,13 +247,13 @@ def _diff(a: Any, ao: int, b: Any, bo: int, size: int) -> tuple[int, int]:
     while a[ao + first] == b[bo + first]:
         first += 1
     last = -1
-    for j in range(size - 1, 8 * words - 1, -1):
+    for j in range(size - 1, 8 * nw - 1, -1):
         if a[ao + j] != b[bo + j]:
             last = j
             break
     if last < 0:
-        for j in range(words - 1, -1, -1):
-            if aw[j] != bw[j]:
+        for j in range(nw - 1, -1, -1):
+            if aw[a0 + j] != bw[b0 + j]:
                 last = 8 * j + 7
                 break
         while a[ao + last] == b[bo + last]:
@@ -237,17 +265,98 @@ def _diff(a: Any, ao: int, b: Any, bo: int, size: int) -> tuple[int, int]:
 def diff_range(a: Any, b: Any) -> tuple[int, int]:
     """First differing byte and one past the last one (-1, -1 when equal); ``a`` and ``b``
     start 8-aligned."""
-    return _diff(a, 0, b, 0, a.size)
+    return _diff(a, words(a), 0, b, words(b), 0, a.size)
 
 
 @njit(cache=True, nogil=True)
 def gather_ranges(stage8: Any, starts: Any, lengths: Any, out: Any) -> None:
+    stage_w = words(stage8)
+    out_w = words(out)
     pos = 0
     for i in range(starts.size):
-        s = starts[i]
-        for j in range(lengths[i]):
-            out[pos + j] = stage8[s + j]
+        _copy(out, out_w, pos, stage8, stage_w, starts[i], lengths[i])
         pos += lengths[i]
+
+
+@njit(cache=True, nogil=True)
+def gather_parents(
+    arena8: Any, stage8: Any, slot: Any, size: Any, ppage: Any, pnode: Any, changed: Any,
+    stage_off: Any, slo: Any, shi: Any, k0: int, k1: int, offs: Any, out: Any,
+) -> None:  # fmt: skip
+    """Copy the current bytes of parent rows ``[k0, k1)`` into ``out`` (row ``k`` at
+    ``offs[k - k0]``): each parent's page from the arena, overlaid inside ``[slo, shi)``
+    with its staging slot when it was recomputed (and changed) earlier in this pass."""
+    arena_w = words(arena8)
+    stage_w = words(stage8)
+    out_w = words(out)
+    for k in range(k0, k1):
+        pos = offs[k - k0]
+        p = ppage[k]
+        pn = pnode[k]
+        n = size[p]
+        if pn >= 0 and changed[pn] != 0:  # [slo, shi) holds whole elements: 8-aligned or
+            a, b = slo[pn], shi[pn]  # a float32's or a byte's
+            _copy(out, out_w, pos, arena8, arena_w, slot[p], a)
+            _copy(out, out_w, pos + a, stage8, stage_w, stage_off[pn] + a, b - a)
+            _copy(out, out_w, pos + b, arena8, arena_w, slot[p] + b, n - b)
+        else:
+            _copy(out, out_w, pos, arena8, arena_w, slot[p], n)
+
+
+@njit(cache=True, nogil=True)
+def dirty_nodes(
+    i0: int, i1: int, pptr: Any, ppage: Any, nbytes: Any, mark: Any, mlo: Any, mhi: Any,
+    dirty: Any,
+) -> int:  # fmt: skip
+    """``dirty[i - i0]`` = whether node ``i`` of ``[i0, i1)`` needs recomputing (a parent
+    changed inside the node's span: the test :func:`run_nodes` applies); returns the count."""
+    count = 0
+    for i in range(i0, i1):
+        rlo = nbytes[i]
+        rhi = 0
+        for k in range(pptr[i], pptr[i + 1]):
+            p = ppage[k]
+            if mark[p]:
+                rlo = min(rlo, mlo[p])
+                rhi = max(rhi, mhi[p])
+        if rhi > rlo:
+            dirty[i - i0] = 1
+            count += 1
+        else:
+            dirty[i - i0] = 0
+    return count
+
+
+@njit(cache=True, nogil=True)
+def stage_rows(
+    rows8: Any, i0: int, i1: int, dirty: Any, nbytes: Any, stage8: Any, stage_off: Any,
+    arena8: Any, slot: Any, child: Any, changed: Any, lo: Any, hi: Any, slo: Any, shi: Any,
+    mark: Any, mlo: Any, mhi: Any,
+) -> None:  # fmt: skip
+    """Stage row ``i - i0`` of ``rows8`` (one page of ``nbytes[i]`` bytes each, back to
+    back) for every dirty node ``i`` of ``[i0, i1)``, compare it with the page's current
+    bytes and mark the node and its page changed where they differ (as :func:`run_nodes`
+    does for the nodes it computes)."""
+    rows_w = words(rows8)
+    stage_w = words(stage8)
+    arena_w = words(arena8)
+    pos = 0
+    for i in range(i0, i1):
+        n = nbytes[i]
+        if dirty[i - i0]:
+            so = stage_off[i]
+            _copy(stage8, stage_w, so, rows8, rows_w, pos, n)
+            slo[i] = 0
+            shi[i] = n
+            first, end = _diff_bytes(stage8, stage_w, so, arena8, arena_w, slot[child[i]], n)
+            if first >= 0:
+                changed[i] = 1
+                lo[i] = first
+                hi[i] = end
+                mark[child[i]] = 1
+                mlo[child[i]] = first
+                mhi[child[i]] = end
+        pos += n
 
 
 def empty_scratch(n: int) -> tuple[Any, ...]:

@@ -28,14 +28,16 @@ import numpy.typing as npt
 from mmsb.batch import DeltaBatch
 from mmsb.engine import propkernels as pk
 from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PropagationError
+from mmsb.graph.groups import Group, has_groups, schedule
 from mmsb.semiring import Semiring
 from mmsb.storage.edges import DATA
 from mmsb.storage.state import State
 from mmsb.types import DTYPE_NAMES
 
 I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
 Fn = Callable[..., Any]
-_DTYPES = tuple(np.dtype(n) for n in DTYPE_NAMES)
+GATHER_MIN = 9  # parents from which a node's parents are gathered by one compiled call
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Derivation:
     fn: Fn | None = None
     semiring: Semiring | None = None
     weights: tuple[float, ...] | None = None
+    group: Group | None = None  # a member of a derive_many group (fn is the group's)
+    row: int = 0  # the member's row in its group's registration
 
 
 @dataclass
@@ -69,12 +73,15 @@ class Plan:
     def __init__(self, state: State, derivations: dict[int, Derivation]) -> None:
         edges = state.edges
         self.version = edges.version
-        p, c, k = edges.columns()
-        data = k == DATA
-        from mmsb.engine.graphkernels import topo_order
+        if has_groups(derivations):
+            nodes = schedule(derivations)  # each group's members together
+        else:
+            p, c, k = edges.columns()
+            data = k == DATA
+            from mmsb.engine.graphkernels import topo_order
 
-        order, _ = topo_order(p[data], c[data])
-        nodes = [int(v) for v in order.tolist() if int(v) in derivations]
+            order, _ = topo_order(p[data], c[data])
+            nodes = [int(v) for v in order.tolist() if int(v) in derivations]
         self.derivations = [derivations[v] for v in nodes]
         n = len(nodes)
         self.child = np.array(nodes, np.int64)
@@ -121,6 +128,18 @@ class Plan:
             self.stage_off[1:] = np.cumsum(sizes)[:-1]
         self.stage = np.zeros(max(int(sizes.sum()) // 8, 1), np.float64)
         self.scratch = pk.empty_scratch(max(len(ppage), 1))
+        # per node of a group: the group's span of nodes [gstart, gend); -1 elsewhere
+        self.gstart = np.full(n, -1, np.int64)
+        self.gend = np.full(n, -1, np.int64)
+        i = 0
+        while i < n:
+            g = self.derivations[i].group
+            j = i + 1
+            if g is not None:
+                while j < n and self.derivations[j].group is g:
+                    j += 1
+                self.gstart[i:j], self.gend[i:j] = i, j
+            i = j
 
     def __len__(self) -> int:
         return int(self.child.size)
@@ -165,6 +184,11 @@ def run_pass(
             recomputed += done
             if pos >= n:
                 break
+            if plan.gend[pos] >= 0:  # a group: its members run together
+                pos, done = run_group(plan, state, pos, stage8, changed, lo, hi, slo, shi,
+                                      mark, mlo, mhi)  # fmt: skip
+                recomputed += done
+                continue
             _run_host(plan, state, pos, stage8, changed, lo, hi, slo, shi, mark, mlo, mhi)
             recomputed += 1
             pos += 1
@@ -184,7 +208,8 @@ def run_pass(
     pstarts = np.zeros(rows.size, np.int64)
     np.cumsum(lengths[:-1], out=pstarts[1:])
     head = '{"cause_lsn":' + str(int(cause_lsn))
-    metas = tuple(head + plan.meta_parts[i] for i in rows.tolist())
+    parts = plan.meta_parts if rows.size == n else [plan.meta_parts[i] for i in rows.tolist()]
+    metas = tuple(map(head.__add__, parts))
     batch = DeltaBatch(
         pages, lo_r, lengths, np.zeros(rows.size, np.uint8), pstarts, lengths.copy(),
         np.full(rows.size, -1, np.int64), payload, np.zeros(0, np.uint8),
@@ -210,24 +235,12 @@ def _run_host(
 ) -> None:
     d = plan.derivations[i]
     child = d.child
-    dtype = _DTYPES[int(state.dtype[child])]
+    dtype = state.np_dtype(child)
     size = int(plan.nbytes[i])
-    inputs = []
-    for k in range(int(plan.pptr[i]), int(plan.pptr[i + 1])):
-        page = int(plan.ppage[k])
-        pn = int(plan.pnode[k])
-        psize = int(state.size[page])
-        s = int(state.slot[page])
-        # a copy, not a view of the mapping: a function (or a traceback) that keeps its
-        # input would otherwise pin the mmap export, and the arena could never grow
-        raw = state.arena.buf[s : s + psize].copy()
-        if pn >= 0 and changed[pn]:  # recomputed this pass: its computed part is staged
-            o = int(plan.stage_off[pn])
-            a, b = int(slo[pn]), int(shi[pn])
-            raw[a:b] = stage8[o + a : o + b]
-        view = raw.view(_DTYPES[int(state.dtype[page])])
+    raw = _parent_bytes(plan, state, i, stage8, changed, slo, shi)
+    inputs = [v.view(state.np_dtype(p)) for p, v in raw]
+    for view in inputs:
         view.flags.writeable = False
-        inputs.append(view)
     try:
         if d.semiring is not None:
             out: Any = d.semiring.fold(inputs, d.weights, dtype=dtype)
@@ -253,6 +266,40 @@ def _run_host(
         lo[i], hi[i] = first, end
         mark[child] = 1
         mlo[child], mhi[child] = first, end
+
+
+def _parent_bytes(
+    plan: Plan, state: State, i: int, stage8: U8, changed: U8, slo: I64, shi: I64
+) -> list[tuple[int, U8]]:
+    """The current bytes of node ``i``'s parents (a parent recomputed this pass: from its
+    staging slot), as private copies: not views of the mapping, since a function (or a
+    traceback) that keeps its input would otherwise pin the mmap export, and the arena could
+    never grow. Up to ``GATHER_MIN - 1`` parents are copied one by one, more by one compiled
+    call into one buffer (each at an 8-aligned offset): below that the call costs more than
+    it saves."""
+    k0, k1 = int(plan.pptr[i]), int(plan.pptr[i + 1])
+    pages = plan.ppage[k0:k1].tolist()
+    if k1 - k0 >= GATHER_MIN:
+        sizes = state.size[plan.ppage[k0:k1]]
+        offs = np.zeros(k1 - k0, np.int64)
+        np.cumsum((sizes[:-1] + 7) // 8 * 8, out=offs[1:])
+        buf = np.empty(int(offs[-1] + sizes[-1]), np.uint8)
+        pk.gather_parents(state.arena.buf, stage8, state.slot, state.size, plan.ppage,
+                          plan.pnode, changed, plan.stage_off, slo, shi, k0, k1, offs,
+                          buf)  # fmt: skip
+        spans = zip(pages, offs.tolist(), sizes.tolist(), strict=True)
+        return [(p, buf[o : o + n]) for p, o, n in spans]
+    out = []
+    for k, page in zip(range(k0, k1), pages, strict=True):
+        pn = int(plan.pnode[k])
+        s = int(state.slot[page])
+        raw = state.arena.buf[s : s + int(state.size[page])].copy()
+        if pn >= 0 and changed[pn]:
+            o = int(plan.stage_off[pn])
+            a, b = int(slo[pn]), int(shi[pn])
+            raw[a:b] = stage8[o + a : o + b]
+        out.append((page, raw))
+    return out
 
 
 def _as_page_bytes(
@@ -302,3 +349,55 @@ def check_parents(parents: Sequence[int]) -> tuple[int, ...]:
             f"parents must be a sequence of page ids, got {parents!r}"
         ) from None
     return tuple(check_page_id(p, "parent") for p in items)
+
+
+def run_group(
+    plan: Plan, state: State, pos: int, stage8: U8, changed: U8, lo: I64, hi: I64,
+    slo: I64, shi: I64, mark: U8, mlo: I64, mhi: I64,
+) -> tuple[int, int]:  # fmt: skip
+    """Run the group of plan node ``pos`` once: gather the parents of its members with one
+    compiled call, call its function on the stacked array, stage the rows of the members
+    one of whose parents changed. Returns (the node after the group, pages recomputed)."""
+    g0, g1 = int(plan.gstart[pos]), int(plan.gend[pos])
+    m = g1 - g0
+    dirty = np.empty(m, np.uint8)
+    count = pk.dirty_nodes(g0, g1, plan.pptr, plan.ppage, plan.nbytes, mark, mlo, mhi, dirty)
+    if count == 0:
+        return g1, 0
+    d0 = plan.derivations[g0]
+    group = d0.group
+    assert group is not None
+    k0, k1 = int(plan.pptr[g0]), int(plan.pptr[g1])
+    k = (k1 - k0) // m
+    first = int(plan.ppage[k0])
+    psize = int(state.size[first])
+    pdtype = state.np_dtype(first)
+    buf = np.empty((k1 - k0) * psize, np.uint8)
+    offs = np.arange(k1 - k0, dtype=np.int64) * psize
+    pk.gather_parents(state.arena.buf, stage8, state.slot, state.size, plan.ppage, plan.pnode,
+                      changed, plan.stage_off, slo, shi, k0, k1, offs, buf)  # fmt: skip
+    stacked = buf.view(pdtype).reshape(m, k, psize // pdtype.itemsize)
+    stacked.flags.writeable = False
+    try:
+        out = group.fn(stacked)
+        if stacked.flags.writeable:
+            raise ValueError("it made its read-only input writable")
+    except Exception as exc:
+        raise PropagationError(
+            f"derivation group {group.name!r} ({m} pages from {d0.child}) raised "
+            f"{type(exc).__name__}: {exc}", d0.child, group.name,
+        ) from exc  # fmt: skip
+    csize = int(plan.nbytes[g0])
+    cdtype = state.np_dtype(d0.child)
+    want = (m, csize // cdtype.itemsize)
+    if not isinstance(out, np.ndarray) or out.dtype != cdtype or out.shape != want:
+        got = (f"an array of shape {out.shape} and dtype {out.dtype}"
+               if isinstance(out, np.ndarray) else type(out).__name__)  # fmt: skip
+        raise InvalidDeltaError(
+            f"derivation group {group.name!r} returned {got}; expected shape {want} and "
+            f"dtype {cdtype} (one row per page from {d0.child})"
+        )
+    rows8 = np.ascontiguousarray(out).reshape(-1).view(np.uint8)
+    pk.stage_rows(rows8, g0, g1, dirty, plan.nbytes, stage8, plan.stage_off, state.arena.buf,
+                  state.slot, plan.child, changed, lo, hi, slo, shi, mark, mlo, mhi)  # fmt: skip
+    return g1, count

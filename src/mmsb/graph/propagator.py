@@ -10,6 +10,7 @@ listener (:meth:`Propagator.committed`), so storage stays unaware of graphs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
 from mmsb.errors import InvalidArgumentError
+from mmsb.graph import groups
 from mmsb.graph.dag import Graph, apply_edges, check_edges, graph_frame
 from mmsb.graph.propagate import (
     Derivation,
@@ -73,6 +75,7 @@ class Propagator:
         self.graph = Graph(state_of, self._change_edges)
         self._derivations: dict[int, Derivation] = {}
         self._deriv_version = 0  # bumped when a derivation is registered or dropped
+        self._maybe_groups = False  # False: no derive_many member is registered
         self._plan: Plan | None = None
         self._plan_key: tuple[int, int] = (-1, -1)  # (edges.version, _deriv_version) of _plan
         self._dirty: list[npt.NDArray[np.int64]] = []  # pages written since the last pass
@@ -124,6 +127,7 @@ class Propagator:
         """
         if not callable(fn):
             raise InvalidArgumentError(f"derivation for page {child} is not callable")
+        child, parents = self._ids(child, parents)
         self._register(Derivation(check_page_id(child, "child"), check_parents(parents),
                                   describe(fn, None, name), fn=fn))  # fmt: skip
 
@@ -139,6 +143,7 @@ class Propagator:
         to the semiring's one). The parents and the child must share size and dtype."""
         if not isinstance(semiring, Semiring):
             raise InvalidArgumentError(f"expected a Semiring, got {type(semiring).__name__}")
+        child, parents = self._ids(child, parents)
         pids = check_parents(parents)
         w: tuple[float, ...] | None = None
         if weights is not None:
@@ -148,6 +153,11 @@ class Propagator:
             w = tuple(float(x) for x in arr.tolist())
         state = self._state_of()
         c = state.require(child)
+        if state.records and any(p in state.records for p in (c, *pids)):
+            raise InvalidArgumentError(
+                "semiring derivations work on numeric pages and a page given has a record "
+                "dtype; compute record fields with derive or derive_many"
+            )
         semiring.check_dtype(DTYPE_NAMES[int(state.dtype[c])])
         for p in pids:
             state.require(p)
@@ -158,31 +168,80 @@ class Propagator:
         self._register(Derivation(c, pids, describe(None, semiring, name),
                                   semiring=semiring, weights=w))  # fmt: skip
 
-    def _register(self, d: Derivation) -> None:
+    def derive_many(
+        self,
+        children: Sequence[int] | npt.ArrayLike,
+        fn: Callable[[npt.NDArray[Any]], npt.NDArray[Any]],
+        parents: npt.ArrayLike,
+        name: str | None = None,
+    ) -> None:
+        """Compute the ``n`` pages ``children`` with one call of ``fn`` per tick: child
+        ``children[i]`` from the pages ``parents[i, :]`` (a 2-D array of ``n`` rows of
+        ``k`` page ids). All parents share one size and dtype, and so do all children.
+
+        At a tick where a parent of any member changed, ``fn(stacked)`` gets the parents as
+        one read-only array of shape ``(m, k, elems)`` in their dtype (``m`` members, in
+        the order given; ``elems`` elements per parent page) and returns an array of shape
+        ``(m, child_elems)`` in the children's dtype. Row ``i`` must depend only on row
+        ``i``: the members whose parents did not change keep their bytes, as ``n`` calls of
+        :meth:`derive` would. Each member is an ordinary derivation otherwise (edges,
+        provenance, ``underive``, deletes); the edges are logged as one graph change.
+        """
+        if not callable(fn):
+            raise InvalidArgumentError("derive_many function is not callable")
+        children, parents = self._ids(children, parents)
+        kids, rows = groups.check_many(self._writable().state, children, parents)
+        g = groups.Group(fn, describe(fn, None, name))
+        pairs = zip(kids.tolist(), map(tuple, rows.tolist()), strict=True)
+        self._register(
+            *(Derivation(c, r, g.name, group=g, row=i) for i, (c, r) in enumerate(pairs))
+        )
+
+    def _register(self, *ds: Derivation) -> None:
+        """Register derivations as one logged graph change: each replaces its child's data
+        parents; all are computed at the next tick."""
         state = self._writable().state
-        c = state.require(d.child)
-        if not d.parents:
-            raise InvalidArgumentError(f"derivation of page {c} needs at least one parent")
-        if len(set(d.parents)) != len(d.parents):
-            raise InvalidArgumentError(f"derivation of page {c} lists a parent twice")
-        for p in d.parents:
-            state.require(p)
-        old = set(self.graph.parents(c, "data").tolist())
-        new = set(d.parents)
-        gone = [(p, c) for p in sorted(old - new)]
-        fresh = [(p, c) for p in d.parents if p not in old]
-        if gone or fresh:
-            self._replace_parents(state, gone, fresh)
-        self._derivations[c] = d
+        gone: list[tuple[int, int]] = []
+        fresh: list[tuple[int, int]] = []
+        for d in ds:
+            c = state.require(d.child)
+            if not d.parents:
+                raise InvalidArgumentError(f"derivation of page {c} needs at least one parent")
+            if d.group is None:  # derive_many checked its own, all at once
+                if len(set(d.parents)) != len(d.parents):
+                    raise InvalidArgumentError(f"derivation of page {c} lists a parent twice")
+                for p in d.parents:
+                    state.require(p)
+            old = state.edges.parents.get(c, {})
+            old_data = {p for p, mask in old.items() if mask & (1 << DATA)}
+            gone += [(p, c) for p in sorted(old_data.difference(d.parents))]
+            fresh += [(p, c) for p in d.parents if p not in old_data]
+
+        def check() -> None:  # with the edges checked, before anything is logged
+            if ds[0].group is None and not (self._maybe_groups and any(
+                groups.reaches_a_group(state, d.child, self._derivations) for d in ds
+            )):  # fmt: skip
+                return  # no group depends on the new derivations: no group can break
+            after = dict(self._derivations)
+            after.update((d.child, d) for d in ds)
+            groups.schedule(after)
+
+        self._replace_parents(state, gone, fresh, check)
+        self._maybe_groups |= ds[0].group is not None
+        for d in ds:
+            self._derivations[d.child] = d
         self._deriv_version += 1
         # computed at the next tick; a seed, not a write: no control/gpu/compiler flags
-        self._seeds.append(np.array(d.parents, np.int64))
+        self._seeds.append(np.fromiter(itertools.chain.from_iterable(d.parents for d in ds),
+                                       np.int64))  # fmt: skip
 
     def _replace_parents(
-        self, state: State, gone: list[tuple[int, int]], fresh: list[tuple[int, int]]
-    ) -> None:
+        self, state: State, gone: list[tuple[int, int]], fresh: list[tuple[int, int]],
+        check: Callable[[], None],
+    ) -> None:  # fmt: skip
         """Remove the data edges ``gone`` and add ``fresh`` as one GRAPH frame: a
-        re-registered derivation swaps its parents in one commit, all or nothing."""
+        re-registered derivation swaps its parents in one commit, all or nothing. ``check``
+        runs once the edges are found acyclic, before the frame is logged."""
         for p, ch in gone:  # the additions are checked without the edges that go
             state.edges.remove(p, ch, DATA)
         try:
@@ -190,6 +249,9 @@ class Propagator:
         finally:
             for p, ch in reversed(gone):
                 state.edges.add(p, ch, DATA)
+        check()
+        if not gone and not added:
+            return
         rows = gone + added
         ops = np.array([codec.EDGE_REMOVE] * len(gone) + [codec.EDGE_ADD] * len(added), np.uint8)
         pieces = codec.encode_graph(ops, np.full(len(rows), DATA, np.uint8),
@@ -202,8 +264,14 @@ class Propagator:
 
         self._writable().committer.commit(GRAPH, pieces, apply)
 
+    def _ids(self, child: Any, parents: Any) -> tuple[Any, Any]:
+        """``child`` and ``parents`` with page names replaced by the ids they name now."""
+        state = self._state_of()
+        return state.ids_of(child), state.ids_of(parents)
+
     def underive(self, child: int) -> None:
         """Forget ``child``'s derivation (its data edges stay; remove them with the graph)."""
+        child = self._state_of().ids_of(child)
         if self._derivations.pop(int(child), None) is not None:
             self._deriv_version += 1
 
@@ -256,6 +324,7 @@ class Propagator:
                     del self._derivations[c]
                     self._deriv_version += 1
             self._plan = Plan(state, self._derivations)
+            self._maybe_groups = groups.has_groups(self._derivations)
             self._plan_key = key
         return self._plan
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from mmsb.errors import HistoryUnavailableError, InvalidArgumentError
+from mmsb.history import frames
 from mmsb.history.provenance import Provenance, ProvenanceIndex
 from mmsb.history.timeline import LogIndex, Snapshot, diff_states, export_prefix, touched_pages
 from mmsb.storage import layout
-from mmsb.storage.codec import META
+from mmsb.storage.codec import META, NAME
 from mmsb.storage.replay import copy_state, state_at
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff, integer_arg
@@ -63,10 +64,11 @@ class History:
         if self._index is not None:
             pages = change.pages if change.count else None
             meta = None
-            if change.ftype == META and change.pages is not None:
+            if change.ftype in (META, NAME) and change.pages is not None:
                 meta = int(change.pages[0])
             self._index.add(change.lsn, change.timestamp, change.segment, change.offset,
-                            change.first_delta_id, pages, meta)  # fmt: skip
+                            change.first_delta_id, pages, meta,
+                            change.ftype == NAME)  # fmt: skip
         if self._prov is not None and change.pages is not None:
             self._prov.invalidate(change.pages)
 
@@ -119,15 +121,31 @@ class History:
 
     def history(self, page_id: int, limit: int | None = None) -> list[DeltaRecord]:
         """Deltas that touched a page, newest first (from an index, not a log scan)."""
-        state = self.head()[0]
-        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
-            state.require(page_id)  # the same typed error as every other page-id argument
-        pid = int(page_id)
-        if not (0 < pid < state.next_page_id):
-            state.require(pid)
+        pid = _page_arg(self.head()[0], page_id)
         if limit is not None and integer_arg(limit, "limit") < 0:
             raise InvalidArgumentError("limit must be >= 0")
         return self.index().records(self.log_dir, pid, limit)
+
+    def history_table(
+        self,
+        page_id: int | None = None,
+        *,
+        start_lsn: int | None = None,
+        end_lsn: int | None = None,
+        level: Literal["delta", "commit"] = "delta",
+        payload: bool = False,
+        format: Literal["arrow", "pandas"] = "arrow",
+    ) -> Any:
+        """The history as a table (a ``pyarrow.Table``, or with ``format="pandas"`` a
+        ``pandas.DataFrame``), oldest first, over commits ``start_lsn..end_lsn`` inclusive:
+        a row per delta and metadata or name change (``level="delta"``: the rows of
+        ``history``, of one page with ``page_id``) or a row per commit (``level="commit"``).
+        Needs the ``mmsb[analysis]`` extra; see :mod:`mmsb.history.frames`."""
+        state, head, _ = self.head()
+        pid = None if page_id is None else _page_arg(state, page_id)
+        lo, hi = frames.lsn_range(self.log_dir, head, start_lsn, end_lsn)
+        return frames.history_table(self.log_dir, self.index(), pid, lo, hi, level=level,
+                                    payload=payload, format=format)  # fmt: skip
 
     def diff(self, lsn_a: int, lsn_b: int) -> list[PageDiff]:
         """Pages and byte ranges that differ between two commits."""
@@ -181,3 +199,16 @@ class History:
         return self._provenance_index().resolve(
             state, page_id, byte, depth, lsn, cache=not self.readonly
         )
+
+
+def _page_arg(state: State, page_id: int) -> int:
+    """``page_id`` checked as ``history`` checks it: any id ever allocated (a deleted page
+    keeps its history); otherwise the same typed error as every other page-id argument."""
+    if isinstance(page_id, str):  # a name: the live page that has it now
+        return state.page_id(page_id)
+    if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
+        state.require(page_id)
+    pid = int(page_id)
+    if not (0 < pid < state.next_page_id):
+        state.require(pid)
+    return pid

@@ -25,7 +25,7 @@ from mmsb.errors import (
 )
 from mmsb.storage import codec, layout
 from mmsb.storage.checkpoint import list_checkpoints
-from mmsb.storage.codec import BATCH, META
+from mmsb.storage.codec import BATCH, META, NAME
 from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, LogReader, list_segments
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff
@@ -89,7 +89,8 @@ class LogIndex:
         self._sorted: tuple[I64, I64] | None = None
         self._decoded: OrderedDict[int, codec.DecodedBatch] = OrderedDict()
         self._farrays: tuple[int, I64, I64] | None = None
-        self._meta: dict[int, list[int]] = {}  # page id -> rows of its META frames
+        self._meta: dict[int, list[int]] = {}  # page id -> rows of its META and NAME frames
+        self._name_rows: set[int] = set()  # the rows of NAME frames among them
         self.next_delta_id = 1
 
     @classmethod
@@ -110,8 +111,10 @@ class LogIndex:
             pages, first = dec.batch.page_ids, dec.first_delta_id
         elif frame.type == META:
             meta_page = codec.decode_meta(frame.payload).page
+        elif frame.type == NAME:
+            meta_page = codec.decode_name(frame.payload).page
         self.add(frame.lsn, frame.timestamp, frame.segment, frame.offset, first, pages,
-                 meta_page)  # fmt: skip
+                 meta_page, frame.type == NAME)  # fmt: skip
 
     def add(
         self,
@@ -122,10 +125,14 @@ class LogIndex:
         first_did: int,
         pages: I64 | None,
         meta_page: int | None = None,
+        renamed: bool = False,
     ) -> None:
-        """Index one frame; ``meta_page``: the page whose metadata a META frame set."""
+        """Index one frame; ``meta_page``: the page whose metadata a META frame (or, with
+        ``renamed``, whose name a NAME frame) set."""
         if meta_page is not None:
             self._meta.setdefault(meta_page, []).append(len(self.f_lsn))
+            if renamed:
+                self._name_rows.add(len(self.f_lsn))
         self.f_lsn.append(lsn)
         self.f_ts.append(ts)
         self.f_seg.append(segment)
@@ -233,20 +240,29 @@ class LogIndex:
         return out if limit is None else out[:limit]
 
     def meta_record(self, log_dir: str, j: int) -> DeltaRecord:
-        """The metadata change of META frame row ``j``, as a history record: shape
-        ``"metadata"``, no delta id (0), no bytes, the page's new metadata (None: cleared)."""
-        rec = codec.decode_meta(_read_frame(os.path.join(log_dir, self.f_seg[j]), self.f_off[j]))
+        """The metadata or name change of META or NAME frame row ``j``, as a history record:
+        no delta id (0), no bytes; shape ``"metadata"`` with the page's new metadata (None:
+        cleared), or shape ``"name"`` with ``{"name": new name or None}``."""
+        raw = _read_frame(os.path.join(log_dir, self.f_seg[j]), self.f_off[j])
+        meta: dict[str, Any] | None
+        if j in self._name_rows:
+            named = codec.decode_name(raw)
+            page, epoch, kind, meta = named.page, named.epoch, "name", {"name": named.name}
+        else:
+            rec = codec.decode_meta(raw)
+            page, epoch, kind = rec.page, rec.epoch, "metadata"
+            meta = None if rec.metadata is None else json.loads(rec.metadata)
         return DeltaRecord(
             delta_id=0,
-            page_id=rec.page,
+            page_id=page,
             lsn=self.f_lsn[j],
-            epoch=rec.epoch,
+            epoch=epoch,
             timestamp=self.f_ts[j],
-            source="metadata",
-            metadata=None if rec.metadata is None else json.loads(rec.metadata),
+            source=kind,
+            metadata=meta,
             offset=0,
             length=0,
-            shape="metadata",
+            shape=kind,
         )
 
     def _frame(self, log_dir: str, j: int) -> codec.DecodedBatch:
@@ -290,7 +306,7 @@ def touched_pages(directory: str, lo: int, hi: int) -> I64:
             found.append(np.arange(rec.first, rec.first + rec.n, dtype=np.int64))
         elif isinstance(rec, codec.DeleteRecord):
             found.append(rec.ids)
-        elif isinstance(rec, codec.MetaRecord):
+        elif isinstance(rec, (codec.MetaRecord, codec.NameRecord)):
             found.append(np.array([rec.page], np.int64))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 

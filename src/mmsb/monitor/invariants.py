@@ -35,7 +35,8 @@ from mmsb.graph.dag import GraphReport
 from mmsb.storage import codec, layout
 from mmsb.storage.log import LogReader, list_segments
 from mmsb.storage.replay import state_at
-from mmsb.storage.state import State, aligned
+from mmsb.storage.rowcheck import aligned
+from mmsb.storage.state import State
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS
 
 Check = Callable[[Any], Any]  # fn(bus) -> bool | (bool, detail)

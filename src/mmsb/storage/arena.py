@@ -109,6 +109,13 @@ class FileArena:
     def capacity(self) -> int:
         return int(self.buf.size)
 
+    def identity(self) -> list[int]:
+        """The arena file's size, inode, device and modification time: what a clean-shutdown
+        file records so that a lazy open can tell, in O(1), that the file is the one it
+        wrote."""
+        st = os.fstat(self._fd)
+        return [int(st.st_size), int(st.st_ino), int(st.st_dev), int(st.st_mtime_ns)]
+
     def _grow_file(self, old: int, new: int) -> None:
         """Make the file ``new`` bytes long with the blocks of ``[old, new)`` reserved; on
         failure shrink it back to ``old`` and raise the typed error."""

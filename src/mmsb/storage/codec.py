@@ -2,25 +2,11 @@
 
 Frame types: ``BATCH`` (deltas), ``CREATE`` (pages), ``DELETE`` (pages), ``GRAPH`` (edge
 changes), ``RELAYOUT`` (page slots moved by arena compaction), ``META`` (one page's metadata
-replaced). :func:`decode` maps a frame's
-type to its decoder and returns one of the record types below; every reader of the log
-(recovery, replay, history, verify, invariants, the CLI) dispatches on that record, never
-on the type number.
+replaced), ``NAME`` (one page renamed). :func:`decode` maps a frame's type to its decoder
+and returns one of the record types below; every reader of the log (recovery, replay,
+history, verify, invariants, the CLI) dispatches on that record, never on the type number.
+The ``BATCH`` payload has its own module, :mod:`mmsb.storage.batchcodec`.
 
-Batch payload, every piece padded to 8 bytes::
-
-    n u32 | flags u32 | first_delta_id u64 | payload_len u64 | mask_bits u64 |
-    strings_len u32 | 0 u32
-    page_ids u64[n] | epochs u32[n] | offsets u32[n] | lengths u32[n]
-    [HAS_MASKS]   kinds u8[n] | plens u32[n]
-    [SOURCE_COL]  source_idx u16[n]
-    [META_COL]    meta_idx i32[n]
-    strings: JSON {"s": [sources...], "m": [metadata JSON texts...]}
-    payload pool (payload_len bytes, rows in order)
-    [HAS_MASKS]   mask bits of the masked rows, in row order (numpy.packbits)
-
-Decoding treats the bytes as untrusted: every length is checked before use, and a batch
-that does not add up raises :class:`CorruptLogError` (the caller adds segment/offset).
 """
 
 from __future__ import annotations
@@ -33,10 +19,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.batch import DeltaBatch
-from mmsb.delta import RANGE, SPARSE, row_starts
-from mmsb.errors import CorruptLogError
-from mmsb.types import DTYPE_NAMES, LOCATIONS
+from mmsb.errors import CorruptLogError, InvalidArgumentError
+
+# the BATCH frame lives in batchcodec; its names are re-exported here, so that every reader
+# and writer of frames imports one module
+from mmsb.storage.batchcodec import BATCH_HEAD as BATCH_HEAD
+from mmsb.storage.batchcodec import HAS_MASKS as HAS_MASKS
+from mmsb.storage.batchcodec import META_COL as META_COL
+from mmsb.storage.batchcodec import SOURCE_COL as SOURCE_COL
+from mmsb.storage.batchcodec import Cursor, padded
+from mmsb.storage.batchcodec import DecodedBatch as DecodedBatch
+from mmsb.storage.batchcodec import decode_batch as decode_batch
+from mmsb.storage.batchcodec import encode_batch as encode_batch
+from mmsb.storage.batchcodec import encode_single_range as encode_single_range
+from mmsb.types import DTYPE_NAMES, LOCATIONS, check_name, record_dtype
 
 # frame types (part of the format: never renumber)
 BATCH = 1
@@ -45,215 +41,20 @@ DELETE = 3
 GRAPH = 4  # dependency-graph edge changes
 RELAYOUT = 5  # page slots moved by arena compaction
 META = 6  # one page's metadata replaced or cleared
+NAME = 7  # one page's name set or cleared
 FRAME_TYPES = {BATCH: "batch", CREATE: "create", DELETE: "delete", GRAPH: "graph",
-               RELAYOUT: "relayout", META: "metadata"}  # fmt: skip
-
-HAS_MASKS, SOURCE_COL, META_COL = 1, 2, 4
-# the head of a batch payload: n, flags, first delta id, payload, mask and strings lengths
-BATCH_HEAD = struct.Struct("<IIQQQII")
+               RELAYOUT: "relayout", META: "metadata", NAME: "name"}  # fmt: skip
 
 I64 = npt.NDArray[np.int64]
 
 
-def _padded(b: Any) -> list[bytes | memoryview]:
-    mv = memoryview(b).cast("B")
-    pad = (-mv.nbytes) % 8
-    return [mv, b"\0" * pad] if pad else [mv]
-
-
-def encode_batch(batch: DeltaBatch, epochs: I64, first_delta_id: int) -> list[bytes | memoryview]:
-    n = len(batch)
-    flags = 0
-    masked = batch.has_masks
-    if masked:
-        flags |= HAS_MASKS
-    if len(batch.sources) > 1 and (batch.source_idx != batch.source_idx[0]).any():
-        flags |= SOURCE_COL
-    uniform_meta = n == 0 or bool((batch.meta_idx == batch.meta_idx[0]).all())
-    if not uniform_meta:
-        flags |= META_COL
-    src0 = int(batch.source_idx[0]) if n else 0
-    meta0 = int(batch.meta_idx[0]) if n else -1
-    strings = {
-        "s": list(batch.sources) if flags & SOURCE_COL else [batch.sources[src0]],
-        "m": list(batch.metas) if flags & META_COL else ([] if meta0 < 0 else [batch.metas[meta0]]),
-    }
-    sbytes = json.dumps(strings, separators=(",", ":")).encode()
-    payload = _contiguous_payload(batch)
-    mask_bits = 0
-    packed = b""
-    if masked:
-        mrows = np.nonzero(batch.kinds != RANGE)[0]
-        mask = _contiguous_mask(batch, mrows)
-        mask_bits = int(mask.size)
-        packed = np.packbits(mask).tobytes()
-    head = BATCH_HEAD.pack(n, flags, first_delta_id, payload.size, mask_bits, len(sbytes), 0)
-    pieces: list[bytes | memoryview] = [head]
-    pieces += _padded(np.ascontiguousarray(batch.page_ids).view("<u8"))
-    pieces += _padded(epochs.astype("<u4"))
-    pieces += _padded(batch.offsets.astype("<u4"))
-    pieces += _padded(batch.lengths.astype("<u4"))
-    if masked:
-        pieces += _padded(batch.kinds)
-        pieces += _padded(batch.plens.astype("<u4"))
-    if flags & SOURCE_COL:
-        pieces += _padded(batch.source_idx.astype("<u2", copy=False))
-    if flags & META_COL:
-        pieces += _padded(batch.meta_idx.astype("<i4", copy=False))
-    pieces += _padded(sbytes)
-    pieces += _padded(payload)
-    if masked:
-        pieces += _padded(packed)
-    return pieces
-
-
-_STRINGS_CACHE: dict[tuple[str, str | None], bytes] = {}
-
-
-def encode_single_range(
-    page_id: int,
-    epoch: int,
-    offset: int,
-    payload: bytes,
-    first_delta_id: int,
-    source: str,
-    meta: str | None,
-) -> list[bytes | memoryview]:
-    """The same bytes as :func:`encode_batch` for a one-row range batch, built without
-    numpy (the per-call ``Bus.write`` path). Tests compare the two."""
-    key = (source, meta)
-    sbytes = _STRINGS_CACHE.get(key)
-    if sbytes is None:
-        strings = {"s": [source], "m": [] if meta is None else [meta]}
-        sbytes = json.dumps(strings, separators=(",", ":")).encode()
-        if len(_STRINGS_CACHE) < 256:
-            _STRINGS_CACHE[key] = sbytes
-    n = len(payload)
-    return [
-        BATCH_HEAD.pack(1, 0, first_delta_id, n, 0, len(sbytes), 0)
-        + _SINGLE_COLS.pack(page_id, epoch, offset, n)
-        + sbytes
-        + b"\0" * ((-len(sbytes)) % 8),
-        payload,
-        b"\0" * ((-n) % 8),
-    ]
-
-
-_SINGLE_COLS = struct.Struct("<QI4xI4xI4x")
-
-
-def _contiguous_payload(batch: DeltaBatch) -> npt.NDArray[np.uint8]:
-    n = len(batch)
-    if n == 0:
-        return np.zeros(0, np.uint8)
-    total = int(batch.plens.sum())
-    if batch.payload.size == total and int(batch.pstarts[0]) == 0:
-        starts = np.zeros(n, np.int64)
-        np.cumsum(batch.plens[:-1], out=starts[1:])
-        if np.array_equal(starts, batch.pstarts):
-            return batch.payload
-    from mmsb.engine import kernels
-
-    out = np.empty(total, np.uint8)
-    kernels.gather_slots(batch.payload, batch.pstarts, batch.plens, out)
-    return out
-
-
-def _contiguous_mask(batch: DeltaBatch, mrows: npt.NDArray[np.intp]) -> npt.NDArray[np.uint8]:
-    from mmsb.engine import kernels
-
-    lengths = batch.lengths[mrows]
-    out = np.empty(int(lengths.sum()), np.uint8)
-    kernels.gather_slots(batch.mask, batch.mstarts[mrows], lengths, out)
-    return out
-
-
-@dataclass
-class DecodedBatch:
-    batch: DeltaBatch
-    epochs: I64
-    first_delta_id: int
-
-
-class _Cursor:
-    def __init__(self, buf: memoryview) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def take(self, nbytes: int, what: str) -> memoryview:
-        end = self.pos + nbytes
-        if nbytes < 0 or end > self.buf.nbytes:
-            raise CorruptLogError(f"batch frame too short for its {what}")
-        out = self.buf[self.pos : end]
-        self.pos = end + ((-nbytes) % 8)
-        return out
-
-    def array(self, dtype: str, n: int, what: str) -> npt.NDArray[Any]:
-        dt = np.dtype(dtype)
-        return np.frombuffer(self.take(n * dt.itemsize, what), dtype=dt)
-
-
-def decode_batch(payload: memoryview) -> DecodedBatch:
-    cur = _Cursor(payload)
-    n, flags, first_did, plen, mask_bits, slen, _ = BATCH_HEAD.unpack(
-        cur.take(BATCH_HEAD.size, "header")
-    )
-    if flags & ~(HAS_MASKS | SOURCE_COL | META_COL):
-        raise CorruptLogError(f"batch frame has unknown flags {flags:#x}")
-    pids = cur.array("<u8", n, "page ids").astype(np.int64)
-    epochs = cur.array("<u4", n, "epochs").astype(np.int64)
-    offsets = cur.array("<u4", n, "offsets").astype(np.int64)
-    lengths = cur.array("<u4", n, "lengths").astype(np.int64)
-    if flags & HAS_MASKS:
-        kinds = cur.array("u1", n, "shapes").copy()
-        plens = cur.array("<u4", n, "payload lengths").astype(np.int64)
-        if n and int(kinds.max()) > SPARSE:
-            raise CorruptLogError("batch frame has an unknown delta shape")
-    else:
-        kinds = np.zeros(n, np.uint8)
-        plens = lengths
-    source_idx = (
-        cur.array("<u2", n, "sources").astype(np.uint16)
-        if flags & SOURCE_COL
-        else np.zeros(n, np.uint16)
-    )
-    meta_idx = cur.array("<i4", n, "metadata").astype(np.int32) if flags & META_COL else None
-    try:
-        strings = json.loads(bytes(cur.take(slen, "strings")))
-        sources = tuple(str(s) for s in strings["s"])
-        metas = tuple(str(m) for m in strings["m"])
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise CorruptLogError(f"batch frame string table is invalid: {exc}") from None
-    if meta_idx is None:
-        meta_idx = np.full(n, 0 if metas else -1, np.int32)
-    if not sources or (n and int(source_idx.max()) >= len(sources)):
-        raise CorruptLogError("batch frame source index out of range")
-    if n and (int(meta_idx.max()) >= len(metas) or int(meta_idx.min()) < -1):
-        raise CorruptLogError("batch frame metadata index out of range")
-    pool = np.frombuffer(cur.take(plen, "payload"), np.uint8)
-    if int(plens.sum()) != plen:
-        raise CorruptLogError("batch frame payload lengths do not add up")
-    pstarts = row_starts(plens)
-    masked = kinds != RANGE
-    mlens = np.where(masked, lengths, 0)
-    if int(mlens.sum()) != mask_bits:
-        raise CorruptLogError("batch frame mask lengths do not add up")
-    mask = np.zeros(0, np.uint8)
-    if flags & HAS_MASKS:
-        packed = np.frombuffer(cur.take((mask_bits + 7) // 8, "masks"), np.uint8)
-        mask = np.unpackbits(packed, count=mask_bits)
-    mstarts = np.where(masked, row_starts(mlens), -1)
-    batch = DeltaBatch(
-        pids, offsets, lengths, kinds, pstarts, plens, mstarts, pool, mask,
-        source_idx, sources, meta_idx, metas,
-    )  # fmt: skip
-    problem = batch.structure_problem()
-    if problem:
-        raise CorruptLogError(f"batch frame is malformed: {problem}")
-    return DecodedBatch(batch, epochs, first_did)
-
-
 # -- page creation and deletion ----------------------------------------------------------
+
+
+# The payload is one JSON object: first, n, size, dtype (a DTYPE_NAMES name), location,
+# metadata (canonical JSON text or null), and only where used: "record" (the record spec of
+# a record page, ``mmsb.types.record_spec``; dtype is then "uint8") and "names" (one name
+# or null per page created).
 
 
 @dataclass(frozen=True)
@@ -264,10 +65,12 @@ class CreateRecord:
     dtype: int
     location: int
     metadata: str | None
+    record: str | None = None  # the record spec of record pages
+    names: tuple[str | None, ...] | None = None  # a name or None per page
 
 
 def encode_create(rec: CreateRecord) -> list[bytes | memoryview]:
-    body = {
+    body: dict[str, Any] = {
         "first": rec.first,
         "n": rec.n,
         "size": rec.size,
@@ -275,6 +78,10 @@ def encode_create(rec: CreateRecord) -> list[bytes | memoryview]:
         "location": LOCATIONS[rec.location],
         "metadata": rec.metadata,
     }
+    if rec.record is not None:
+        body["record"] = rec.record
+    if rec.names is not None:
+        body["names"] = list(rec.names)
     return [json.dumps(body, separators=(",", ":")).encode()]
 
 
@@ -288,20 +95,31 @@ def decode_create(payload: memoryview) -> CreateRecord:
             DTYPE_NAMES.index(body["dtype"]),
             LOCATIONS.index(body["location"]),
             None if body["metadata"] is None else str(body["metadata"]),
+            None if body.get("record") is None else str(body["record"]),
+            None if body.get("names") is None else tuple(body["names"]),
         )
         if rec.metadata is not None:
             json.loads(rec.metadata)
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        if rec.record is not None:
+            record_dtype(rec.record)
+        if rec.names is not None:
+            if len(rec.names) != rec.n:
+                raise ValueError(f"{len(rec.names)} names for {rec.n} pages")
+            given = [check_name(x) for x in rec.names if x is not None]
+            if len(set(given)) != len(given):
+                raise ValueError("the same name twice")
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError,
+            InvalidArgumentError) as exc:  # fmt: skip
         raise CorruptLogError(f"create frame is invalid: {exc}") from None
     return rec
 
 
 def encode_delete(ids: I64) -> list[bytes | memoryview]:
-    return [struct.pack("<II", ids.size, 0), *_padded(ids.astype("<u8"))]
+    return [struct.pack("<II", ids.size, 0), *padded(ids.astype("<u8"))]
 
 
 def decode_delete(payload: memoryview) -> I64:
-    cur = _Cursor(payload)
+    cur = Cursor(payload)
     n, _ = struct.unpack("<II", cur.take(8, "header"))
     return cur.array("<u8", n, "page ids").astype(np.int64)
 
@@ -317,9 +135,9 @@ def encode_graph(ops: npt.NDArray[np.uint8], kinds: npt.NDArray[np.uint8], paren
     small = np.concatenate((ops.astype(np.uint8), kinds.astype(np.uint8)))
     return [
         struct.pack("<II", n, 0),
-        *_padded(small),
-        *_padded(parents.astype("<u8")),
-        *_padded(children.astype("<u8")),
+        *padded(small),
+        *padded(parents.astype("<u8")),
+        *padded(children.astype("<u8")),
     ]
 
 
@@ -341,7 +159,7 @@ def encode_graph_pairs(
 def decode_graph(
     payload: memoryview,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], I64, I64]:
-    cur = _Cursor(payload)
+    cur = Cursor(payload)
     n, reserved = struct.unpack("<II", cur.take(8, "header"))
     if reserved:
         raise CorruptLogError("graph frame reserved field is not zero")
@@ -385,16 +203,17 @@ def decode_relayout(payload: memoryview) -> tuple[I64, I64]:
     return body[:n].astype(np.int64), body[n:].astype(np.int64)
 
 
-# -- META ---------------------------------------------------------------------------------
+# -- META and NAME -------------------------------------------------------------------------
 #
-# Payload (little-endian): page_id u64 | epoch u32 | flags u32 | metadata text. With
-# META_SET in flags the text is the page's new metadata, a JSON object in the canonical form
-# of ``mmsb.types.encode_metadata`` (UTF-8, to the end of the payload); without it the
-# metadata is cleared and the text is empty. ``epoch`` is the page's epoch when the
-# metadata changed (the change leaves it as it is); replay checks it.
+# Payload (little-endian): page_id u64 | epoch u32 | flags u32 | text (UTF-8, to the end of
+# the payload). With SET in flags the text is the page's new value: for META its metadata, a
+# JSON object in the canonical form of ``mmsb.types.encode_metadata``; for NAME its name
+# (``mmsb.types.check_name``). Without it the value is cleared and the text is empty.
+# ``epoch`` is the page's epoch when the value changed (the change leaves it as it is);
+# replay checks it.
 
-_META_HEAD = struct.Struct("<QII")
-META_SET = 1
+_ATTR_HEAD = struct.Struct("<QII")
+META_SET = NAME_SET = 1
 
 
 @dataclass(frozen=True)
@@ -404,33 +223,66 @@ class MetaRecord:
     metadata: str | None  # canonical JSON text of the new metadata; None: cleared
 
 
+@dataclass(frozen=True)
+class NameRecord:
+    page: int
+    epoch: int
+    name: str | None  # the page's new name; None: cleared
+
+
+def _encode_attr(page: int, epoch: int, text: str | None) -> list[bytes | memoryview]:
+    raw = b"" if text is None else text.encode()
+    return [_ATTR_HEAD.pack(page, epoch, 0 if text is None else META_SET) + raw]
+
+
+def _decode_attr(payload: memoryview, what: str) -> tuple[int, int, str | None]:
+    if payload.nbytes < _ATTR_HEAD.size:
+        raise CorruptLogError(f"{what} frame too short for its header")
+    page, epoch, flags = _ATTR_HEAD.unpack(payload[: _ATTR_HEAD.size])
+    if flags & ~META_SET:
+        raise CorruptLogError(f"{what} frame has unknown flags {flags:#x}")
+    if not 0 < page < 2**62:
+        raise CorruptLogError(f"{what} frame names page id {page}")
+    raw = bytes(payload[_ATTR_HEAD.size :])
+    if not flags & META_SET:
+        if raw:
+            raise CorruptLogError(f"{what} frame clears the {what} but carries text")
+        return page, epoch, None
+    try:
+        return page, epoch, raw.decode()
+    except ValueError as exc:
+        raise CorruptLogError(f"{what} frame text is not UTF-8: {exc}") from None
+
+
 def encode_meta(rec: MetaRecord) -> list[bytes | memoryview]:
-    text = b"" if rec.metadata is None else rec.metadata.encode()
-    flags = 0 if rec.metadata is None else META_SET
-    return [_META_HEAD.pack(rec.page, rec.epoch, flags) + text]
+    return _encode_attr(rec.page, rec.epoch, rec.metadata)
 
 
 def decode_meta(payload: memoryview) -> MetaRecord:
-    if payload.nbytes < _META_HEAD.size:
-        raise CorruptLogError("metadata frame too short for its header")
-    page, epoch, flags = _META_HEAD.unpack(payload[: _META_HEAD.size])
-    if flags & ~META_SET:
-        raise CorruptLogError(f"metadata frame has unknown flags {flags:#x}")
-    if not 0 < page < 2**62:
-        raise CorruptLogError(f"metadata frame names page id {page}")
-    raw = bytes(payload[_META_HEAD.size :])
-    if not flags & META_SET:
-        if raw:
-            raise CorruptLogError("metadata frame clears the metadata but carries text")
+    page, epoch, text = _decode_attr(payload, "metadata")
+    if text is None:
         return MetaRecord(page, epoch, None)
     try:
-        text = raw.decode()
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise CorruptLogError(f"metadata frame text is not valid JSON: {exc}") from None
     if not isinstance(value, dict) or not value:
         raise CorruptLogError("metadata frame text is not a non-empty JSON object")
     return MetaRecord(page, epoch, text)
+
+
+def encode_name(rec: NameRecord) -> list[bytes | memoryview]:
+    return _encode_attr(rec.page, rec.epoch, rec.name)
+
+
+def decode_name(payload: memoryview) -> NameRecord:
+    page, epoch, text = _decode_attr(payload, "name")
+    if text is not None:
+        try:
+            check_name(text)
+        except InvalidArgumentError as exc:
+            raise CorruptLogError(f"name frame holds an {exc}") from None
+    return NameRecord(page, epoch, text)
 
 
 # -- the dispatcher --------------------------------------------------------------------------
@@ -455,7 +307,15 @@ class RelayoutRecord:
     slots: I64  # their new arena offsets
 
 
-Record = DecodedBatch | CreateRecord | DeleteRecord | GraphRecord | RelayoutRecord | MetaRecord
+Record = (
+    DecodedBatch
+    | CreateRecord
+    | DeleteRecord
+    | GraphRecord
+    | RelayoutRecord
+    | MetaRecord
+    | NameRecord
+)
 
 
 def decode(ftype: int, payload: memoryview) -> Record:
@@ -473,4 +333,6 @@ def decode(ftype: int, payload: memoryview) -> Record:
         return RelayoutRecord(*decode_relayout(payload))
     if ftype == META:
         return decode_meta(payload)
+    if ftype == NAME:
+        return decode_name(payload)
     raise CorruptLogError(f"unknown frame type {ftype}")

@@ -35,7 +35,6 @@ import numpy.typing as npt
 from mmsb.errors import InvalidArgumentError, MMSBError
 from mmsb.storage import layout
 from mmsb.storage.arena import MemoryArena, ReadOnlyArena
-from mmsb.storage.codec import CREATE, GRAPH
 from mmsb.storage.lock import writer_active
 from mmsb.storage.log import Frame
 from mmsb.storage.logtail import LogTail, Resync, apply_table_only, replay_to
@@ -50,7 +49,6 @@ I64 = npt.NDArray[np.int64]
 DEATH_CHECK = 0.005  # seconds between writer liveness checks while ``seq`` stays odd
 HEADER_PROBE = 0.005  # seconds between looks for a ``SEQ`` file that did not exist yet
 MAX_SLEEP = 0.001  # back-off ceiling while waiting for the writer
-ARENA_FREE_TYPES = (CREATE, GRAPH)  # frames whose replay writes no arena bytes
 
 
 class FollowState(State):

@@ -27,7 +27,7 @@ from mmsb.storage import layout
 logger = logging.getLogger(__name__)
 
 # where a writer makes temporary files (relative to the bus directory), and their suffix
-_TEMP_FILES = (("", "state.clean.tmp"), ("ckpt", ".ckpt.tmp"))
+_TEMP_FILES = (("", "state.clean.tmp"), ("", "state.clean.old"), ("ckpt", ".ckpt.tmp"))
 
 
 class WriterLock:

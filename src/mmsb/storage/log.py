@@ -287,3 +287,27 @@ def truncate_segment(path: str, offset: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def frame_ends_log(log_dir: str, segment: str, size: int, offset: int, lsn: int) -> bool:
+    """Whether the log ends exactly where a clean shutdown recorded it, checked in O(1):
+    ``segment`` is the newest segment, ``size`` bytes long, and the frame at ``offset`` in
+    it is intact (header and payload checksums), has LSN ``lsn`` and ends the file."""
+    segs = list_segments(log_dir)
+    if not segs or os.path.basename(segs[-1][1]) != segment or offset < SEG_HEADER_SIZE:
+        return False
+    try:
+        with open(segs[-1][1], "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                return False
+            f.seek(offset)
+            head = f.read(FRAME_HEADER_SIZE)
+            if len(head) != FRAME_HEADER_SIZE:
+                return False
+            magic, _, _, flsn, _, length, pcrc, hcrc, zero = FRAME_HEADER.unpack(head)
+            if magic != FRAME_MAGIC or crc32(head[:32]) != hcrc or zero or flsn != lsn:
+                return False
+            body = f.read(length + _pad(length))
+    except OSError:
+        return False
+    return offset + FRAME_HEADER_SIZE + len(body) == size and crc32(body) == pcrc

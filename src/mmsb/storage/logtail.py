@@ -20,7 +20,7 @@ from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError, CorruptStateError
 from mmsb.storage import codec
 from mmsb.storage.arena import MemoryArena
-from mmsb.storage.codec import BATCH, CREATE, FRAME_TYPES, GRAPH, META
+from mmsb.storage.codec import BATCH, CREATE, FRAME_TYPES, GRAPH, META, NAME
 from mmsb.storage.log import (
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
@@ -38,7 +38,7 @@ from mmsb.types import RecoveryInfo
 
 I64 = npt.NDArray[np.int64]
 
-ARENA_FREE_TYPES = (CREATE, GRAPH, META)  # frames whose replay writes no arena bytes
+ARENA_FREE_TYPES = (CREATE, GRAPH, META, NAME)  # frames whose replay writes no arena bytes
 
 
 class Resync(CorruptStateError):
@@ -55,7 +55,7 @@ def apply_table_only(state: State, frame: Frame) -> None:
 
     BATCH frames get the checks of :func:`~mmsb.storage.recovery.apply_frame` and advance
     epochs and delta ids, but their bytes are not applied (the writer put them in the shared
-    arena). CREATE, GRAPH and META frames write no bytes and replay as they are (a CREATE
+    arena). CREATE, GRAPH, META and NAME frames write no bytes and replay as they are (a CREATE
     only grows the read-only mapping). Every other frame (DELETE zeroes slots, RELAYOUT moves
     bytes) is replayed by the canonical :func:`apply_frame` over a throwaway zero buffer the
     size of the arena, so the table changes exactly as the writer's did: only the pages

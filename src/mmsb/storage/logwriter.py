@@ -66,6 +66,7 @@ class LogWriter:
         self.path = ""
         self.name = ""
         self.pos = 0
+        self.last_frame = -1  # offset of the newest frame in the current segment (-1: unknown)
         self.appended = 0  # bytes appended by this writer, ever (only grows)
         self.synced = 0  # value of ``appended`` covered by the last completed fsync
         self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
@@ -187,6 +188,7 @@ class LogWriter:
             if defer:
                 self._dir_unsynced = True  # the next sync covers the header and the entry
             self._fd, self.path, self.name = fd, path, os.path.basename(path)
+            self.last_frame = -1
             self.pos = SEG_HEADER_SIZE
 
     def _new_segment(self, path: str, first_lsn: int) -> int:
@@ -249,6 +251,7 @@ class LogWriter:
                                  cut) from exc  # fmt: skip
             raise
         self.pos += size
+        self.last_frame = offset
         self.appended += size
         self.written += size
         if self.on_backlog is not None and self.appended - self.synced >= self.backlog_limit:
@@ -262,6 +265,7 @@ class LogWriter:
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, offset)
         self.pos = offset
+        self.last_frame = -1
         self.appended -= removed
         self.written -= removed
 

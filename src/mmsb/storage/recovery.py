@@ -40,6 +40,7 @@ from mmsb.storage.log import (
     Frame,
     LogReader,
     TornTail,
+    frame_ends_log,
     list_segments,
     truncate_segment,
 )
@@ -49,6 +50,7 @@ from mmsb.types import RecoveryInfo
 log = logging.getLogger("mmsb")
 
 CLEAN_FILE = layout.CLEAN_FILE
+OLD_SUFFIX = ".old"  # a clean-shutdown file set aside by an open, to be removed
 
 
 def apply_frame(state: State, frame: Frame) -> int:
@@ -80,7 +82,8 @@ def apply_frame(state: State, frame: Frame) -> int:
                 raise CorruptLogError(
                     f"creates page {rec.first}, expected next page id {state.next_page_id}"
                 )
-            state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata)
+            state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata, rec.record,
+                         rec.names)  # fmt: skip
             return 0
         if isinstance(rec, codec.DeleteRecord):
             ids = rec.ids
@@ -93,15 +96,16 @@ def apply_frame(state: State, frame: Frame) -> int:
         if isinstance(rec, codec.RelayoutRecord):
             state.relayout(rec.ids, rec.slots)
             return 0
-        if isinstance(rec, codec.MetaRecord):
+        if isinstance(rec, (codec.MetaRecord, codec.NameRecord)):
             pid = state.require(rec.page)
+            what = "metadata" if isinstance(rec, codec.MetaRecord) else "name"
             if rec.epoch != int(state.epoch[pid]):
-                raise CorruptLogError(f"page {pid} metadata logged at epoch {rec.epoch}, "
+                raise CorruptLogError(f"page {pid} {what} logged at epoch {rec.epoch}, "
                                       f"the page is at epoch {int(state.epoch[pid])}")  # fmt: skip
-            if rec.metadata is None:
-                state.metadata.pop(pid, None)
+            if isinstance(rec, codec.MetaRecord):
+                state.set_metadata(pid, rec.metadata)
             else:
-                state.metadata[pid] = rec.metadata
+                state.set_name(pid, rec.name)
             return 0
         apply_graph(state, rec.ops, rec.kinds, rec.parents, rec.children)
         return 0
@@ -138,10 +142,19 @@ class Recovered:
     lsn: int
     timestamp: int
     info: RecoveryInfo
+    last_frame: tuple[str, int] | None = None  # (segment, offset) of the log's last frame
+    # a lazy clean open: the LSNs (after, upto] of frames whose checksums it did not read
+    unverified: tuple[int, int] | None = None
+    stale: str | None = None  # a set-aside clean-shutdown file for the caller to remove
 
 
 def recover(
-    directory: str, arena: Arena, *, readonly: bool, drop_damaged_tail: bool = False
+    directory: str,
+    arena: Arena,
+    *,
+    readonly: bool,
+    drop_damaged_tail: bool = False,
+    lazy: bool = False,
 ) -> Recovered:
     """Rebuild the state of the bus at ``directory`` into ``arena`` (see module doc).
 
@@ -149,17 +162,24 @@ def recover(
     unless ``drop_damaged_tail``: then it is cut off like a torn tail, its LSN is named in
     ``RecoveryInfo.dropped_lsns`` and a warning is logged. Either way, a log that ends
     before the clean-shutdown LSN or the base checkpoint's LSN raises ``CorruptLogError``
-    (see the module doc)."""
+    (see the module doc). ``lazy``: a clean open checks O(1) evidence (the arena file's
+    identity, the log's recorded end and its last frame) instead of the arena's CRC and
+    every frame after the newest checkpoint; ``Recovered.unverified`` names those frames."""
     t0 = time.perf_counter()
     log_dir = os.path.join(directory, layout.LOG_DIR)
     clean_path = os.path.join(directory, CLEAN_FILE)
     clean_lsn = _recorded_lsn(clean_path)
     if not readonly and os.path.exists(clean_path):
-        fast = _try_clean_open(directory, clean_path, arena)
+        fast = _try_clean_open(directory, clean_path, arena, lazy)
         if fast is not None:
-            os.unlink(clean_path)  # from here on the arena may change ahead of a checkpoint
-            info = RecoveryInfo("clean", fast[1], 0, 0, 0, None, (), time.perf_counter() - t0)
-            return Recovered(fast[0], fast[1], fast[2], info)
+            # from here on the arena may change ahead of a checkpoint: the file must go. A
+            # rename is O(1); freeing its blocks (milliseconds for a large table) is left to
+            # the caller's close (``Recovered.stale``), off the open's path
+            stale = clean_path + OLD_SUFFIX
+            os.replace(clean_path, stale)
+            info = RecoveryInfo("clean", fast[1], 0, 0, 0, None, (), time.perf_counter() - t0,
+                                verify="full" if fast[4] is None else "lazy")  # fmt: skip
+            return Recovered(fast[0], fast[1], fast[2], info, fast[3], fast[4], stale)
     done = replay(directory, arena, drop_damaged_tail=drop_damaged_tail)
     base, reader = done.base, done.reader
     skipped = [f"{os.path.basename(p)}: {msg}" for p, msg in base.rejected]
@@ -200,7 +220,7 @@ def recover(
         time.perf_counter() - t0,
         dropped,
     )
-    return Recovered(state, lsn, ts, info)
+    return Recovered(state, lsn, ts, info, done.last_frame)
 
 
 @dataclass
@@ -215,6 +235,7 @@ class Replayed:
     deltas: int
     reader: LogReader  # its ``torn`` and ``end_lsn`` say how the log ended
     gap: Frame | None = None  # a frame that does not follow ``lsn``: replay stopped there
+    last_frame: tuple[str, int] | None = None  # (segment, offset) of the last frame applied
 
 
 def replay(
@@ -234,16 +255,18 @@ def replay(
         arena.clear(0)
         state = State(arena)
     frames = deltas = 0
+    last: tuple[str, int] | None = None
     if upto is None or lsn < upto:
         for frame in reader.frames(after_lsn=lsn):
             if frame.lsn != lsn + 1:
-                return Replayed(state, lsn, ts, base, frames, deltas, reader, frame)
+                return Replayed(state, lsn, ts, base, frames, deltas, reader, frame, last)
             deltas += apply_frame(state, frame)
             frames += 1
             lsn, ts = frame.lsn, frame.timestamp
+            last = (frame.segment, frame.offset)
             if lsn == upto:
                 break
-    return Replayed(state, lsn, ts, base, frames, deltas, reader)
+    return Replayed(state, lsn, ts, base, frames, deltas, reader, None, last)
 
 
 @dataclass
@@ -323,20 +346,44 @@ def _check_durable_floor(
     )
 
 
-def _try_clean_open(directory: str, clean_path: str, arena: Arena) -> tuple[State, int, int] | None:
+_Clean = tuple[State, int, int, tuple[str, int] | None, tuple[int, int] | None]
+
+
+def _try_clean_open(directory: str, clean_path: str, arena: Arena, lazy: bool) -> _Clean | None:
+    """The state the clean-shutdown file holds, if it is current: (state, LSN, timestamp,
+    the log's last frame, the LSN range of frames left unverified); None: replay instead."""
+    log_dir = os.path.join(directory, layout.LOG_DIR)
     try:
+        with open(clean_path, "rb") as f:
+            header = read_header(f, clean_path)[0]
+        end = header.log_end if lazy else None
+        if (
+            end is not None
+            and header.arena_file is not None
+            and frame_ends_log(log_dir, end[0], end[1], end[2], header.lsn)
+        ):  # else the log is not where the shutdown left it: check in full below
+            try:
+                state, lsn, ts = load_state(clean_path, arena, with_arena=False, lazy=True)
+            except CorruptCheckpointError:
+                pass  # e.g. not the same arena file: its CRC may still prove it, below
+            else:
+                ckpts = list_checkpoints(os.path.join(directory, layout.CKPT_DIR))
+                after = min(ckpts[0][0], lsn) if ckpts else 0
+                return state, lsn, ts, (end[0], end[2]), (after, lsn)
         state, lsn, ts = load_state(clean_path, arena, with_arena=False)
         # check every frame a later crash recovery would replay (those after the newest
         # checkpoint), so damage is found now rather than buried under new commits
         ckpts = list_checkpoints(os.path.join(directory, layout.CKPT_DIR))
         after = min(ckpts[0][0], lsn) if ckpts else 0
-        reader = LogReader(os.path.join(directory, layout.LOG_DIR))
+        reader = LogReader(log_dir)
+        last = None
         for frame in reader.frames(after_lsn=after):
             if frame.lsn > lsn:
                 return None  # the log goes beyond the clean state: replay instead
+            last = (frame.segment, frame.offset)
         if reader.torn is not None or reader.end_lsn != lsn:
             return None
-        return state, lsn, ts
+        return state, lsn, ts, last, None
     except MMSBError:
         return None
 

@@ -16,23 +16,25 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
-from mmsb.delta import format_rows
 from mmsb.engine import gc_kernels, kernels
-from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
+from mmsb.errors import InvalidArgumentError, PageNotFoundError
+from mmsb.storage import rowcheck
 from mmsb.storage.arena import Arena
 from mmsb.storage.edges import EdgeTable
-from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, LOCATIONS, MAX_PAGE_SIZE, PageInfo
+from mmsb.storage.rowcheck import ALIGN as ALIGN  # re-exported
+from mmsb.storage.rowcheck import aligned as aligned  # re-exported
+from mmsb.storage.rowcheck import check_page_shape
+from mmsb.types import (
+    DTYPE_NAMES,
+    LOCATIONS,
+    PageInfo,
+    check_name,
+    record_dtype,
+)
 
-ALIGN = 8
-MAX_PAGES_PER_CREATE = 2**32  # a create frame claiming more is corrupt
-MAX_ARENA_BYTES = 2**46  # 64 TiB
 I64 = npt.NDArray[np.int64]
 _DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)  # by code; "uint8" is code 0
 assert _DTYPES[0] == np.uint8
-
-
-def aligned(size: int | I64) -> Any:
-    return (size + (ALIGN - 1)) // ALIGN * ALIGN
 
 
 class State:
@@ -63,6 +65,9 @@ class State:
         # compaction plan made against an older layout is known to be stale
         self.layout_version = 0
         self.metadata: dict[int, str] = {}  # JSON text, only for pages that have metadata
+        self.names: dict[int, str] = {}  # page id -> name, only for named pages
+        self.by_name: dict[str, int] = {}  # the inverse: name -> page id
+        self.records: dict[int, str] = {}  # page id -> record spec (deleted ones too)
         self.edges = EdgeTable()  # the dependency graph (deleting a page drops its edges)
         self.next_page_id = 1
         self.next_delta_id = 1
@@ -88,13 +93,77 @@ class State:
         return 0 < page_id < self.next_page_id and bool(self.live[page_id])
 
     def require(self, page_id: Any) -> int:
+        """The id of a live page named by its id or its name; ``PageNotFoundError`` if none."""
+        if isinstance(page_id, str):
+            pid = self.by_name.get(page_id)
+            if pid is not None:
+                return pid
+            try:
+                check_name(page_id)
+            except InvalidArgumentError:
+                raise PageNotFoundError(
+                    f"page id must be an integer or a page name, got {page_id!r}", []
+                ) from None
+            raise PageNotFoundError(f"no live page is named {page_id!r}", [])
         if isinstance(page_id, (bool, np.bool_)) or not isinstance(page_id, (int, np.integer)):
-            raise PageNotFoundError(f"page id must be an integer, got {page_id!r}", [])
+            raise PageNotFoundError(
+                f"page id must be an integer or a page name, got {page_id!r}", []
+            )
         pid = int(page_id)
         if not self.is_live(pid):
             state = "was deleted" if 0 < pid < self.next_page_id else "does not exist"
             raise PageNotFoundError(f"page {pid} {state}", [pid])
         return pid
+
+    def page_id(self, name: str) -> int:
+        """The id of the live page called ``name``; ``PageNotFoundError`` if none is."""
+        pid = self.by_name.get(name)
+        if pid is None:
+            check_name(name)
+            raise PageNotFoundError(f"no live page is named {name!r}", [])
+        return pid
+
+    def ids_of(self, pages: Any) -> Any:
+        """``pages`` (ids or names, one or a sequence) with every name replaced by its id."""
+        if isinstance(pages, str):
+            return self.page_id(pages)
+        if isinstance(pages, (list, tuple)) and any(isinstance(p, str) for p in pages):
+            return [self.page_id(p) if isinstance(p, str) else p for p in pages]
+        if isinstance(pages, np.ndarray) and pages.dtype.kind == "U":
+            return np.array([self.page_id(str(p)) for p in pages.reshape(-1)],
+                            np.int64).reshape(pages.shape)  # fmt: skip
+        return pages
+
+    def np_dtype(self, pid: int) -> np.dtype[Any]:
+        """The numpy dtype a live page's bytes are read as: its record dtype or page dtype."""
+        spec = self.records.get(pid) if self.records else None
+        return _DTYPES[int(self.dtype[pid])] if spec is None else record_dtype(spec)
+
+    def typed(self, pid: int, raw: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+        """``raw`` (bytes of page ``pid``, rows of them if 2-D) viewed with the page's dtype."""
+        code = int(self.dtype[pid])
+        if code == 0 and not (self.records and pid in self.records):
+            return raw
+        return raw.view(self.np_dtype(pid))
+
+    def set_name(self, pid: int, name: str | None) -> None:
+        """Give live page ``pid`` the name ``name`` (None: no name). The caller checked that
+        no other live page has it; replay raises ``InvalidArgumentError`` if one does."""
+        if name is not None and self.by_name.get(name, pid) != pid:
+            raise InvalidArgumentError(f"page name {name!r} is taken by page {self.by_name[name]}")
+        old = self.names.pop(pid, None)
+        if old is not None:
+            del self.by_name[old]
+        if name is not None:
+            self.names[pid] = name
+            self.by_name[name] = pid
+
+    def set_metadata(self, pid: int, meta: str | None) -> None:
+        """Replace live page ``pid``'s metadata (canonical JSON text; None clears it)."""
+        if meta is None:
+            self.metadata.pop(pid, None)
+        else:
+            self.metadata[pid] = meta
 
     def live_ids(self) -> I64:
         return np.nonzero(self.live[: self.next_page_id])[0].astype(np.int64)
@@ -102,13 +171,16 @@ class State:
     def info(self, page_id: int) -> PageInfo:
         pid = self.require(page_id)
         meta = self.metadata.get(pid)
+        record = self.records.get(pid)
         return PageInfo(
             id=pid,
             size=int(self.size[pid]),
-            dtype=DTYPE_NAMES[int(self.dtype[pid])],
+            dtype="record" if record else DTYPE_NAMES[int(self.dtype[pid])],
             location=LOCATIONS[int(self.loc[pid])],
             epoch=int(self.epoch[pid]),
             metadata={} if meta is None else json.loads(meta),
+            name=self.names.get(pid),
+            record_dtype=None if record is None else record_dtype(record),
         )
 
     def read(self, page_id: int) -> npt.NDArray[Any]:
@@ -120,14 +192,12 @@ class State:
             pid = self.require(page_id)
         s = int(self.slot[pid])
         self.last_access[pid] = self.access_now
-        out = self.arena.buf[s : s + int(self.size[pid])].copy()
-        code = int(self.dtype[pid])
-        return out if code == 0 else out.view(_DTYPES[code])
+        return self.typed(pid, self.arena.buf[s : s + int(self.size[pid])].copy())
 
     def read_many(self, page_ids: Any) -> npt.NDArray[Any]:
         """Copies of several pages of one size and dtype as one 2-D array (a row each, in
         the order given; repeats allowed), gathered by one compiled loop."""
-        ids = np.asarray(page_ids)
+        ids = np.asarray(self.ids_of(page_ids))
         if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
             raise InvalidArgumentError("page ids must be a 1-D sequence of integers")
         ids = ids.astype(np.int64, copy=False)
@@ -145,13 +215,16 @@ class State:
             return np.empty((0, 0), np.uint8)
         sizes, codes = self.size[ids], self.dtype[ids]
         size, code = int(sizes[0]), int(codes[0])
-        if (sizes != size).any() or (codes != code).any():
+        if (
+            (sizes != size).any()
+            or (codes != code).any()
+            or (self.records and len({self.records.get(int(p)) for p in np.unique(ids)}) > 1)
+        ):
             raise InvalidArgumentError("read_many needs pages of one size and dtype")
         self.last_access[ids] = self.access_now
         out = np.empty(ids.size * size, np.uint8)
         kernels.gather_slots(self.arena.buf, self.slot[ids], sizes, out)
-        rows = out.reshape(ids.size, size)
-        return rows if code == 0 else rows.view(_DTYPES[code])
+        return self.typed(int(ids[0]), out.reshape(ids.size, size))
 
     def raw(self, page_id: int) -> npt.NDArray[np.uint8]:
         """A view (no copy) of the page's bytes; valid only until the arena next grows."""
@@ -160,13 +233,31 @@ class State:
 
     # -- allocation ---------------------------------------------------------------------
 
-    def create(self, n: int, size: int, dtype: int, loc: int, meta: str | None) -> int:
+    def create(
+        self,
+        n: int,
+        size: int,
+        dtype: int,
+        loc: int,
+        meta: str | None,
+        record: str | None = None,
+        names: tuple[str | None, ...] | None = None,
+    ) -> int:
         """Allocate ``n`` zeroed pages of ``size`` bytes; return the first new id.
 
-        First fit in address order, then bump at the end: deterministic given the page
-        table, so replay and restored checkpoints allocate exactly as the live bus did.
+        ``record``: the record spec of record pages; ``names``: a name or None per page
+        (``InvalidArgumentError`` before any change if one is taken). First fit in address
+        order, then bump at the end: deterministic given the page table, so replay and
+        restored checkpoints allocate exactly as the live bus did.
         """
         check_page_shape(n, size, dtype)
+        if record is not None and size % record_dtype(record).itemsize:
+            raise InvalidArgumentError(f"page size {size} is not a whole number of records")
+        if names is not None:
+            taken = [x for x in names if x is not None and x in self.by_name]
+            if taken:
+                raise InvalidArgumentError(f"page name {taken[0]!r} is taken by page "
+                                           f"{self.by_name[taken[0]]}")  # fmt: skip
         first = self.next_page_id
         self._grow_table(first + n)
         offsets = self._allocate(n, int(aligned(size)))
@@ -183,6 +274,13 @@ class State:
         if meta is not None:
             for pid in range(first, first + n):
                 self.metadata[pid] = meta
+        if record is not None:
+            for pid in range(first, first + n):
+                self.records[pid] = record
+        if names is not None:
+            for pid, name in enumerate(names, first):
+                if name is not None:
+                    self.set_name(pid, name)
         self.next_page_id = first + n
         self.live_count += n
         return first
@@ -225,9 +323,10 @@ class State:
         self.live[ids] = False
         self.layout_version += 1
         self.edges.drop_pages(ids)
-        if self.metadata:  # no per-page Python loop for the common metadata-free case
-            for pid in ids.tolist():
-                self.metadata.pop(pid, None)
+        if self.metadata or self.names:  # no per-page Python loop without them
+            for pid in ids.tolist():  # (record specs stay: ids are never reused, and
+                self.metadata.pop(pid, None)  # snapshots read deleted pages with them)
+                self.set_name(pid, None)
         self.live_count -= int(ids.size)
         if ids.size > 64:
             self.rebuild_gaps()
@@ -333,60 +432,8 @@ class State:
     # -- deltas -------------------------------------------------------------------------
 
     def validate(self, batch: DeltaBatch) -> None:
-        """Raise unless every row targets a live page and fits inside it, and every typed
-        row (``batch.dtypes`` not 0, raw bytes) has its page's dtype and starts and ends on
-        whole items. Vectorised; the words of the errors the commit path raises (its
-        compiled checks, :mod:`mmsb.engine.commit_kernels`, only say yes or no)."""
-        if len(batch) == 0:
-            return
-        pids = batch.page_ids
-        known = (pids > 0) & (pids < self.next_page_id)
-        ok = known.copy()
-        ok[known] = self.live[pids[known]]
-        if not ok.all():
-            bad = np.nonzero(~ok)[0]
-            shown = sorted({int(p) for p in pids[bad[:10]]})
-            raise PageNotFoundError(
-                f"batch rows {format_rows(bad)} target unknown or deleted pages {shown}",
-                [int(p) for p in pids[bad[:20]]],
-            )
-        over = batch.offsets + batch.lengths > self.size[pids]
-        if over.any():
-            bad = np.nonzero(over)[0]
-            r = int(bad[0])
-            raise InvalidDeltaError(
-                f"batch rows {format_rows(bad)} reach past the end of their page (row {r}: "
-                f"offset {int(batch.offsets[r])} + length {int(batch.lengths[r])} > page "
-                f"{int(pids[r])} size {int(self.size[pids[r]])})",
-                bad[:20].tolist(),
-            )
-        typed = np.flatnonzero(batch.dtypes)
-        if typed.size == 0:
-            return
-        codes = batch.dtypes[typed].astype(np.intp)
-        pages = batch.page_ids[typed]
-        page_codes = self.dtype[pages].astype(np.intp)
-        span = batch.offsets[typed] | batch.lengths[typed]
-        bad_rows = (codes != page_codes) | ((span & (DTYPE_ITEMSIZE[codes] - 1)) != 0)
-        if not bad_rows.any():
-            return
-        bad = typed[bad_rows]
-        k = int(np.argmax(bad_rows))
-        r, p, code = int(typed[k]), int(pages[k]), int(codes[k])
-        off, n = int(batch.offsets[r]), int(batch.lengths[r])
-        have, want = DTYPE_NAMES[code], DTYPE_NAMES[int(page_codes[k])]
-        item = int(DTYPE_ITEMSIZE[code])
-        if code != page_codes[k]:
-            why = f"payload dtype {have} does not match page {p} dtype {want} (offset {off})"
-        elif off % item:
-            why = f"offset {off} is not a multiple of page {p}'s {want} itemsize {item}"
-        else:
-            why = (f"length {n} at offset {off} is not a multiple of page {p}'s {want} "
-                   f"itemsize {item}")  # fmt: skip
-        raise InvalidDeltaError(
-            f"batch rows {format_rows(bad)} do not fit the dtype of their page (row {r}: {why})",
-            bad[:20].tolist(),
-        )
+        """Raise unless every row of ``batch`` fits its page (:func:`rowcheck.check_rows`)."""
+        rowcheck.check_rows(self, batch)
 
     def apply(self, batch: DeltaBatch) -> None:
         """Write a validated batch into the arena, in row order."""
@@ -415,6 +462,9 @@ class State:
         for col in (self.size, self.epoch, self.dtype, self.loc):
             h.update(np.ascontiguousarray(col[ids]).tobytes())
         h.update(json.dumps(sorted(self.metadata.items())).encode())
+        if self.names or self.records:  # absent from digests of states without them
+            attrs = [sorted(self.names.items()), sorted(self.records.items())]
+            h.update(json.dumps(attrs).encode())
         if self.edges.count:
             h.update(self.edges.encode())
         h.update(self.gather(ids).tobytes())
@@ -426,22 +476,3 @@ class State:
         out = np.empty(int(lengths.sum()), np.uint8)
         kernels.gather_slots(self.arena.buf, self.slot[ids], lengths, out)
         return out
-
-
-def check_page_shape(n: int, size: Any, dtype: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise InvalidArgumentError(f"page size must be an integer, got {size!r}")
-    if n < 0:
-        raise InvalidArgumentError(f"page count must be >= 0, got {n}")
-    if size <= 0 or size > MAX_PAGE_SIZE:
-        raise InvalidArgumentError(f"page size must be in [1, {MAX_PAGE_SIZE}], got {size}")
-    if n > MAX_PAGES_PER_CREATE or n * aligned(int(size)) > MAX_ARENA_BYTES:
-        raise InvalidArgumentError(
-            f"{n} pages of {size} bytes exceed the format's limits ({MAX_PAGES_PER_CREATE} pages "
-            f"per commit, {MAX_ARENA_BYTES} arena bytes)"
-        )
-    item = int(DTYPE_ITEMSIZE[dtype])
-    if size % item:
-        raise InvalidArgumentError(
-            f"page size {size} is not a multiple of the {DTYPE_NAMES[dtype]} itemsize {item}"
-        )

@@ -63,6 +63,7 @@ class Checkpointer:
         # not); the log still holds every commit, so nothing is lost
         self.last_error: BaseException | None = None
         self._thread: threading.Thread | None = None  # the background checkpoint, if any
+        self.requested = False  # set from another thread: checkpoint at the next commit
         self._thread_error: BaseException | None = None
 
     # -- after each commit ------------------------------------------------------------------
@@ -78,7 +79,10 @@ class Checkpointer:
                 self.join()
                 if self.auto_compact:
                     self.compact()
-            if self.every is not None and self.committer.log.written >= self.every:
+            if self.requested or (
+                self.every is not None and self.committer.log.written >= self.every
+            ):
+                self.requested = False
                 self._automatic()
         except (OSError, RuntimeError) as exc:  # typed I/O errors, or no thread to run
             self.last_error = exc

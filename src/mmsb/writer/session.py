@@ -17,15 +17,18 @@ fsync of the log it closes the bus as after a crash instead and raises
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Callable
 
-from mmsb.errors import LogWriteError, MMSBError, storage_error
+from mmsb.errors import CorruptLogError, LogWriteError, MMSBError, storage_error
 from mmsb.options import Options
 from mmsb.storage import layout
 from mmsb.storage.arena import FileArena
 from mmsb.storage.checkpoint import log_bytes_since_checkpoint, write_state
 from mmsb.storage.lock import WriterLock
+from mmsb.storage.log import LogReader
 from mmsb.storage.logwriter import LogWriter, PeriodicSync
 from mmsb.storage.manifest import Manifest
 from mmsb.storage.readers import ReaderSafeArena
@@ -37,6 +40,8 @@ from mmsb.writer.checkpointer import Checkpointer
 from mmsb.writer.committer import Committer
 from mmsb.writer.writer import Writer
 
+logger = logging.getLogger("mmsb")
+
 
 class WriterSession:
     """Everything a writable bus holds open. Build with :meth:`open`."""
@@ -46,6 +51,8 @@ class WriterSession:
         self.lock: WriterLock | None = lock
         self.seq: SeqPublisher | None = None
         self.syncer: PeriodicSync | None = None  # sync="normal": the background fsync
+        self.after_open: AfterOpen | None = None  # a lazy open's background log check
+        self.stale: str | None = None  # the clean-shutdown file set aside by the open
         # set by open() once recovery has run
         self.committer: Committer
         self.writer: Writer
@@ -78,10 +85,13 @@ class WriterSession:
             layout.make_dirs(path)
             arena = ReaderSafeArena(os.path.join(path, layout.ARENA_FILE))
             rec = recover(path, arena, readonly=False,
-                          drop_damaged_tail=opts.recovery == "truncate")  # fmt: skip
+                          drop_damaged_tail=opts.recovery == "truncate",
+                          lazy=opts.verify_on_open == "lazy")  # fmt: skip
             log = LogWriter(os.path.join(path, layout.LOG_DIR), rec.lsn + 1,
                             segment_size=manifest.segment_size,
                             fsync_enabled=opts.sync != "off")  # fmt: skip
+            if rec.last_frame is not None and rec.last_frame[0] == log.name:
+                log.last_frame = rec.last_frame[1]  # what the next clean file records
             # the checkpoint trigger counts from the newest checkpoint on disk, not from open
             log.written = log_bytes_since_checkpoint(path)
             s.committer = Committer(log, s.seq, lsn=rec.lsn, timestamp=rec.timestamp,
@@ -102,6 +112,9 @@ class WriterSession:
             # before the first publish: no reader can pin a snapshot before it exists
             s.committer.snapshots = SnapWriter(path, rec.state, opts.snapshot_memory)
             s.seq.publish(rec.lsn, rec.timestamp)
+            s.stale = rec.stale
+            if rec.unverified is not None:
+                s.after_open = AfterOpen(path, rec.unverified, s.checkpointer)
         except BaseException as exc:
             with contextlib.suppress(Exception):  # the open's own error is the one to report
                 s.release()
@@ -116,6 +129,8 @@ class WriterSession:
         return s
 
     def _stop_background(self) -> None:
+        if self.after_open is not None:
+            self.after_open.stop()
         if hasattr(self, "checkpointer"):
             self.checkpointer.join()
         if self.syncer is not None:
@@ -137,8 +152,13 @@ class WriterSession:
                 c.fail_stop(exc)  # no clean-shutdown state: the next open recovers
                 raise
             state.arena.flush()
+            log = c.log
+            end = (log.name, log.pos, log.last_frame) if log.last_frame >= 0 else None
             write_state(os.path.join(self.path, layout.CLEAN_FILE), state, c.lsn, c.timestamp,
-                        with_arena=False, sync=c.log.fsync_enabled)  # fmt: skip
+                        with_arena=False, sync=log.fsync_enabled, log_end=end)  # fmt: skip
+            if self.stale is not None:  # (after a crash the next writer's lock removes it)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.stale)
         finally:
             self.release()
 
@@ -175,3 +195,44 @@ class WriterSession:
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
+
+
+class AfterOpen:
+    """What a lazy clean open leaves to a background thread, off the open's path: reading
+    the log frames it did not (LSNs ``after + 1`` to ``upto - 1``, which a crash recovery
+    would replay), checksums and all. Damage is logged and kept in ``error``, and the
+    checkpointer is asked for a checkpoint at the next commit, after which recovery no
+    longer needs those frames."""
+
+    def __init__(self, path: str, unverified: tuple[int, int], checkpointer: Checkpointer) -> None:
+        self.path, self.unverified = path, unverified
+        self.checkpointer = checkpointer
+        self.error: CorruptLogError | None = None
+        self.done = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mmsb-after-open", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._check(*self.unverified)
+        finally:
+            self.done.set()
+
+    def _check(self, after: int, upto: int) -> None:
+        try:
+            for frame in LogReader(os.path.join(self.path, layout.LOG_DIR)).frames(after_lsn=after):
+                if frame.lsn >= upto or self._stopping:
+                    break
+        except CorruptLogError as exc:
+            self.error = exc
+            self.checkpointer.requested = True
+            logger.warning("the log is damaged before the clean-shutdown point (%s); a "
+                           "checkpoint at the next commit takes its place", exc)  # fmt: skip
+        except OSError:  # a segment compacted away meanwhile: nothing left to check there
+            pass
+
+    def stop(self) -> None:
+        """Ask the check to stop after the segment it is reading, without waiting for it
+        (it only reads; a file removed under it ends it quietly)."""
+        self._stopping = True

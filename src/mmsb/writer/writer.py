@@ -7,7 +7,7 @@ Checks happen before anything is staged; what a change stages before its frame i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,10 +19,20 @@ from mmsb.engine import checksum, kernels
 from mmsb.engine.driver import check_workers
 from mmsb.errors import DeviceUnavailableError, InvalidArgumentError, InvalidDeltaError
 from mmsb.storage import codec
-from mmsb.storage.codec import BATCH, CREATE, DELETE, META
-from mmsb.storage.state import State, check_page_shape
-from mmsb.types import DTYPE_NAMES, Commit, dtype_code, encode_metadata, location_code
-from mmsb.writer import stages
+from mmsb.storage.codec import BATCH, CREATE, DELETE, META, NAME
+from mmsb.storage.rowcheck import check_page_shape
+from mmsb.storage.state import State
+from mmsb.types import (
+    DTYPE_NAMES,
+    Commit,
+    check_name,
+    dtype_code,
+    encode_metadata,
+    location_code,
+    record_dtype,
+    record_spec,
+)
+from mmsb.writer import fields, stages
 from mmsb.writer.committer import Committer
 
 
@@ -48,9 +58,14 @@ class Writer:
         dtype: Any = "uint8",
         location: str = "cpu",
         metadata: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> int:
-        """Create one zero-filled page of ``size`` bytes; return its id."""
-        return int(self.create_pages(1, size, dtype=dtype, location=location, metadata=metadata)[0])
+        """Create one zero-filled page of ``size`` bytes; return its id. ``name``: a unique
+        name the page can be found by (:meth:`Bus.page_id`) and given wherever an id is."""
+        names = None if name is None else [name]
+        ids = self.create_pages(1, size, dtype=dtype, location=location, metadata=metadata,
+                                names=names)  # fmt: skip
+        return int(ids[0])
 
     def create_pages(
         self,
@@ -60,12 +75,20 @@ class Writer:
         dtype: Any = "uint8",
         location: str = "cpu",
         metadata: dict[str, Any] | None = None,
+        names: Sequence[str | None] | None = None,
     ) -> npt.NDArray[np.int64]:
-        """Create ``n`` zero-filled pages of one size in one commit; return their ids."""
+        """Create ``n`` zero-filled pages of one size in one commit; return their ids.
+
+        ``dtype`` is a page dtype or a numpy record dtype (pages of records: reads return
+        record arrays; see :meth:`write_field`). ``names``: ``n`` unique names (or None for
+        a page without one), none of them taken by a live page.
+        """
         state = self.state
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InvalidArgumentError(f"page count must be a positive integer, got {n!r}")
-        code = dtype_code(dtype)
+        record = record_spec(dtype)
+        code = 0 if record is not None else dtype_code(dtype)
+        name_list = _check_names(state, names, int(n))
         loc = location_code(location)
         if loc != 0 and not device_available() and not self.cpu_fallback:
             raise DeviceUnavailableError(
@@ -75,8 +98,13 @@ class Writer:
         meta = encode_metadata(metadata, "page")
         check_page_shape(int(n), size, code)
         n, size = int(n), int(size)
+        if record is not None and size % record_dtype(record).itemsize:
+            raise InvalidArgumentError(
+                f"page size {size} is not a multiple of the record size "
+                f"{record_dtype(record).itemsize}"
+            )
         first = state.next_page_id
-        rec = codec.CreateRecord(first, n, size, code, loc, meta)
+        rec = codec.CreateRecord(first, n, size, code, loc, meta, record, name_list)
         # make room first: growing the arena can fail (disk full, a pinned mapping), and it
         # must fail before the frame is logged, never after
         state.arena.ensure(state.end + n * ((size + 7) // 8 * 8))
@@ -84,7 +112,7 @@ class Writer:
         self.committer.commit(
             CREATE,
             codec.encode_create(rec),
-            lambda: state.create(n, size, code, loc, meta),
+            lambda: state.create(n, size, code, loc, meta, record, name_list),
             pages=ids,
         )
         return ids
@@ -122,13 +150,24 @@ class Writer:
             meta = None
         rec = codec.MetaRecord(pid, int(state.epoch[pid]), meta)
 
-        def apply() -> None:
-            if meta is None:
-                state.metadata.pop(pid, None)
-            else:
-                state.metadata[pid] = meta
+        lsn, _, _ = self.committer.commit(META, codec.encode_meta(rec),
+                                          lambda: state.set_metadata(pid, meta),
+                                          pages=np.array([pid], np.int64))  # fmt: skip
+        return lsn
 
-        lsn, _, _ = self.committer.commit(META, codec.encode_meta(rec), apply,
+    def rename_page(self, page: int | str, name: str | None) -> int:
+        """Give a page a new name (``None``: take its name away) as one commit; return the
+        commit's LSN. The name must be valid and not held by another live page."""
+        state = self.state
+        pid = state.require(page)
+        if name is not None:
+            check_name(name)
+            holder = state.by_name.get(name)
+            if holder is not None and holder != pid:
+                raise InvalidArgumentError(f"page name {name!r} is taken by page {holder}")
+        rec = codec.NameRecord(pid, int(state.epoch[pid]), name)
+        lsn, _, _ = self.committer.commit(NAME, codec.encode_name(rec),
+                                          lambda: state.set_name(pid, name),
                                           pages=np.array([pid], np.int64))  # fmt: skip
         return lsn
 
@@ -157,7 +196,7 @@ class Writer:
             raise InvalidDeltaError(f"empty payload for page {pid}")
         off = check_offset(offset)
         if isinstance(data, np.ndarray) and data.dtype != np.uint8:
-            self.check_dtype(pid, payload_dtype_name(data.dtype), off)
+            self.check_dtype(pid, payload_dtype_name(data.dtype), off, data.dtype)
         size = int(state.size[pid])
         if off + n > size:
             raise InvalidDeltaError(
@@ -181,6 +220,37 @@ class Writer:
                               first_delta_id=first, count=1, lo=off, hi=off + n)  # fmt: skip
         return first
 
+    def write_field(
+        self,
+        page_id: int | str,
+        field: str,
+        values: Any,
+        *,
+        index: Any = None,
+        source: str = "api",
+        metadata: dict[str, Any] | None = None,
+    ) -> Commit:
+        """Write ``values`` to field ``field`` of some records of a record page, as one
+        sparse delta in one commit; return the :class:`Commit`.
+
+        ``index`` picks the records: None (all), an int, a slice, integers (negative ones
+        count from the end; no repeats) or a boolean mask; ``values`` broadcasts to one
+        value per record picked (numpy's ``same_kind`` casting). Every other byte of the
+        page, other fields included, stays as it is.
+        """
+        state = self.state
+        pid = state.require(page_id)
+        spec = state.records.get(pid)
+        if spec is None:
+            raise InvalidArgumentError(
+                f"page {pid} is not a record page (dtype {DTYPE_NAMES[int(state.dtype[pid])]});"
+                " write_field needs a page created with a numpy record dtype"
+            )
+        check_source(source)
+        batch = fields.field_delta(pid, record_dtype(spec), int(state.size[pid]), field,
+                                   values, index, source, metadata)  # fmt: skip
+        return self.apply_batch(batch)
+
     def apply(self, delta: Delta) -> int:
         """Commit one delta; return its delta id. A delta of a typed payload is checked as
         :meth:`write` checks typed data (by :meth:`check_dtype`, then as a batch row)."""
@@ -190,16 +260,20 @@ class Writer:
             self.check_dtype(self.state.require(delta.page_id), delta.dtype, delta.offset)
         return self.apply_batch(DeltaBatch.from_deltas([delta])).first_delta_id
 
-    def check_dtype(self, pid: int, dtype: str, offset: int) -> None:
+    def check_dtype(
+        self, pid: int, dtype: str, offset: int, array_dtype: np.dtype[Any] | None = None
+    ) -> None:
         """Raise unless a typed payload of ``dtype`` may be written at ``offset`` of page
         ``pid``: the page has that dtype and ``offset`` is a multiple of its itemsize (the
-        rule :meth:`State.validate` and the commit kernels apply to typed batch rows)."""
-        page_dtype = DTYPE_NAMES[int(self.state.dtype[pid])]
-        if dtype != page_dtype:
-            raise InvalidDeltaError(
-                f"payload dtype {dtype} does not match page {pid} dtype {page_dtype}"
-            )
-        item = np.dtype(page_dtype).itemsize
+        rule :meth:`State.validate` and the commit kernels apply to typed batch rows). A
+        record payload (``array_dtype``) must have the record page's exact record dtype."""
+        spec = self.state.records.get(pid)
+        page_dtype = "record" if spec else DTYPE_NAMES[int(self.state.dtype[pid])]
+        if dtype != page_dtype or (spec and array_dtype != record_dtype(spec)):
+            shown = array_dtype if dtype == "record" else dtype
+            want = record_dtype(spec) if spec else page_dtype
+            raise InvalidDeltaError(f"payload dtype {shown} does not match page {pid} dtype {want}")
+        item = record_dtype(spec).itemsize if spec else np.dtype(page_dtype).itemsize
         if offset % item:
             raise InvalidDeltaError(
                 f"offset {offset} is not a multiple of page {pid}'s {page_dtype} itemsize {item}"
@@ -323,6 +397,28 @@ class Writer:
     def sync_now(self) -> None:
         """Force the log to stable storage now (whatever the sync mode)."""
         self.committer.log.sync(force=True)
+
+
+def _check_names(
+    state: State, names: Sequence[str | None] | None, n: int
+) -> tuple[str | None, ...] | None:
+    """``names`` checked for :meth:`Writer.create_pages`: ``n`` of them, valid, unique,
+    none held by a live page; None when no page gets a name."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise InvalidArgumentError("names must be a sequence of str or None, one per page")
+    if len(names) != n:
+        raise InvalidArgumentError(f"{len(names)} names for {n} pages")
+    given = [check_name(x) for x in names if x is not None]
+    if len(set(given)) != len(given):
+        raise InvalidArgumentError("names holds the same name twice")
+    taken = [x for x in given if x in state.by_name]
+    if taken:
+        raise InvalidArgumentError(
+            f"page name {taken[0]!r} is taken by page {state.by_name[taken[0]]}"
+        )
+    return tuple(names) if given else None
 
 
 def _starts(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
