@@ -109,10 +109,37 @@ def test_info_json(bus_path: Path) -> None:
     assert [c["lsn"] for c in data["checkpoints"]] == [6]
     assert data["clean_shutdown"] is True
     assert data["writer_active"] is False
-    assert data["recovery"]["mode"] == "replay"
-    assert data["recovery"]["checkpoint_lsn"] == 6
-    assert data["recovery"]["frames_replayed"] == 3
+    # a cleanly closed bus: the table comes from the clean-shutdown file, no replay
+    assert data["recovery"]["mode"] == "clean" and data["recovery"]["checkpoint_lsn"] == 9
     assert data["last_commit"]["timestamp"] > 0
+    # the slow oracle: without that file, a read-only open replays from the checkpoint and
+    # finds the same pages
+    (bus_path / "state.clean").rename(bus_path / "elsewhere")
+    slow = ok_json("info", str(bus_path))
+    (bus_path / "elsewhere").rename(bus_path / "state.clean")
+    assert slow["recovery"]["mode"] == "replay" and slow["recovery"]["checkpoint_lsn"] == 6
+    assert slow["recovery"]["frames_replayed"] == 3
+    assert (slow["lsn"], slow["pages"], slow["last_commit"]) == (
+        data["lsn"],
+        data["pages"],
+        data["last_commit"],
+    )
+
+
+def test_info_reads_names_from_the_clean_file_as_an_open_does(tmp_path: Path) -> None:
+    path = tmp_path / "named"
+    with mmsb.open(path) as bus:
+        ids = bus.create_pages(3, 16, names=["a", None, "c"])
+        bus.rename_page(int(ids[0]), "aa")
+        bus.delete_page("c")
+    fast = ok_json("info", str(path))
+    assert fast["recovery"]["mode"] == "clean"
+    assert fast["pages"]["names"] == {"aa": int(ids[0])} and fast["pages"]["live"] == 2
+    with mmsb.open(path, readonly=True) as ro:  # the same as a read-only open sees
+        assert ro.page_names() == fast["pages"]["names"] and len(ro) == 2
+    seg = next((path / "log").iterdir())
+    seg.write_bytes(seg.read_bytes() + b"\0" * 8)  # the log is not as it was left
+    assert ok_json("info", str(path))["recovery"]["mode"] == "replay"
 
 
 def test_info_tables(bus_path: Path) -> None:
