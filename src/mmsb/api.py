@@ -53,7 +53,12 @@ def open(
         the old pages open snapshots still see, :meth:`Bus.snapshot`; default 16 MiB, at
         least 64 KiB), ``verify_on_open`` (``"lazy"``, the default: a clean reopen checks O(1)
         evidence and reads the log frames a crash recovery would need on a background
-        thread; ``"full"``: it checks the arena's CRC and those frames before returning).
+        thread; ``"full"``: it checks the arena's CRC and those frames before returning),
+        ``compression`` (None, the default, or ``"zstd"``: large log frame payloads are
+        stored zstandard-compressed where that saves space; the ``mmsb[compress]`` extra),
+        ``retain_bytes`` / ``retain_seconds`` (None: compaction keeps more checkpoints than
+        ``keep_checkpoints`` until the log after the oldest kept one holds that many bytes
+        and that checkpoint is that many seconds older than the newest commit).
         An unknown option raises :class:`InvalidArgumentError`.
     """
     return Bus(path, create=create, readonly=readonly, sync=sync, clock=clock, **options)

@@ -102,7 +102,7 @@ class Bus(StateView):
             c = self._committer = w.committer
             self._checkpointer = w.checkpointer
             state, lsn, ts, info = w.writer.state, c.lsn, c.timestamp, w.recovery
-            self._collector = Collector(d, state, c, keep_checkpoints=opts.keep_checkpoints,
+            self._collector = Collector(d, state, c, retention=opts.retention,
                                         auto_compact=opts.auto_compact,
                                         on_segments_dropped=h.forget_index)  # fmt: skip
             h.before_export = c.log.sync

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from mmsb.errors import InvalidArgumentError
+from mmsb.storage.retention import Retention
 from mmsb.types import SYNC_MODES, integer_arg
 
 DEFAULT_SEGMENT_SIZE = 64 << 20
@@ -31,6 +32,14 @@ class Options:
     recovery: str = "strict"
     snapshot_memory: int = DEFAULT_SNAPSHOT_MEMORY
     verify_on_open: str = "lazy"
+    compression: str | None = None
+    retain_bytes: int | None = None
+    retain_seconds: float | None = None
+
+    @property
+    def retention(self) -> Retention:
+        """What compaction keeps: ``keep_checkpoints``, ``retain_bytes``, ``retain_seconds``."""
+        return Retention(self.keep_checkpoints, self.retain_bytes, self.retain_seconds)
 
     @classmethod
     def check(cls, ephemeral: bool, sync: str | None, **given: Any) -> Options:
@@ -69,6 +78,23 @@ class Options:
             raise InvalidArgumentError(
                 f"recovery must be 'strict' or 'truncate', got {opts.recovery!r}"
             )
+        if opts.retain_bytes is not None and integer_arg(opts.retain_bytes, "retain_bytes") < 0:
+            raise InvalidArgumentError("retain_bytes must be None or a byte count >= 0")
+        rs = opts.retain_seconds
+        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, (int, float))
+                               or not rs >= 0):  # fmt: skip
+            raise InvalidArgumentError(f"retain_seconds must be None or >= 0, got {rs!r}")
+        if opts.compression not in (None, "zstd"):
+            raise InvalidArgumentError(
+                f"compression must be None or 'zstd', got {opts.compression!r}"
+            )
+        if opts.compression == "zstd":
+            try:
+                import zstandard  # noqa: F401
+            except ImportError:
+                raise InvalidArgumentError(
+                    "compression='zstd' needs the zstandard package: pip install 'mmsb[compress]'"
+                ) from None
         if opts.verify_on_open not in ("lazy", "full"):
             raise InvalidArgumentError(
                 f"verify_on_open must be 'lazy' or 'full', got {opts.verify_on_open!r}"

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmsb.benchmarks import agents, compare, engine, memory, peers, snapshots
+from mmsb.benchmarks import agents, compare, engine, logvolume, memory, peers, snapshots
 from mmsb.benchmarks.common import Result
 from mmsb.cli.output import console
 
@@ -115,7 +115,8 @@ def _compare(scale: float, json_path: str | None) -> None:
 
 
 @click.command()
-@click.option("--suite", type=click.Choice(["all", "engine", "memory", "snapshots", "agents"]),
+@click.option("--suite", type=click.Choice(["all", "engine", "memory", "snapshots", "agents",
+                                             "logvolume"]),
               default="all",
               show_default=True, help="Which benchmarks to run.")  # fmt: skip
 @click.option("--scale", type=float, default=1.0, show_default=True,
@@ -153,6 +154,10 @@ def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) 
                 got = scenario()
                 results.extend(got)
                 detailed.append(got[-1])  # the scenario's figures behind its ratios
+        if suite in ("all", "logvolume"):
+            for i, scenario in enumerate(logvolume.scenarios(scale)):
+                sink("log volume", i, 3)
+                results.extend(scenario())
         if suite in ("all", "agents"):
             for scenario in agents.scenarios(scale):
                 sink("agents", 0, 1)

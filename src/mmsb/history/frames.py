@@ -33,7 +33,13 @@ from mmsb.engine.crc import crc32
 from mmsb.errors import CorruptLogError, HistoryUnavailableError, InvalidArgumentError
 from mmsb.storage import codec
 from mmsb.storage.codec import BATCH, FRAME_TYPES, META, NAME
-from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, FRAME_MAGIC, list_segments
+from mmsb.storage.log import (
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    FRAME_MAGIC,
+    list_segments,
+    payload_of,
+)
 from mmsb.types import integer_arg
 
 if TYPE_CHECKING:
@@ -146,7 +152,7 @@ def _read_run(
         body = pos + FRAME_HEADER_SIZE
         ok = body <= len(data)
         if ok:
-            magic, ftype, _, lsn, _, length, pcrc, hcrc, _ = FRAME_HEADER.unpack_from(data, pos)
+            magic, ftype, flags, lsn, _, length, pcrc, hcrc, _ = FRAME_HEADER.unpack_from(data, pos)
             end = body + length + (-length) % 8
             ok = (magic == FRAME_MAGIC and crc32(view[pos : pos + 32]) == hcrc
                   and lsn == index.f_lsn[j] and end <= len(data)
@@ -158,7 +164,7 @@ def _read_run(
                 name,
                 index.f_off[j],
             )
-        yield j, ftype, view[body : body + length]
+        yield j, ftype, payload_of(flags, view[body : body + length], f"{name} offset {pos}")
 
 
 # -- the delta table --------------------------------------------------------------------

@@ -26,7 +26,7 @@ from mmsb.errors import (
 from mmsb.storage import codec, layout
 from mmsb.storage.checkpoint import list_checkpoints
 from mmsb.storage.codec import BATCH, META, NAME
-from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, LogReader, list_segments
+from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, LogReader, list_segments, payload_of
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff
 from mmsb.view import StateView
@@ -292,7 +292,8 @@ def _read_frame(path: str, offset: int) -> memoryview:
             os.path.basename(path),
             offset,
         )
-    return memoryview(body)[:length]
+    where = f"{os.path.basename(path)} offset {offset}"
+    return payload_of(fields[2], memoryview(body)[:length], where)
 
 
 def touched_pages(directory: str, lo: int, hi: int) -> I64:

@@ -44,10 +44,10 @@ from mmsb.engine import gc_kernels
 from mmsb.errors import InvalidArgumentError
 from mmsb.storage import layout
 from mmsb.storage.arena import grown_capacity
-from mmsb.storage.checkpoint import list_checkpoints
 from mmsb.storage.codec import RELAYOUT, encode_relayout
 from mmsb.storage.log import list_segments
 from mmsb.storage.readers import readers_attached
+from mmsb.storage.retention import Retention
 from mmsb.storage.state import State
 from mmsb.writer.committer import Committer
 
@@ -121,7 +121,7 @@ class Collector:
         state: State,
         committer: Committer,
         *,
-        keep_checkpoints: int,
+        retention: Retention,
         auto_compact: bool,
         on_segments_dropped: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
@@ -129,7 +129,7 @@ class Collector:
         self.path = path
         self.state = state
         self.committer = committer  # relayouts are commits like any other
-        self.keep_checkpoints = keep_checkpoints
+        self.retention = retention
         self.auto_compact = auto_compact
         self.on_segments_dropped = on_segments_dropped  # history indexes point into them
         self.clock = clock
@@ -226,8 +226,7 @@ class Collector:
             for name in os.listdir(log_dir):
                 if name.endswith(layout.SEGMENT_SUFFIX + layout.DROP_SUFFIX):
                     _unlink_quietly(os.path.join(log_dir, name))
-        ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
-        kept = list_checkpoints(ckpt_dir)[: self.keep_checkpoints]
+        kept = self.retention.kept(self.path, self.committer.timestamp)
         if not kept:
             return
         oldest = kept[-1][0]

@@ -13,6 +13,9 @@ Frame (header 40 B, little-endian, payload padded with zeros to a multiple of 8)
 
 One committed batch is one frame, written with a single ``writev``. LSNs are consecutive
 across frames and segments; the first frame of a segment carries the segment's first LSN.
+Flag ``FLAG_ZSTD``: the stored payload is a zstandard frame of the encoded payload (a bus
+opened with ``compression="zstd"``); the CRC covers the stored bytes, and every reader gets
+the decoded payload through :func:`payload_of`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mmsb.engine.crc import crc32
-from mmsb.errors import CorruptLogError
+from mmsb.errors import CorruptLogError, FormatVersionError
 from mmsb.storage import layout
 from mmsb.storage.codec import FRAME_TYPES
 
@@ -37,6 +41,35 @@ SEG_HEADER_SIZE = SEG_HEADER.size  # 32
 FRAME_HEADER_SIZE = FRAME_HEADER.size  # 40
 MAX_FRAME_PAYLOAD = 2**32 - 1
 _SEG_NAME = re.compile(r"^(\d{20})\.seg$")
+FLAG_ZSTD = 1  # the payload is stored zstandard-compressed
+KNOWN_FLAGS = FLAG_ZSTD
+ZSTD_EXTRA = "pip install 'mmsb[compress]'"
+
+
+def zstandard() -> Any:
+    """The ``zstandard`` module (the ``mmsb[compress]`` extra), imported on first use."""
+    try:
+        import zstandard as zstd
+    except ImportError:
+        raise FormatVersionError(
+            f"zstandard compression needs the zstandard package: {ZSTD_EXTRA}"
+        ) from None
+    return zstd
+
+
+def payload_of(flags: int, stored: memoryview, where: str) -> memoryview:
+    """The payload a frame with ``flags`` stores as ``stored`` (its checksum already
+    checked): the bytes themselves, or decompressed. ``CorruptLogError`` names ``where``."""
+    if not flags:
+        return stored
+    if flags & ~KNOWN_FLAGS:
+        raise CorruptLogError(f"{where}: frame has unknown flags {flags:#x}")
+    try:
+        return memoryview(zstandard().ZstdDecompressor().decompress(stored))
+    except FormatVersionError:
+        raise
+    except Exception as exc:  # zstandard.ZstdError and its kin
+        raise CorruptLogError(f"{where}: compressed payload does not decode: {exc}") from None
 
 
 def segment_name(first_lsn: int) -> str:
@@ -106,13 +139,16 @@ class Frame:
     flags: int
     lsn: int
     timestamp: int
-    payload: memoryview
+    payload: memoryview  # decoded (decompressed where the frame stores it compressed)
     segment: str
     offset: int  # of the frame header in the segment file
+    stored: int = -1  # payload bytes in the file (-1: as many as ``payload`` has)
 
     @property
     def size(self) -> int:
-        return FRAME_HEADER_SIZE + self.payload.nbytes + _pad(self.payload.nbytes)
+        """Bytes the frame takes in its segment file, header and padding included."""
+        n = self.payload.nbytes if self.stored < 0 else self.stored
+        return FRAME_HEADER_SIZE + n + _pad(n)
 
 
 @dataclass
@@ -267,7 +303,8 @@ class LogReader:
                 raise CorruptLogError(
                     f"segment {name} offset {pos}: unknown frame type {ftype}", name, pos
                 )
-            yield Frame(ftype, flags, lsn, ts, view[body : body + length], name, pos)
+            payload = payload_of(flags, view[body : body + length], f"segment {name} offset {pos}")
+            yield Frame(ftype, flags, lsn, ts, payload, name, pos, length)
             expected += 1
             pos = stop
 

@@ -30,6 +30,7 @@ from mmsb.storage.log import (
     SEGMENT_MAGIC,
     Frame,
     list_segments,
+    payload_of,
     segment_name,
 )
 from mmsb.storage.recovery import apply_frame, replay
@@ -200,7 +201,8 @@ class LogTail:
         body = os.pread(self._fd, padded, self._pos + FRAME_HEADER_SIZE)
         if len(body) != padded or crc32(body) != pcrc:
             raise self._corrupt("payload checksum mismatch")
-        frame = Frame(ftype, flags, lsn, ts, memoryview(body)[:length], self._name, self._pos)
+        payload = payload_of(flags, memoryview(body)[:length], f"segment {self._name}")
+        frame = Frame(ftype, flags, lsn, ts, payload, self._name, self._pos, length)
         self._pos += FRAME_HEADER_SIZE + padded
         return frame
 

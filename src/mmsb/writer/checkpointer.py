@@ -28,6 +28,7 @@ from mmsb.storage import layout
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
 from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
 from mmsb.storage.replay import copy_state
+from mmsb.storage.retention import Retention
 from mmsb.storage.state import State
 from mmsb.types import CheckpointInfo, CompactInfo
 from mmsb.writer.committer import Committer
@@ -47,7 +48,7 @@ class Checkpointer:
         *,
         sync: bool,
         every: int | None,
-        keep: int,
+        retention: Retention,
         auto_compact: bool,
         on_compacted: Callable[[], None],
     ) -> None:
@@ -56,7 +57,7 @@ class Checkpointer:
         self.committer = committer
         self.sync = sync  # fsync the image (False only for sync="off")
         self.every = every  # log bytes between automatic checkpoints (None: never)
-        self.keep = keep  # checkpoints kept by compact()
+        self.retention = retention  # which checkpoints compact() keeps
         self.auto_compact = auto_compact
         self.on_compacted = on_compacted  # segments were removed: history indexes are stale
         # why the last automatic checkpoint written in the background failed (None: it did
@@ -165,14 +166,14 @@ class Checkpointer:
         ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
         log_dir = os.path.join(self.path, layout.LOG_DIR)
         ckpts = list_checkpoints(ckpt_dir)
+        kept = self.retention.kept(self.path, self.committer.timestamp)
         removed_ck = 0
-        for _, path in ckpts[self.keep :]:
+        for _, path in ckpts[len(kept) :]:
             os.unlink(path)
             removed_ck += 1
         for name in os.listdir(ckpt_dir):
             if name.endswith((layout.CORRUPT_SUFFIX, layout.TMP_SUFFIX)):
                 os.unlink(os.path.join(ckpt_dir, name))
-        kept = ckpts[: self.keep]
         oldest = kept[-1][0] if kept else 0
         removed = nbytes = 0
         for (_, path), (next_first, _) in itertools.pairwise(list_segments(log_dir)):

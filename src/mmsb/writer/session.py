@@ -89,7 +89,8 @@ class WriterSession:
                           lazy=opts.verify_on_open == "lazy")  # fmt: skip
             log = LogWriter(os.path.join(path, layout.LOG_DIR), rec.lsn + 1,
                             segment_size=manifest.segment_size,
-                            fsync_enabled=opts.sync != "off")  # fmt: skip
+                            fsync_enabled=opts.sync != "off",
+                            compression=opts.compression)  # fmt: skip
             if rec.last_frame is not None and rec.last_frame[0] == log.name:
                 log.last_frame = rec.last_frame[1]  # what the next clean file records
             # the checkpoint trigger counts from the newest checkpoint on disk, not from open
@@ -104,7 +105,7 @@ class WriterSession:
             s.writer = Writer(rec.state, s.committer, cpu_fallback=opts.cpu_fallback)
             s.checkpointer = Checkpointer(
                 path, rec.state, s.committer, sync=opts.sync != "off",
-                every=opts.checkpoint_every, keep=opts.keep_checkpoints,
+                every=opts.checkpoint_every, retention=opts.retention,
                 auto_compact=opts.auto_compact, on_compacted=on_compacted,
             )  # fmt: skip
             s.committer.after_publish.append(s.checkpointer.after_commit)
