@@ -162,6 +162,11 @@ def million_pages(
             t0 = time.perf_counter()
             first = int(bus.create_pages(pages, page_size)[0])
             create_s = time.perf_counter() - t0
+            gc.collect()
+            _trim()
+            made = bus.memory()  # bookkeeping after creation, before any page is written
+            created_overhead = ((made.rss_bytes - base_rss)
+                                - (made.arena_resident_bytes - base_arena)) / pages  # fmt: skip
             # ids are consecutive (create_pages' contract): hold the first, not an array
             ids = _IdRange(first, pages)
 
@@ -274,6 +279,7 @@ def million_pages(
             "peak_rss_growth_bytes": peak_growth,
             "arena_resident_growth_bytes": arena_growth,
             "bookkeeping_bytes_per_page": overhead,
+            "bookkeeping_after_create_bytes_per_page": created_overhead,
             "table_bytes_per_page": after.table_bytes / max(after.pages, 1),
             "bytes_per_page": after.bytes_per_page,
             "create_pages_per_s": pages / create_s,

@@ -114,6 +114,35 @@ def _compare(scale: float, json_path: str | None) -> None:
         click.echo(f"results written to {json_path}", err=True)
 
 
+def _cluster(scale: float, json_path: str | None) -> None:
+    """Run :func:`mmsb.benchmarks.cluster.run`; print its table and the model's lines."""
+    from mmsb.benchmarks import cluster as cluster_bench
+    from mmsb.errors import ClusterError
+
+    try:
+        with _bars(sys.stderr.isatty()) as sink:
+            results, model = cluster_bench.run(scale, progress=sink)
+    except ClusterError as e:
+        raise click.ClickException(str(e)) from e
+    note = scaled_note(scale)
+    table = Table(title=_tagged("mmsb bench --cluster", note))
+    for col in ("benchmark", "result", "conditions"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, _value(r), _conditions(r, note))
+    out = console()
+    out.print(table)
+    for line in model:
+        out.print(_tagged(line, note))
+    if json_path:
+        doc = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+               "scale": scale, "comparable_with_full_run": note is None, "scale_note": note,
+               "results": [r.to_json() for r in results], "model": model}  # fmt: skip
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+        click.echo(f"results written to {json_path}", err=True)
+
+
 @click.command()
 @click.option("--suite", type=click.Choice(["all", "engine", "memory", "snapshots", "agents",
                                              "logvolume"]),
@@ -128,7 +157,13 @@ def _compare(scale: float, json_path: str | None) -> None:
 @click.option("--compare", "compare_peers", is_flag=True,
               help="Instead of the suites: MMSB against LMDB, SQLite and numpy on shared "
                    "memory (LMDB needs mmsb[compare]).")  # fmt: skip
-def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) -> None:
+@click.option("--cluster", "cluster", is_flag=True,
+              help="Instead of the suites: the sharded bus on a local Ray with 1, 2 and 4 "
+                   "shards, Ray's per-call cost, and a model of a multi-machine cluster "
+                   "(needs mmsb[cluster]).")  # fmt: skip
+def bench(
+    suite: str, scale: float, json_path: str | None, compare_peers: bool, cluster: bool
+) -> None:
     """Measure commit throughput (1 and 2 workers, the numpy floor, the seed's workload),
     memory (page creation, a million pages, GC and CPython gc pauses) and snapshots (open
     and read cost, before-image memory under a slow reader); or, with
@@ -137,6 +172,9 @@ def bench(suite: str, scale: float, json_path: str | None, compare_peers: bool) 
         raise click.BadParameter("must be positive", param_hint="--scale")
     if compare_peers:
         _compare(scale, json_path)
+        return
+    if cluster:
+        _cluster(scale, json_path)
         return
     results: list[Result] = []
     detailed: list[Result] = []

@@ -53,6 +53,9 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "rss_growth_bytes": x["rss_growth_bytes"],
         "peak_rss_growth_bytes": x["peak_rss_growth_bytes"],
         "bookkeeping_bytes_per_page": round(x["bookkeeping_bytes_per_page"], 1),
+        "bookkeeping_after_create_bytes_per_page": round(
+            x["bookkeeping_after_create_bytes_per_page"], 1
+        ),
         "table_bytes_per_page": round(x["table_bytes_per_page"], 1),
         "bytes_per_page": round(x["bytes_per_page"], 1),
         "create_pages_per_s": round(create.value),
@@ -78,7 +81,8 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     )
     summary = (
         f"RSS +{x['rss_growth_bytes'] / GIB:.3f} GiB for {pages:,} x {size} B pages, "
-        f"bookkeeping {x['bookkeeping_bytes_per_page']:.0f} B/page, GC step p99 "
+        f"bookkeeping {x['bookkeeping_after_create_bytes_per_page']:.0f} B/page after creation, "
+        f"{x['bookkeeping_bytes_per_page']:.0f} after every page was written, GC step p99 "
         f"{x['gc_pause_p99_ms']:.2f} ms (max {x['gc_pause_max_ms']:.2f}), CPython gc max "
         f"{x['cpython_gc_max_ms']:.2f} ms, create {create.value / 1e6:.1f} M pages/s"
     )
@@ -87,8 +91,10 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     missed = [
         name
         for name, ok in (
-            (f"bookkeeping <= {GOAL_OVERHEAD:.0f} B/page",
+            (f"bookkeeping <= {GOAL_OVERHEAD:.0f} B/page after writes",
              x["bookkeeping_bytes_per_page"] <= GOAL_OVERHEAD),
+            (f"bookkeeping <= {GOAL_OVERHEAD:.0f} B/page after creation",
+             x["bookkeeping_after_create_bytes_per_page"] <= GOAL_OVERHEAD),
             (f"GC p99 <= {GOAL_GC_P99_MS} ms", x["gc_pause_p99_ms"] <= GOAL_GC_P99_MS),
             (f"create >= {GOAL_CREATE / 1e6:.0f} M pages/s", create.value >= GOAL_CREATE),
         )
