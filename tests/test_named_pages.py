@@ -156,3 +156,31 @@ def test_the_cli_shows_names(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
     assert data["page_id"] == p and data["page"]["name"] == "grid2"
+
+
+def test_names_and_records_survive_copies_of_the_state(tmp_path: Path) -> None:
+    """Background checkpoints and at(head) work on a copy of the live state: the copy keeps
+    names and record dtypes, so a recovery that starts from such a checkpoint (its older log
+    compacted away) still has them."""
+    rec = np.dtype([("x", "f8"), ("n", "i4")])
+    d = tmp_path / "b"
+    bus = mmsb.open(d, sync="normal", checkpoint_every=4096, auto_compact=True,
+                    keep_checkpoints=1)  # fmt: skip
+    bus.create_page(8, name="named")
+    r = bus.create_page(rec.itemsize * 4, dtype=rec, name="records")
+    assert bus.at(bus.lsn).page_names() == {"named": 1, "records": r}
+    assert bus.at(bus.lsn).read("records").dtype == rec
+    for k in range(40):  # enough log for automatic checkpoints and compaction
+        bus.write_field(r, "n", k)
+        bus.write("named", np.full(8, k, np.uint8))
+    bus._checkpointer.join()
+    assert bus.last_checkpoint_error is None
+    bus.compact()  # keeps the newest automatic checkpoint, written from a copy
+    segs = sorted(p.name for p in (d / "log").iterdir())
+    assert segs[0] != f"{1:020d}.seg"  # the frames that named the pages are gone
+    bus.sync_now()
+    bus.abandon()
+    with mmsb.open(d) as again:
+        assert again.recovery.mode == "replay"
+        assert again.page_names() == {"named": 1, "records": r}
+        assert again.read("records").dtype == rec and again.read("records")["n"][0] == 39

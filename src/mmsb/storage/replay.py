@@ -34,6 +34,7 @@ def copy_state(src: State) -> State:
     for name in ("slot", "size", "epoch", "dtype", "loc", "live"):
         getattr(st, name)[:n] = getattr(src, name)[:n]
     st.metadata = dict(src.metadata)
+    st.names, st.by_name, st.records = dict(src.names), dict(src.by_name), dict(src.records)
     st.edges = src.edges.copy()
     st.next_page_id, st.next_delta_id = src.next_page_id, src.next_delta_id
     st.live_count, st.end = src.live_count, src.end
