@@ -7,12 +7,18 @@
 3. a benchmark in one run: applying 16-byte range deltas on the device (columns from host
    memory, and the kernel alone with columns already on the device) against the host
    kernel; and the tick of a semiring graph shaped like validation target #6 (chains and
-   diamonds, 1 KiB float64 pages), device against host, p50/p99.
+   diamonds, 1 KiB float64 pages), device against host, p50/p99. These measure the device
+   package alone, without the bus;
+4. the same through the bus, with its log on (every batch validated, encoded, checksummed
+   and appended before it is applied, then published): 16-byte range deltas by
+   ``apply_batch`` on a bus of ``gpu`` pages and on one of ``cpu`` pages, same batches in
+   the same run, deltas/s each and every page's bytes compared; and ``bus.tick`` of the
+   target #6 graph registered with ``derive_semiring`` on ``gpu`` pages, p50/p99 per tick,
+   with a bus of ``cpu`` pages as the oracle (same batches; every page's bytes compared).
 
 Every figure is printed with the card's name. ``--install`` first installs the CUDA
 libraries (``pip install 'numba-cuda[cu12]'``) into this interpreter. Exit status 1 when a
-test fails or a byte differs. The benchmark measures the device package alone: the bus
-(its log, its commit) is not in these figures.
+test fails or a byte differs.
 """
 
 from __future__ import annotations
@@ -301,6 +307,103 @@ def bench_tick(pages: int = 65_536, derived: int = 10_000, deltas: int = 10_000,
     return out
 
 
+def bench_bus_apply(rows: int = 1 << 18, pages: int = 1 << 16, batches: int = 20) -> dict[str, Any]:
+    """``apply_batch`` of ``rows`` 16-byte range deltas at random 16-byte places of
+    256-byte pages, through a bus (log on, ``sync="normal"``): ``gpu`` pages against
+    ``cpu`` pages, the same batches in turn; deltas/s and differing bytes."""
+    import tempfile
+
+    import mmsb
+    from mmsb.batch import DeltaBatch
+
+    rng = np.random.default_rng(2)
+    out: dict[str, Any] = {"rows": rows, "pages": pages, "batches": batches}
+    with tempfile.TemporaryDirectory() as tmp:
+        buses = {loc: mmsb.open(os.path.join(tmp, loc), sync="normal", checkpoint_every=None)
+                 for loc in ("gpu", "cpu")}  # fmt: skip
+        try:
+            ids = {loc: bus.create_pages(pages, 256, location=loc) for loc, bus in buses.items()}
+            times: dict[str, list[float]] = {loc: [] for loc in buses}
+            for b in range(batches + 2):
+                at = rng.integers(0, pages, rows)
+                offs = rng.integers(0, 16, rows).astype(np.int64) * 16
+                payload = rng.integers(0, 256, (rows, 16)).astype(np.uint8)
+                for loc, bus in buses.items():
+                    batch = DeltaBatch.from_ranges(ids[loc][at], offs, payload)
+                    t0 = time.perf_counter()
+                    bus.apply_batch(batch)
+                    if b >= 2:  # the first two compile and warm up
+                        times[loc].append(time.perf_counter() - t0)
+            got = {loc: bus.read_many(ids[loc]) for loc, bus in buses.items()}
+            out["differing_bytes"] = int(np.count_nonzero(got["gpu"] != got["cpu"]))
+            for loc, ts in times.items():
+                out[loc] = {"deltas_per_s": rows * len(ts) / sum(ts),
+                            "batch_p50_ms": float(np.percentile(ts, 50)) * 1000}  # fmt: skip
+        finally:
+            for bus in buses.values():
+                bus.close()
+    return out
+
+
+def bench_bus_tick(pages: int = 65_536, derived: int = 10_000, deltas: int = 10_000,
+                   ticks: int = 100, page_size: int = 1024) -> dict[str, Any]:  # fmt: skip
+    """``bus.tick(batch)`` of target #6's graph (:func:`tick_graph`'s shape, registered
+    with ``derive_semiring``) on ``gpu`` float64 pages, log on; a bus of ``cpu`` pages runs
+    the same ticks as the oracle. Per-tick p50/p99 of each, and the differing bytes."""
+    import tempfile
+
+    import mmsb
+    from mmsb.batch import DeltaBatch
+    from mmsb.semiring import MAX_PLUS, MIN_PLUS, SUM_PRODUCT
+
+    g = tick_graph(pages, derived, page_size)
+    srs = {1: MIN_PLUS, 2: MAX_PLUS, 4: SUM_PRODUCT}
+    rng = np.random.default_rng(4)
+    out: dict[str, Any] = {"pages": pages, "derived": int(g["kind"].size), "deltas": deltas,
+                           "ticks": ticks}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        buses = {loc: mmsb.open(os.path.join(tmp, loc), sync="normal", checkpoint_every=None,
+                                tick_gc_budget_ms=0, invariant_every=0)
+                 for loc in ("gpu", "cpu")}  # fmt: skip
+        n_in = int(g["inputs"].size)
+        start = DeltaBatch.from_ranges(g["inputs"], np.zeros(n_in, np.int64),
+                                       rng.standard_normal((n_in, page_size // 8)))  # fmt: skip
+        try:
+            for loc, bus in buses.items():
+                ids = bus.create_pages(pages, page_size, dtype="float64", location=loc)
+                assert int(ids[0]) == 1
+                bus.apply_batch(start)
+                for i in range(int(g["kind"].size)):
+                    k0, k1 = int(g["pptr"][i]), int(g["pptr"][i + 1])
+                    sr = srs[int(g["kind"][i])]
+                    bus.derive_semiring(int(g["child"][i]), g["ppage"][k0:k1].tolist(), sr,
+                                        weights=g["w64"][k0:k1])  # fmt: skip
+                bus.tick()
+            times: dict[str, list[float]] = {loc: [] for loc in buses}
+            for t in range(ticks + 5):
+                pids = rng.choice(g["inputs"], deltas).astype(np.int64)
+                nel = int(rng.integers(2, 9))
+                offs = rng.integers(0, page_size // 8 - nel + 1, deltas).astype(np.int64) * 8
+                payload = rng.standard_normal((deltas, nel))
+                batch = DeltaBatch.from_ranges(pids, offs, payload)
+                for loc, bus in buses.items():
+                    t0 = time.perf_counter()
+                    bus.tick(batch)
+                    if t >= 5:
+                        times[loc].append(time.perf_counter() - t0)
+            ids = buses["cpu"].page_ids()
+            a, b = (bus.read_many(ids) for bus in buses.values())
+            out["differing_bytes"] = int(np.count_nonzero(a.view(np.uint8) != b.view(np.uint8)))
+            for loc, ts in times.items():
+                ms = np.array(ts) * 1000
+                out[loc] = {"p50_ms": float(np.percentile(ms, 50)),
+                            "p99_ms": float(np.percentile(ms, 99))}  # fmt: skip
+        finally:
+            for bus in buses.values():
+                bus.close()
+    return out
+
+
 def run_tests(timeout: int) -> int:
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["MMSB_DEVICE_TESTS"] = "real"
@@ -367,6 +470,28 @@ def main(argv: list[str] | None = None) -> int:
           f"{t['device']['p50_ms']:.2f} ms p99 {t['device']['p99_ms']:.2f} ms; host p50 "
           f"{t['host']['p50_ms']:.2f} ms p99 {t['host']['p99_ms']:.2f} ms; "
           f"{t['differing_bytes']} differing bytes", flush=True)  # fmt: skip
+    ba = bench_bus_apply(rows=1 << (14 if q else 18), pages=1 << (12 if q else 16),
+                         batches=5 if q else 20)  # fmt: skip
+    report["bus_apply"] = ba
+    failed |= ba["differing_bytes"] != 0
+    print(f"[{card}] bus apply_batch, 16 B range deltas, log on ({ba['rows']:,} rows a batch "
+          f"on {ba['pages']:,} pages): gpu pages {ba['gpu']['deltas_per_s'] / 1e6:.2f} M/s "
+          f"(batch p50 {ba['gpu']['batch_p50_ms']:.1f} ms); cpu pages "
+          f"{ba['cpu']['deltas_per_s'] / 1e6:.2f} M/s (batch p50 "
+          f"{ba['cpu']['batch_p50_ms']:.1f} ms); {ba['differing_bytes']} differing bytes",
+          flush=True)  # fmt: skip
+    bt = bench_bus_tick(pages=8192 if q else 65_536, derived=1000 if q else 10_000,
+                        deltas=1000 if q else 10_000, ticks=20 if q else 100)  # fmt: skip
+    report["bus_tick"] = bt
+    failed |= bt["differing_bytes"] != 0
+    print(
+        f"[{card}] bus tick, target #6 graph ({bt['pages']:,} pages of 1 KiB, "
+        f"{bt['derived']:,} semiring derived, {bt['deltas']:,} deltas/tick, {bt['ticks']} "
+        f"ticks, log on): gpu pages p50 {bt['gpu']['p50_ms']:.2f} ms p99 "
+        f"{bt['gpu']['p99_ms']:.2f} ms; cpu pages p50 {bt['cpu']['p50_ms']:.2f} ms p99 "
+        f"{bt['cpu']['p99_ms']:.2f} ms; {bt['differing_bytes']} differing bytes",
+        flush=True,
+    )
     report["seconds"] = time.perf_counter() - start
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, default=str))

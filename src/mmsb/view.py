@@ -7,9 +7,9 @@ from typing import Any, Self
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.errors import BusClosedError
+from mmsb.errors import BusClosedError, DeviceUnavailableError, InvalidArgumentError
 from mmsb.storage.state import State
-from mmsb.types import PageInfo
+from mmsb.types import LOCATIONS, PageInfo
 
 PAGE_TABLE_DTYPE = np.dtype(
     [("id", "<i8"), ("size", "<i8"), ("epoch", "<i8"), ("dtype", "u1"), ("location", "u1")]
@@ -51,6 +51,36 @@ class StateView:
         A copy, not a view: it never changes under the caller and never pins the arena.
         """
         return self._live_state().read(page_id)
+
+    def device_view(self, page_id: int | str) -> Any:
+        """The bytes of a ``gpu`` or ``unified`` page where they live, as a device array
+        of the page's dtype, no copy (a numba device array: ``__cuda_array_interface__``
+        on a device, so CuPy, PyTorch and numba kernels take it as it is).
+
+        Valid until the page is deleted or its device arena grows (a later create). The
+        array reads the page's current bytes; a write through it bypasses the log (it is
+        not recovered, replayed or seen by history): change pages with ``write`` and
+        ``apply_batch``. ``InvalidArgumentError`` for a ``cpu`` page;
+        ``DeviceUnavailableError`` where the page is in host memory (no device,
+        ``cpu_fallback``, snapshots and ``at()``) or in another process (a live reader).
+        """
+        st = self._live_state()
+        pid = st.require(page_id)
+        loc = LOCATIONS[int(st.loc[pid])]
+        if loc == "cpu":
+            raise InvalidArgumentError(
+                f"page {pid} is a cpu page; device_view needs a gpu or unified page "
+                "(read() copies any page to the host)"
+            )
+        dev = st.dev
+        if dev is None:
+            raise DeviceUnavailableError(
+                f"page {pid} is a {loc} page held in host memory here (no device backend, "
+                "cpu_fallback, or a snapshot or replayed state): there is no device array "
+                "to view; read() returns its bytes, and pip install 'mmsb[gpu]' on a machine "
+                "with an NVIDIA GPU puts such pages on the device"
+            )
+        return dev.view(pid)
 
     def page(self, page_id: int) -> PageInfo:
         """Id, size, dtype, location, epoch and metadata of a live page."""

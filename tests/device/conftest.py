@@ -1,10 +1,11 @@
 """Device tests: the CUDA simulator by default, a real GPU with ``MMSB_DEVICE_TESTS=real``.
 
-The simulator is asked for here, at collection time, before anything loads ``numba.cuda``
-(nothing outside ``mmsb.device`` does). Other test folders may already have imported numba's
-CPU compiler, which reads its environment once; the backend probe
-(:func:`mmsb.device.probe.backend`) reads it again before importing ``numba.cuda``, so the
-variable set here still counts. It changes nothing for numba's CPU compiler.
+The simulator is asked for here, at collection time: ``numba.cuda`` is loaded as the
+simulator at once (other test folders may already have imported numba's CPU compiler,
+which reads its environment once; the backend probe, :func:`mmsb.device.probe.backend`,
+reads it again before importing ``numba.cuda``), and ``NUMBA_ENABLE_CUDASIM`` is then set
+back, so tests outside this folder still run without a device (the simulator counts only
+while the variable is set). Every test here runs with it set (``_simulator``).
 
 Tests marked ``gpu`` need a real device: they are deselected by default and skipped under
 the simulator. ``tools/gpu_check.py`` runs this folder with ``MMSB_DEVICE_TESTS=real``.
@@ -14,14 +15,34 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import pytest
 
 from mmsb.device import Backend, backend
 
 REAL = os.environ.get("MMSB_DEVICE_TESTS", "") == "real"
-if not REAL:
-    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+_SIM = "NUMBA_ENABLE_CUDASIM"
+if not REAL and importlib.util.find_spec("numba_cuda") is not None:
+    _before = os.environ.get(_SIM)
+    os.environ[_SIM] = "1"
+    backend()  # numba.cuda is the simulator for the rest of this process
+    if _before is None:
+        del os.environ[_SIM]
+    else:
+        os.environ[_SIM] = _before
+
+
+@pytest.fixture(autouse=True)
+def _simulator() -> Iterator[None]:
+    """The simulator counts as a device during each test of this folder (a patch of its
+    own: a test's ``monkeypatch.undo()`` leaves it in place)."""
+    if REAL:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(_SIM, "1")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +51,11 @@ def dev() -> Backend:
     folder: the lean install has no device extra), the GPU under MMSB_DEVICE_TESTS=real."""
     if importlib.util.find_spec("numba_cuda") is None and not REAL:
         pytest.skip("numba-cuda is not installed (pip install 'mmsb[gpu]')")
-    return backend()
+    if REAL:
+        return backend()
+    with pytest.MonkeyPatch.context() as mp:  # set up before the per-test _simulator
+        mp.setenv(_SIM, "1")
+        return backend()
 
 
 @pytest.fixture

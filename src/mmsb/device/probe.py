@@ -2,8 +2,10 @@
 
 Nothing here imports ``numba.cuda`` until :func:`backend` is first called, so ``import
 mmsb`` (and ``import mmsb.device``) never loads it. The simulator counts as a backend only
-when ``NUMBA_ENABLE_CUDASIM=1`` is set; it runs the same kernel source one thread at a time
-in Python, which is how the device code is tested on machines without a GPU.
+while ``NUMBA_ENABLE_CUDASIM=1`` is set (checked at every call, so a process can turn it
+off again: a test suite does, around tests that expect no device); it runs the same
+kernel source one thread at a time in Python, which is how the device code is tested on
+machines without a GPU.
 
 numba reads its environment once, when ``numba`` is first imported, and ``numba.cuda``
 picks the simulator or the driver when *it* is first imported. A process that imported
@@ -58,12 +60,18 @@ def backend() -> Backend:
     asked for; the message names the extra to install."""
     global _found
     found = _found
-    if found is not None:
-        return found
-    with _lock:
-        if _found is None:
-            _found = _load()
-        return _found
+    if found is None:
+        with _lock:
+            if _found is None:
+                _found = _load()
+            found = _found
+    if found.simulator and not simulator_requested():
+        raise DeviceUnavailableError(
+            "numba.cuda was loaded as the CUDA simulator but NUMBA_ENABLE_CUDASIM is no "
+            f"longer set; the simulator counts as a device only while it is ({INSTALL} "
+            "for a real device)"
+        )
+    return found
 
 
 def available() -> bool:

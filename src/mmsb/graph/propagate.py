@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,7 @@ import numpy.typing as npt
 from mmsb.batch import DeltaBatch
 from mmsb.engine import propkernels as pk
 from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PropagationError
+from mmsb.graph.devicepass import run_device_pass
 from mmsb.graph.groups import Group, has_groups, schedule
 from mmsb.semiring import Semiring
 from mmsb.storage.edges import DATA
@@ -158,6 +159,11 @@ def run_pass(
     n = len(plan)
     if n == 0:
         return PassResult(None, 0, np.zeros(0, np.int64))
+    if state.dev is not None and state.dev.count:  # device pages: mmsb.graph.devicepass
+        done = run_device_pass(plan, state, pages, lo_in, hi_in, cause_lsn, run_pass,
+                               pass_result)  # fmt: skip
+        if done is not None:
+            return cast(PassResult, done)
     mark = np.zeros(state.next_page_id, np.uint8)
     mlo = np.empty(state.next_page_id, np.int64)  # only read where mark is set
     mhi = np.empty(state.next_page_id, np.int64)
@@ -195,6 +201,21 @@ def run_pass(
     finally:
         # an exception's traceback keeps this frame: it must not keep views of the mapping
         del arena8, arena32, arena64
+
+    def gather(starts: I64, lengths: I64) -> U8:
+        payload = np.empty(int(lengths.sum()), np.uint8)
+        pk.gather_ranges(stage8, starts, lengths, payload)
+        return payload
+
+    return pass_result(plan, changed, lo, hi, recomputed, cause_lsn, gather)
+
+
+def pass_result(
+    plan: Plan, changed: U8, lo: I64, hi: I64, recomputed: int, cause_lsn: int,
+    gather: Callable[[I64, I64], U8],
+) -> PassResult:  # fmt: skip
+    """The pass's batch from its per-node results; ``gather(starts, lengths)`` returns
+    the staged bytes of those ranges, concatenated."""
     rows = np.flatnonzero(changed)
     if rows.size == 0:
         return PassResult(None, recomputed, np.zeros(0, np.int64))
@@ -203,8 +224,8 @@ def run_pass(
     lo_r = lo[rows] // item * item  # whole elements, so typed reads of a delta make sense
     hi_r = -(-hi[rows] // item) * item
     lengths = hi_r - lo_r
-    payload = np.empty(int(lengths.sum()), np.uint8)
-    pk.gather_ranges(stage8, plan.stage_off[rows] + lo_r, lengths, payload)
+    payload = gather(plan.stage_off[rows] + lo_r, lengths)
+    n = len(plan)
     pstarts = np.zeros(rows.size, np.int64)
     np.cumsum(lengths[:-1], out=pstarts[1:])
     head = '{"cause_lsn":' + str(int(cause_lsn))

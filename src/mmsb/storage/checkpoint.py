@@ -8,6 +8,12 @@ File ``ckpt/<lsn, 20 digits>.ckpt``::
     sections: slot <i8 | size <i8 | epoch <i8 | dtype u1 | loc u1 | live u1 (one entry per
             page id below next_page_id) | metadata JSON | arena bytes [0, end)
 
+Device pages (:mod:`mmsb.storage.devicepages`) are written as an all-host bus holds them:
+their bytes at their host slots of the arena section (checkpoints) or of the arena file
+(the clean-shutdown file: they are copied there first), so files do not depend on where
+the pages were, and a state loaded from one keeps every page in host memory until the
+writer moves device pages to the device again.
+
 Written to a temporary name, fsynced, renamed, then the directory is fsynced: a reader sees
 either the old set of checkpoints or the new one, never a half-written file. The same format
 without the arena section is the clean-shutdown file ``state.clean``. A failed write, fsync
@@ -139,8 +145,16 @@ def write_state(
         if table:
             text = json.dumps({str(k): v for k, v in sorted(table.items())})
             parts.append((sname, np.frombuffer(text.encode(), np.uint8)))
-    if with_arena:
-        parts.append(("arena", state.arena.buf[: state.end]))
+    dev = state.dev
+    if with_arena:  # device pages' bytes at their host slots: the image an all-host bus has
+        parts.append(
+            ("arena", state.arena.buf[: state.end] if dev is None else dev.image(state.end))
+        )
+    elif dev is not None and dev.count:
+        # device memory goes with the process: the arena file must hold the bytes now
+        dev.write_back()
+        if sync:
+            state.arena.flush()
     extra: dict[str, Any] = {}
     if not with_arena:
         # lets the next open prove the arena file is the one this state describes: in full

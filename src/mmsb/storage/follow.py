@@ -35,6 +35,7 @@ import numpy.typing as npt
 from mmsb.errors import InvalidArgumentError, MMSBError
 from mmsb.storage import layout
 from mmsb.storage.arena import MemoryArena, ReadOnlyArena
+from mmsb.storage.devicepages import hide
 from mmsb.storage.lock import writer_active
 from mmsb.storage.log import Frame
 from mmsb.storage.logtail import LogTail, Resync, apply_table_only, replay_to
@@ -61,6 +62,7 @@ class FollowState(State):
         out = cls.__new__(cls)
         out.__dict__.update(state.__dict__)
         out.follower = follower
+        hide(out)  # device pages' bytes are not in the writer's arena file: reads raise
         return out
 
     def read(self, page_id: int) -> Any:

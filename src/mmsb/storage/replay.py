@@ -28,7 +28,8 @@ def state_at(directory: str, lsn: int) -> tuple[State, int]:
 def copy_state(src: State) -> State:
     """A deep copy of ``src`` into process memory (arena trimmed to the used end)."""
     arena = MemoryArena(max(src.end, 1))
-    arena.buf[: src.end] = src.arena.buf[: src.end]
+    # device pages' bytes at their host slots (src.dev: mmsb.storage.devicepages)
+    arena.buf[: src.end] = src.arena.buf[: src.end] if src.dev is None else src.dev.image(src.end)
     st = State(arena, capacity=max(src.next_page_id, 1024))
     n = src.next_page_id
     for name in ("slot", "size", "epoch", "dtype", "loc", "live"):

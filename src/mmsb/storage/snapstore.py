@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.engine import atomics, kernels
+from mmsb.engine import atomics
 from mmsb.errors import CorruptStateError, MMSBError, SnapshotTooOldError, storage_error
 from mmsb.storage import layout
 from mmsb.storage.state import State
@@ -224,7 +224,7 @@ class SnapWriter:
             total = int(n.sum())
             pos = self._room(total, commit, len(chunk))
             o = pos % m.data_bytes
-            kernels.gather_slots(state.arena.buf, state.slot[chunk], n, m.data[o : o + total])
+            state.gather_into(chunk, n, m.data[o : o + total])  # device pages too
             starts = np.zeros(len(chunk), np.int64)
             np.cumsum(n[:-1], out=starts[1:])
             self._publish(chunk, commit, state.epoch[chunk], pos + starts, n, 0, deleted)
@@ -265,8 +265,7 @@ class SnapWriter:
             return
         pos = self._room(need, commit)
         o = pos % m.data_bytes
-        s = int(state.slot[pid])
-        m.data[o : o + n] = state.arena.buf[s : s + n]
+        state.gather_into(np.array([pid]), np.array([n]), m.data[o : o + n])
         if mb:
             m.data[o + n : o + need] = np.frombuffer(mb, np.uint8)
         self._publish(np.array([pid]), commit, state.epoch[pid : pid + 1], np.array([pos]),

@@ -1,16 +1,16 @@
 """The page table, the slot allocator and the apply path over an arena.
 
 :class:`State` is the in-memory truth of a bus at one LSN: a columnar page table indexed by
-page id (no Python object per page), the free space of the arena, and the arena itself.
-It knows nothing about logs: the bus validates, logs, then calls :meth:`State.apply`;
-recovery and snapshots replay log frames through the same methods.
+page id (no Python object per page), the free space of the arena, the arena itself, and
+(``dev``) where device pages' bytes are. It knows nothing about logs: the bus validates,
+logs, then calls :meth:`State.apply`; recovery and snapshots replay through the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,8 @@ from mmsb.types import (
     record_dtype,
 )
 
+if TYPE_CHECKING:
+    from mmsb.storage.devicepages import DevicePages
 I64 = npt.NDArray[np.int64]
 _DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)  # by code; "uint8" is code 0
 assert _DTYPES[0] == np.uint8
@@ -75,6 +77,7 @@ class State:
         self.end = 0
         self.gap_start = np.zeros(0, np.int64)
         self.gap_len = np.zeros(0, np.int64)
+        self.dev: DevicePages | None = None  # None: all bytes in the arena (devicepages)
 
     # -- page table ---------------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class State:
             pid = self.require(page_id)
         s = int(self.slot[pid])
         self.last_access[pid] = self.access_now
+        if self.dev is not None and self.loc[pid]:
+            return self.typed(pid, self.dev.read(pid))
         return self.typed(pid, self.arena.buf[s : s + int(self.size[pid])].copy())
 
     def read_many(self, page_ids: Any) -> npt.NDArray[Any]:
@@ -223,11 +228,13 @@ class State:
             raise InvalidArgumentError("read_many needs pages of one size and dtype")
         self.last_access[ids] = self.access_now
         out = np.empty(ids.size * size, np.uint8)
-        kernels.gather_slots(self.arena.buf, self.slot[ids], sizes, out)
+        self.gather_into(ids, sizes, out)
         return self.typed(int(ids[0]), out.reshape(ids.size, size))
 
     def raw(self, page_id: int) -> npt.NDArray[np.uint8]:
-        """A view (no copy) of the page's bytes; valid only until the arena next grows."""
+        """A view (no copy; a copy of a device page) valid until the arena next grows."""
+        if self.dev is not None and self.loc[page_id]:
+            return self.dev.read(page_id)
         s, n = int(self.slot[page_id]), int(self.size[page_id])
         return self.arena.buf[s : s + n]
 
@@ -271,6 +278,8 @@ class State:
         self.last_access[ids] = self.access_now
         self.seen_epoch[ids] = 0
         self.layout_version += 1
+        if self.dev is not None:
+            self.dev.created(first, n, int(aligned(size)), loc)
         if meta is not None:
             for pid in range(first, first + n):
                 self.metadata[pid] = meta
@@ -320,6 +329,8 @@ class State:
         lengths = aligned(self.size[ids]).astype(np.int64)
         starts = self.slot[ids]
         kernels.fill_slots(self.arena.buf, starts, lengths, np.uint8(0))
+        if self.dev is not None:
+            self.dev.deleted(ids)
         self.live[ids] = False
         self.layout_version += 1
         self.edges.drop_pages(ids)
@@ -402,7 +413,9 @@ class State:
         return moves[:, :count]
 
     def move_bytes(self, moves: I64) -> None:
-        """Move the bytes of pages relocated by :meth:`plan_relayout`, in order."""
+        """Move relocated pages' bytes, in order (device pages' stay at their device slots)."""
+        if self.dev is not None:
+            moves = self.dev.host_moves(moves)
         gc_kernels.move_bytes(self.arena.buf, moves[1], moves[2], self.size[moves[0]])
 
     def undo_relayout(self, moves: I64) -> None:
@@ -437,6 +450,8 @@ class State:
 
     def apply(self, batch: DeltaBatch) -> None:
         """Write a validated batch into the arena, in row order."""
+        if self.dev is not None:
+            return self.dev.apply_batch(batch)
         kernels.apply_rows(
             self.arena.buf, self.slot, batch.page_ids, batch.offsets, batch.lengths,
             batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask,
@@ -474,5 +489,12 @@ class State:
         """The bytes of the given pages, concatenated in the given order."""
         lengths = self.size[ids]
         out = np.empty(int(lengths.sum()), np.uint8)
-        kernels.gather_slots(self.arena.buf, self.slot[ids], lengths, out)
+        self.gather_into(ids, lengths, out)
         return out
+
+    def gather_into(self, ids: I64, lengths: I64, out: Any, offsets: I64 | None = None) -> None:
+        """Bytes ``[offsets, offsets + lengths)`` of pages ``ids`` (0: page starts), joined."""
+        if self.dev is not None:
+            return self.dev.gather(ids, offsets, lengths, out)
+        starts = self.slot[ids] if offsets is None else self.slot[ids] + offsets
+        kernels.gather_slots(self.arena.buf, starts, lengths, out)

@@ -286,7 +286,12 @@ def _apply_chunks(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
 
 def apply(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
     """Write a prepared batch into the arena (one thread, or one chunk of pages at a time
-    per thread)."""
+    per thread). A batch with rows on device pages goes to
+    :meth:`mmsb.storage.devicepages.DevicePages.apply` (host rows by the host kernel,
+    device rows by the device kernels, on one thread)."""
+    if state.dev is not None and state.dev.device_rows(batch.page_ids):
+        state.dev.apply_batch(batch)
+        return
     if prepared.shares > 1:
         _apply_chunks(state, batch, prepared)
         return

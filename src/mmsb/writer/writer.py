@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mmsb import device
 from mmsb.batch import DeltaBatch
 from mmsb.delta import Delta, as_payload, check_offset, check_source, payload_dtype_name
 from mmsb.engine import checksum, kernels
 from mmsb.engine.driver import check_workers
 from mmsb.errors import DeviceUnavailableError, InvalidArgumentError, InvalidDeltaError
-from mmsb.storage import codec
+from mmsb.storage import codec, devicepages
 from mmsb.storage.codec import BATCH, CREATE, DELETE, META, NAME
 from mmsb.storage.rowcheck import check_page_shape
 from mmsb.storage.state import State
@@ -37,17 +38,44 @@ from mmsb.writer.committer import Committer
 
 
 def device_available() -> bool:
-    """Whether a device backend for ``gpu``/``unified`` pages is present (none is built in)."""
-    return False
+    """Whether a device backend for ``gpu``/``unified`` pages is present (numba-cuda with
+    an NVIDIA GPU, or its simulator while ``NUMBA_ENABLE_CUDASIM=1``)."""
+    return device.available()
 
 
 class Writer:
-    """Creates and deletes pages and commits deltas on one state through one committer."""
+    """Creates and deletes pages and commits deltas on one state through one committer.
+
+    With a device backend, the bytes of ``gpu`` and ``unified`` pages live in device memory
+    (:mod:`mmsb.storage.devicepages`): a state that holds such pages when the writer opens
+    moves them there at once, and one that has none gets its device arenas with its first
+    device page. Without a backend they stay in host memory (``cpu_fallback``).
+    """
 
     def __init__(self, state: State, committer: Committer, *, cpu_fallback: bool) -> None:
         self.state = state
         self.committer = committer
         self.cpu_fallback = cpu_fallback
+        if devicepages.device_pages(state).size and device_available():
+            devicepages.attach(state)
+
+    def _device(self, location: str) -> devicepages.DevicePages | None:
+        """The state's device pages for a new ``location`` page (attached on first use);
+        None under ``cpu_fallback`` without a device; else ``DeviceUnavailableError``."""
+        dev = self.state.dev
+        if dev is not None and not dev.remote:
+            return dev
+        try:
+            device.backend()
+        except DeviceUnavailableError as exc:
+            if self.cpu_fallback:
+                return None
+            raise DeviceUnavailableError(
+                f"location {location!r} needs a device backend and none is available ({exc}); "
+                f"install one with {device.INSTALL}, or open the bus with cpu_fallback=True "
+                "to keep such pages in host memory"
+            ) from exc
+        return devicepages.attach(self.state)
 
     # -- pages ------------------------------------------------------------------------------
 
@@ -90,11 +118,7 @@ class Writer:
         code = 0 if record is not None else dtype_code(dtype)
         name_list = _check_names(state, names, int(n))
         loc = location_code(location)
-        if loc != 0 and not device_available() and not self.cpu_fallback:
-            raise DeviceUnavailableError(
-                f"location {location!r} needs a device backend and none is available; open "
-                "the bus with cpu_fallback=True to keep such pages in host memory"
-            )
+        dev = self._device(location) if loc != 0 else None
         meta = encode_metadata(metadata, "page")
         check_page_shape(int(n), size, code)
         n, size = int(n), int(size)
@@ -108,6 +132,8 @@ class Writer:
         # make room first: growing the arena can fail (disk full, a pinned mapping), and it
         # must fail before the frame is logged, never after
         state.arena.ensure(state.end + n * ((size + 7) // 8 * 8))
+        if dev is not None:
+            dev.reserve(loc, n, size)
         ids = np.arange(first, first + n, dtype=np.int64)
         self.committer.commit(
             CREATE,
@@ -212,8 +238,11 @@ class Writer:
 
         def apply() -> None:
             state.epoch[pid] = epoch
-            start = int(state.slot[pid]) + off
-            state.arena.buf[start : start + n] = payload
+            if state.dev is not None and state.loc[pid]:
+                state.dev.write(pid, off, payload)
+            else:
+                start = int(state.slot[pid]) + off
+                state.arena.buf[start : start + n] = payload
             state.next_delta_id = first + 1
 
         self.committer.commit(BATCH, pieces, apply, pages=np.array([pid], np.int64),
@@ -344,12 +373,19 @@ class Writer:
         prepared = stages.prepare(state, batch, 1, first)  # checks; stages the epochs
         lengths = batch.lengths
         old = np.empty(int(lengths.sum()), np.uint8)
-        kernels.gather_slots(state.arena.buf, state.slot[batch.page_ids] + batch.offsets,
-                             lengths, old)  # fmt: skip
+        dev = state.dev  # device pages: gathers and applies go where each page's bytes are
+        if dev is None:
+            kernels.gather_slots(state.arena.buf, state.slot[batch.page_ids] + batch.offsets,
+                                 lengths, old)  # fmt: skip
+        else:
+            dev.gather(batch.page_ids, batch.offsets, lengths, old)
         rows = (batch.page_ids, batch.offsets, lengths, np.zeros(n_in, np.uint8),
                 _starts(lengths), np.zeros(n_in, np.int64), old, np.zeros(0, np.uint8))  # fmt: skip
 
         def restore() -> None:  # every row's old bytes were taken before any row applied
+            if dev is not None:
+                dev.apply(rows, 0, n_in)
+                return
             kernels.apply_rows_in(np.zeros(0, np.int64), 0, n_in, False, state.arena.buf,
                                   state.slot, *rows)  # fmt: skip
 
@@ -379,7 +415,9 @@ class Writer:
         n = len(total)
 
         def apply() -> None:  # the input rows are in the arena already
-            if n > n_in:
+            if n > n_in and dev is not None:
+                dev.apply(devicepages.columns(total), n_in, n)
+            elif n > n_in:
                 kernels.apply_rows_in(
                     prepared.order, n_in, n, False, state.arena.buf, state.slot,
                     total.page_ids, total.offsets, total.lengths, total.kinds, total.pstarts,
