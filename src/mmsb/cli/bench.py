@@ -11,40 +11,14 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmsb.benchmarks import agents, compare, engine, logvolume, memory, peers, snapshots
 from mmsb.benchmarks.common import Result
+from mmsb.cli import progress
 from mmsb.cli.output import console
-
-Sink = Callable[[str, int, int], None]
-
-
-@contextmanager
-def _bars(enabled: bool) -> Iterator[Sink]:
-    if not enabled:
-        yield lambda what, done, total: None
-        return
-    bars = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-    )  # fmt: skip
-    tasks: dict[str, Any] = {}
-
-    def sink(what: str, done: int, total: int) -> None:
-        if what not in tasks:
-            tasks[what] = bars.add_task(what, total=total)
-        bars.update(tasks[what], completed=done, total=total)
-
-    with bars:
-        yield sink
 
 
 def scaled_note(scale: float) -> str | None:
@@ -81,7 +55,7 @@ def _versus(f: compare.Figure) -> str:
 def _compare(scale: float, json_path: str | None) -> None:
     """Run :func:`mmsb.benchmarks.compare.run`; print its table, goal lines and skips."""
     try:
-        with _bars(sys.stderr.isatty()) as sink:
+        with progress.bars(sys.stderr.isatty()) as sink:
             rep = compare.run(scale, progress=sink)
     except peers.MismatchError as e:
         raise click.ClickException(f"comparison check failed: {e}") from e
@@ -120,7 +94,7 @@ def _cluster(scale: float, json_path: str | None) -> None:
     from mmsb.errors import ClusterError
 
     try:
-        with _bars(sys.stderr.isatty()) as sink:
+        with progress.bars(sys.stderr.isatty()) as sink:
             results, model = cluster_bench.run(scale, progress=sink)
     except ClusterError as e:
         raise click.ClickException(str(e)) from e
@@ -178,7 +152,7 @@ def bench(
         return
     results: list[Result] = []
     detailed: list[Result] = []
-    with _bars(sys.stderr.isatty()) as sink:
+    with progress.bars(sys.stderr.isatty()) as sink:
         if suite in ("all", "engine"):
             for label, fn in engine.scenarios(scale):
                 results.append(fn(progress=lambda d, t, label=label: sink(label, d, t)))

@@ -7,16 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from mmsb.cli import progress
 from mmsb.cli.output import EXIT_FAILED, CommandError
 from mmsb.validation import (
     TargetResult,
@@ -33,27 +25,11 @@ from mmsb.validation.workload import Progress as ProgressSink
 
 @contextmanager
 def _progress_bars(enabled: bool) -> Iterator[ProgressSink | None]:
-    """A progress sink drawing rich bars on stderr (only on a terminal)."""
+    """A progress sink drawing rich bars on stderr (only on a terminal), else None."""
     if not enabled:
         yield None
         return
-    bars = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def sink(what: str, done: int, total: int) -> None:
-        task = tasks.get(what)
-        if task is None:
-            task = tasks[what] = bars.add_task(what, total=total)
-        bars.update(task, completed=done, total=total)
-
-    with bars:
+    with progress.bars(True) as sink:
         yield sink
 
 

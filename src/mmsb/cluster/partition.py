@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
-from mmsb.delta import format_rows
 from mmsb.engine import kernels
 from mmsb.errors import InvalidArgumentError, InvalidDeltaError, PageNotFoundError
+from mmsb.storage import rowcheck
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, MAX_PAGE_SIZE, dtype_code
 
 I64 = npt.NDArray[np.int64]
@@ -103,6 +103,7 @@ class PageTable:
     def __init__(self, sizes: I64, dtypes: npt.NDArray[np.uint8]) -> None:
         self.size = np.asarray(sizes, np.int64)
         self.dtype = np.asarray(dtypes, np.uint8)
+        self.live = np.arange(self.size.size) > 0  # what rowcheck reads: every page but 0
 
     @property
     def next_page_id(self) -> int:
@@ -112,6 +113,7 @@ class PageTable:
         first = self.next_page_id
         self.size = np.concatenate([self.size, np.full(n, size, np.int64)])
         self.dtype = np.concatenate([self.dtype, np.full(n, code, np.uint8)])
+        self.live = np.concatenate([self.live, np.ones(n, bool)])
         return np.arange(first, first + n, dtype=np.int64)
 
     def require(self, ids: Any) -> I64:
@@ -152,39 +154,4 @@ class PageTable:
         problem = batch.structure_problem()
         if problem is not None:
             raise InvalidDeltaError(problem)
-        pids = batch.page_ids
-        known = (pids > 0) & (pids < self.next_page_id)
-        if not known.all():
-            bad = np.flatnonzero(~known)
-            shown = sorted({int(p) for p in pids[bad[:10]]})
-            raise PageNotFoundError(
-                f"batch rows {format_rows(bad)} target unknown pages {shown}",
-                [int(p) for p in pids[bad[:20]]],
-            )
-        over = batch.offsets + batch.lengths > self.size[pids]
-        if over.any():
-            bad = np.flatnonzero(over)
-            r = int(bad[0])
-            raise InvalidDeltaError(
-                f"batch rows {format_rows(bad)} reach past the end of their page (row {r}: "
-                f"offset {int(batch.offsets[r])} + length {int(batch.lengths[r])} > page "
-                f"{int(pids[r])} size {int(self.size[pids[r]])})",
-                bad[:20].tolist(),
-            )
-        typed = np.flatnonzero(batch.dtypes)
-        if typed.size == 0:
-            return
-        codes = batch.dtypes[typed].astype(np.intp)
-        page_codes = self.dtype[pids[typed]].astype(np.intp)
-        span = batch.offsets[typed] | batch.lengths[typed]
-        wrong = (codes != page_codes) | ((span & (DTYPE_ITEMSIZE[codes] - 1)) != 0)
-        if wrong.any():
-            bad = typed[wrong]
-            r = int(bad[0])
-            raise InvalidDeltaError(
-                f"batch rows {format_rows(bad)} do not fit the dtype of their page (row {r}: "
-                f"payload {DTYPE_NAMES[int(batch.dtypes[r])]}, page {int(pids[r])} "
-                f"{DTYPE_NAMES[int(self.dtype[pids[r]])]}, offset {int(batch.offsets[r])}, "
-                f"length {int(batch.lengths[r])})",
-                bad[:20].tolist(),
-            )
+        rowcheck.check_rows(self, batch)  # the bus's own row checks and their words

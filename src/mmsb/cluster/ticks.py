@@ -26,7 +26,7 @@ from mmsb.batch import DeltaBatch
 from mmsb.cluster import partition as part
 from mmsb.cluster import runtime
 from mmsb.errors import CycleError, InvalidArgumentError, InvalidDeltaError, PropagationError
-from mmsb.graph.propagate import check_page_id, check_parents, describe
+from mmsb.graph.propagate import check_page_id, check_parents, check_weights, describe
 from mmsb.semiring import Semiring
 from mmsb.types import DTYPE_NAMES
 
@@ -149,12 +149,7 @@ def make_derivation(
     for p in pids:
         if table.size[p] != table.size[c] or table.dtype[p] != table.dtype[c]:
             raise InvalidArgumentError(f"semiring parent {p} and child {c} differ in size or dtype")
-    w: tuple[float, ...] | None = None
-    if weights is not None:
-        arr = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if arr.size != len(pids):
-            raise InvalidArgumentError(f"{len(pids)} parents but {arr.size} weights")
-        w = tuple(float(x) for x in arr.tolist())
+    w = check_weights(weights, len(pids))
     return Derivation(c, pids, describe(None, semiring, name), semiring=semiring, weights=w)
 
 

@@ -362,6 +362,16 @@ def check_page_id(page: Any, what: str) -> int:
     return int(page)
 
 
+def check_weights(weights: Any, parents: int) -> tuple[float, ...] | None:
+    """A semiring derivation's weights as a tuple of floats, one per parent (None: none)."""
+    if weights is None:
+        return None
+    arr = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if arr.size != parents:
+        raise InvalidArgumentError(f"{parents} parents but {arr.size} weights")
+    return tuple(float(x) for x in arr.tolist())
+
+
 def check_parents(parents: Sequence[int]) -> tuple[int, ...]:
     try:
         items = list(parents)

@@ -27,6 +27,7 @@ from mmsb.graph.propagate import (
     Plan,
     check_page_id,
     check_parents,
+    check_weights,
     describe,
     run_pass,
 )
@@ -145,12 +146,7 @@ class Propagator:
             raise InvalidArgumentError(f"expected a Semiring, got {type(semiring).__name__}")
         child, parents = self._ids(child, parents)
         pids = check_parents(parents)
-        w: tuple[float, ...] | None = None
-        if weights is not None:
-            arr = np.asarray(weights, dtype=np.float64).reshape(-1)
-            if arr.size != len(pids):
-                raise InvalidArgumentError(f"{len(pids)} parents but {arr.size} weights")
-            w = tuple(float(x) for x in arr.tolist())
+        w = check_weights(weights, len(pids))
         state = self._state_of()
         c = state.require(child)
         if state.records and any(p in state.records for p in (c, *pids)):
