@@ -16,6 +16,7 @@ fsync of the log it closes the bus as after a crash instead and raises
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
@@ -211,8 +212,10 @@ class AfterOpen:
         self.error: CorruptLogError | None = None
         self.done = threading.Event()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="mmsb-after-open", daemon=True)
-        self._thread.start()
+        # a bare thread: threading.Thread.start() waits for the new thread to say it began,
+        # forever if its start-up cannot allocate (seen under injected mmap failures); this
+        # check is best effort, so the open never waits on it
+        _thread.start_new_thread(self._run, ())
 
     def _run(self) -> None:
         try:
