@@ -21,6 +21,15 @@ from mmsb.cli import progress
 from mmsb.cli.output import console
 
 
+def _results_table(title: str, results: list[Result], note: str | None) -> Table:
+    table = Table(title=_tagged(title, note))
+    for col in ("benchmark", "result", "conditions"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, _value(r), _conditions(r, note))
+    return table
+
+
 def scaled_note(scale: float) -> str | None:
     """What every figure of a run at ``scale`` carries: None for a full-size run (1.0)."""
     if scale == 1.0:
@@ -99,13 +108,8 @@ def _cluster(scale: float, json_path: str | None) -> None:
     except ClusterError as e:
         raise click.ClickException(str(e)) from e
     note = scaled_note(scale)
-    table = Table(title=_tagged("mmsb bench --cluster", note))
-    for col in ("benchmark", "result", "conditions"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(r.name, _value(r), _conditions(r, note))
     out = console()
-    out.print(table)
+    out.print(_results_table("mmsb bench --cluster", results, note))
     for line in model:
         out.print(_tagged(line, note))
     if json_path:
@@ -177,11 +181,7 @@ def bench(
                 results.extend(got)
                 detailed.append(got[0])  # the pairs behind the medians
     note = scaled_note(scale)
-    table = Table(title=_tagged("mmsb bench", note))
-    for col in ("benchmark", "result", "conditions"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(r.name, _value(r), _conditions(r, note))
+    table = _results_table("mmsb bench", results, note)
     summary = engine.summarize(results)
     for k, v in summary.items():
         table.add_row(k, f"{v:.2f}", _tagged("ratio of the measured figures above", note))

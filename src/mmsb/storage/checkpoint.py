@@ -281,6 +281,37 @@ def read_header(f: BinaryIO, path: str) -> tuple[CheckpointHeader, int]:
     return header, _PRE.size + hlen
 
 
+class Sections:
+    """Bounds- and CRC-checked access to the sections of an open checkpoint file."""
+
+    def __init__(
+        self, f: BinaryIO, header: CheckpointHeader, base: int, file_size: int, name: str
+    ) -> None:
+        self.f, self.header, self.base, self.size, self.name = f, header, base, file_size, name
+
+    def locate(self, sname: str) -> tuple[int, int, int]:
+        """(file offset, length, CRC) of section ``sname``, checked to lie in the file."""
+        if sname not in self.header.sections:
+            raise CorruptCheckpointError(f"checkpoint {self.name} lacks section {sname!r}")
+        off, length, crc = self.header.sections[sname]
+        if off < 0 or length < 0 or self.base + off + length > self.size:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.name} section {sname!r} lies outside the file"
+            )
+        return self.base + off, length, crc
+
+    def read(self, sname: str) -> bytes:
+        """The bytes of section ``sname``, checked against its CRC."""
+        off, length, crc = self.locate(sname)
+        self.f.seek(off)
+        data = self.f.read(length)
+        if len(data) != length or crc32(data) != crc:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.name} section {sname!r} fails its checksum"
+            )
+        return data
+
+
 def load_state(
     path: str, arena: Arena, *, with_arena: bool = True, lazy: bool = False
 ) -> tuple[State, int, int]:
@@ -302,25 +333,8 @@ def load_state(
         header, base = read_header(f, path)
         n = header.next_page_id
 
-        def section(sname: str) -> tuple[int, int, int]:
-            if sname not in header.sections:
-                raise CorruptCheckpointError(f"checkpoint {name} lacks section {sname!r}")
-            off, length, crc = header.sections[sname]
-            if off < 0 or length < 0 or base + off + length > file_size:
-                raise CorruptCheckpointError(
-                    f"checkpoint {name} section {sname!r} lies outside the file"
-                )
-            return base + off, length, crc
-
-        def read_section(sname: str) -> bytes:
-            off, length, crc = section(sname)
-            f.seek(off)
-            data = f.read(length)
-            if len(data) != length or crc32(data) != crc:
-                raise CorruptCheckpointError(
-                    f"checkpoint {name} section {sname!r} fails its checksum"
-                )
-            return data
+        sections = Sections(f, header, base, file_size, name)
+        section, read_section = sections.locate, sections.read
 
         cols: dict[str, npt.NDArray[Any]] = {}
         for cname, dt in _COLUMNS:

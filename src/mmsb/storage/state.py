@@ -24,13 +24,7 @@ from mmsb.storage.edges import EdgeTable
 from mmsb.storage.rowcheck import ALIGN as ALIGN  # re-exported
 from mmsb.storage.rowcheck import aligned as aligned  # re-exported
 from mmsb.storage.rowcheck import check_page_shape
-from mmsb.types import (
-    DTYPE_NAMES,
-    LOCATIONS,
-    PageInfo,
-    check_name,
-    record_dtype,
-)
+from mmsb.types import DTYPE_NAMES, LOCATIONS, PageInfo, check_name, record_dtype
 
 if TYPE_CHECKING:
     from mmsb.storage.devicepages import DevicePages
@@ -197,7 +191,11 @@ class State:
         self.last_access[pid] = self.access_now
         if self.dev is not None and self.loc[pid]:
             return self.typed(pid, self.dev.read(pid))
-        return self.typed(pid, self.arena.buf[s : s + int(self.size[pid])].copy())
+        out = self.arena.buf[s : s + int(self.size[pid])].copy()
+        if self.records:  # record pages exist: the general view (a read's hot path skips it)
+            return self.typed(pid, out)
+        code = int(self.dtype[pid])
+        return out if code == 0 else out.view(_DTYPES[code])
 
     def read_many(self, page_ids: Any) -> npt.NDArray[Any]:
         """Copies of several pages of one size and dtype as one 2-D array (a row each, in

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsb.engine.crc import crc32
 from mmsb.errors import MMSBError
 from mmsb.storage import layout
-from mmsb.storage.checkpoint import read_header
+from mmsb.storage.checkpoint import Sections, read_header
 from mmsb.storage.log import frame_ends_log
 
 
@@ -49,17 +48,10 @@ def clean_table(directory: str) -> CleanTable | None:
             ):
                 return None
 
+            sections = Sections(f, header, base, size, path)
+
             def section(name: str) -> bytes | None:
-                if name not in header.sections:
-                    return None
-                off, length, crc = header.sections[name]
-                if off < 0 or length < 0 or base + off + length > size:
-                    raise ValueError(f"section {name} lies outside the file")
-                f.seek(base + off)
-                data = f.read(length)
-                if len(data) != length or crc32(data) != crc:
-                    raise ValueError(f"section {name} fails its checksum")
-                return data
+                return sections.read(name) if name in header.sections else None
 
             n = header.next_page_id
             cols = {c: section(c) for c in ("size", "dtype", "live")}
