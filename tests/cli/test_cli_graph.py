@@ -44,7 +44,7 @@ def test_provenance_command(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     root = json.loads(res.stdout)["root"]
     assert root["page_id"] == c and root["record"]["source"] == "propagation"
-    assert root["record"]["metadata"]["parents"] == [b]
+    assert root["record"]["metadata"]["derive"] == "SUM_PRODUCT"
     (pb,) = root["parents"]
     assert pb["page_id"] == b and pb["parents"][0]["page_id"] == a
     assert pb["parents"][0]["record"]["source"] == "api"

@@ -512,3 +512,29 @@ def test_readonly_bus_follows_graph_changes(tmp_path: Path) -> None:
             assert edge_set(reader.graph) == {(a, c, "gpu")}
             with pytest.raises(mmsb.ReadOnlyError):
                 reader.graph.add_edge(a, c)
+
+
+def test_edge_table_copy_is_independent_and_equal() -> None:
+    """``copy`` copies the structures as they are; it must equal a rebuild edge by edge
+    (the oracle) and share nothing with the original."""
+    rng = np.random.default_rng(3)
+    table = EdgeTable()
+    for _ in range(300):
+        p, c = sorted(rng.choice(np.arange(1, 60), 2, replace=False).tolist())
+        table.add(p, c, int(rng.integers(0, 4)))
+    for _ in range(40):
+        p, c, k = (int(x) for x in table.columns()[0][:1].tolist() + table.columns()[1][:1].tolist()
+                   + table.columns()[2][:1].tolist())  # fmt: skip
+        table.remove(p, c, k)
+    dup = table.copy()
+    rebuilt = EdgeTable()
+    rebuilt.load(*table.sorted_rows())
+    assert dup.encode() == table.encode() == rebuilt.encode()
+    assert dup.children == rebuilt.children and dup.parents == rebuilt.parents
+    assert dup.find_cycle(59, 1) == table.find_cycle(59, 1)
+    dup.add(1, 59, 0)
+    dup.remove(*[int(x) for x in (table.columns()[0][0], table.columns()[1][0],
+                                  table.columns()[2][0])])  # fmt: skip
+    assert table.encode() == rebuilt.encode()  # the original did not move
+    assert table.children == rebuilt.children and table.parents == rebuilt.parents
+    assert not table.has(1, 59, 0) or rebuilt.has(1, 59, 0)

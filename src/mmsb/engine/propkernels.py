@@ -60,6 +60,17 @@ def _fold(
     """out[o+e0 : o+e1] = ⊕_k (ws[k] ⊗ parent_k[e0:e1]). A parent recomputed this pass is
     read from its staging slot inside the elements it computed, [slos, shis), and from the
     arena elsewhere: up to three contiguous segments per parent."""
+    if code == 4:  # SUM_PRODUCT with every parent in the arena: one sum per element, kept
+        staged = False  # in a register; the same additions in the same order as below
+        for k in range(k0, k1):
+            staged = staged or fs[k]
+        if not staged:
+            for j in range(e0, e1):
+                acc = zero
+                for k in range(k0, k1):
+                    acc = acc + ws[k] * arena[a0s[k] + j]
+                out[o + j] = acc
+            return
     for j in range(e0, e1):
         out[o + j] = zero
     for k in range(k0, k1):

@@ -96,7 +96,11 @@ class Plan:
         ppage: list[int] = []
         pnode: list[int] = []
         weights: list[float] = []
+        # the metadata of a node's delta names its derivation (its parents are the graph's:
+        # mmsb.history.lineage): one string per derivation name, shared by its rows
         self.meta_parts: list[str] = []
+        self.meta_of = np.empty(n, np.int32)
+        parts: dict[str, int] = {}
         for i, d in enumerate(self.derivations):
             dtype = DTYPE_NAMES[int(state.dtype[d.child])]
             sr = d.semiring
@@ -111,14 +115,12 @@ class Plan:
                 (float(sr.one) if sr is not None else 1.0),) * len(d.parents)  # fmt: skip
             weights.extend(float(w) for w in ws)
             self.pptr[i + 1] = len(ppage)
-            self.meta_parts.append(
-                ","
-                + json.dumps(
-                    {"derive": d.name, "parents": list(d.parents)},
-                    separators=(",", ":"),
-                    sort_keys=True,
-                )[1:]
-            )
+            name_k = parts.setdefault(d.name, len(parts))
+            if name_k == len(self.meta_parts):
+                self.meta_parts.append(
+                    "," + json.dumps({"derive": d.name}, separators=(",", ":"))[1:]
+                )
+            self.meta_of[i] = name_k
         self.ppage = np.array(ppage, np.int64)
         self.pnode = np.array(pnode, np.int64)
         self.w64 = np.array(weights, np.float64)
@@ -225,17 +227,19 @@ def pass_result(
     hi_r = -(-hi[rows] // item) * item
     lengths = hi_r - lo_r
     payload = gather(plan.stage_off[rows] + lo_r, lengths)
-    n = len(plan)
     pstarts = np.zeros(rows.size, np.int64)
     np.cumsum(lengths[:-1], out=pstarts[1:])
     head = '{"cause_lsn":' + str(int(cause_lsn))
-    parts = plan.meta_parts if rows.size == n else [plan.meta_parts[i] for i in rows.tolist()]
-    metas = tuple(map(head.__add__, parts))
+    if len(plan.meta_parts) == 1:
+        names, meta_idx = np.zeros(1, np.int64), np.zeros(rows.size, np.int32)
+    else:
+        names, inverse = np.unique(plan.meta_of[rows], return_inverse=True)
+        meta_idx = inverse.astype(np.int32).reshape(-1)
+    metas = tuple(head + plan.meta_parts[k] for k in names.tolist())
     batch = DeltaBatch(
         pages, lo_r, lengths, np.zeros(rows.size, np.uint8), pstarts, lengths.copy(),
         np.full(rows.size, -1, np.int64), payload, np.zeros(0, np.uint8),
-        np.zeros(rows.size, np.uint16), ("propagation",), np.arange(rows.size, dtype=np.int32),
-        metas,
+        np.zeros(rows.size, np.uint16), ("propagation",), meta_idx, metas,
     )  # fmt: skip
     return PassResult(batch, recomputed, pages)
 

@@ -68,7 +68,7 @@ class History:
                 meta = int(change.pages[0])
             self._index.add(change.lsn, change.timestamp, change.segment, change.offset,
                             change.first_delta_id, pages, meta,
-                            change.ftype == NAME)  # fmt: skip
+                            change.ftype == NAME, change.ftype)  # fmt: skip
         if self._prov is not None and change.pages is not None:
             self._prov.invalidate(change.pages)
 

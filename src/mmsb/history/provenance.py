@@ -2,7 +2,9 @@
 
 Resolution uses the history index (page -> delta ids, delta id -> frame), never a log scan:
 each step is a binary search plus one decoded frame (decoded frames are cached). For a
-derived page, the delta's metadata names the parents; each parent's step is the last delta
+derived page, the parents are its data parents at the delta's commit
+(:mod:`mmsb.history.lineage`; deltas of older logs name them in their metadata); each
+parent's step is the last delta
 that wrote that parent *before* the derived delta (by delta id), which is exactly the value
 the derivation read, whether the parent was an input committed earlier or a derived page
 recomputed earlier in the same propagation commit.
@@ -174,14 +176,20 @@ class ProvenanceIndex:
         if rec is None:
             segs = list_segments(self.log_dir)  # a directory listing, not a log scan
             return ProvenanceStep(page, byte, None, history_from=segs[0][0] if segs else 1)
+        if rec.source != "propagation":
+            return ProvenanceStep(page, byte, rec)
         meta = rec.metadata or {}
-        if rec.source != "propagation" or "parents" not in meta:
+        # older logs (and the cluster's shards) name the parents in the delta's metadata;
+        # otherwise they are the page's data parents at the delta's commit
+        fed = meta.get("parents")
+        if fed is None:
+            fed = index.parents_at(self.log_dir, page, rec.lsn)
+        if not fed:
             return ProvenanceStep(page, byte, rec)
         if level >= depth:
             return ProvenanceStep(page, byte, rec, (), truncated=True)
         parents = tuple(
-            self._step(index, int(p), None, rec.delta_id, depth, level + 1, counter)
-            for p in meta["parents"]
+            self._step(index, int(p), None, rec.delta_id, depth, level + 1, counter) for p in fed
         )
         return ProvenanceStep(page, byte, rec, parents)
 

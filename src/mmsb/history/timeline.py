@@ -23,9 +23,10 @@ from mmsb.errors import (
     InvalidArgumentError,
     ReadOnlyError,
 )
+from mmsb.history.lineage import Lineage, base_edges
 from mmsb.storage import codec, layout
 from mmsb.storage.checkpoint import list_checkpoints
-from mmsb.storage.codec import BATCH, META, NAME
+from mmsb.storage.codec import BATCH, DELETE, GRAPH, META, NAME
 from mmsb.storage.log import FRAME_HEADER, FRAME_HEADER_SIZE, LogReader, list_segments, payload_of
 from mmsb.storage.state import State
 from mmsb.types import DeltaRecord, PageDiff
@@ -91,6 +92,9 @@ class LogIndex:
         self._farrays: tuple[int, I64, I64] | None = None
         self._meta: dict[int, list[int]] = {}  # page id -> rows of its META and NAME frames
         self._name_rows: set[int] = set()  # the rows of NAME frames among them
+        # rows of GRAPH and DELETE frames (True: GRAPH), replayed by the lineage
+        self._graph_rows: list[tuple[int, bool]] = []
+        self._lineage: Lineage | None = None
         self.next_delta_id = 1
 
     @classmethod
@@ -114,7 +118,7 @@ class LogIndex:
         elif frame.type == NAME:
             meta_page = codec.decode_name(frame.payload).page
         self.add(frame.lsn, frame.timestamp, frame.segment, frame.offset, first, pages,
-                 meta_page, frame.type == NAME)  # fmt: skip
+                 meta_page, frame.type == NAME, frame.type)  # fmt: skip
 
     def add(
         self,
@@ -126,9 +130,12 @@ class LogIndex:
         pages: I64 | None,
         meta_page: int | None = None,
         renamed: bool = False,
+        ftype: int = 0,
     ) -> None:
-        """Index one frame; ``meta_page``: the page whose metadata a META frame (or, with
-        ``renamed``, whose name a NAME frame) set."""
+        """Index one frame of type ``ftype``; ``meta_page``: the page whose metadata a META
+        frame (or, with ``renamed``, whose name a NAME frame) set."""
+        if ftype in (GRAPH, DELETE):
+            self._graph_rows.append((len(self.f_lsn), ftype == GRAPH))
         if meta_page is not None:
             self._meta.setdefault(meta_page, []).append(len(self.f_lsn))
             if renamed:
@@ -142,6 +149,23 @@ class LogIndex:
             self.next_delta_id = first_did + pages.size
             self._pages.append(pages.copy())
             self._dids.append(np.arange(first_did, first_did + pages.size, dtype=np.int64))
+
+    def parents_at(self, log_dir: str, child: int, lsn: int) -> tuple[int, ...] | None:
+        """``child``'s data parents after commit ``lsn`` (see :mod:`mmsb.history.lineage`);
+        the graph and delete frames indexed since the last call are replayed first."""
+        lin = self._lineage
+        if lin is None:
+            first = self.f_lsn[0] if self.f_lsn else 1
+            lin = self._lineage = Lineage(base_edges(os.path.dirname(log_dir), first))
+        rows = self._graph_rows
+        for j, graph in rows[lin.rows_done :]:
+            raw = _read_frame(os.path.join(log_dir, self.f_seg[j]), self.f_off[j])
+            if graph:
+                lin.graph(self.f_lsn[j], *codec.decode_graph(raw))
+            else:
+                lin.delete(self.f_lsn[j], codec.decode_delete(raw))
+        lin.rows_done = len(rows)
+        return lin.at(child, lsn)
 
     def lsn_at_time(self, t: int) -> int:
         """The last LSN whose commit timestamp is <= ``t`` (0 if none)."""

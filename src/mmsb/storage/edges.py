@@ -151,9 +151,20 @@ class EdgeTable:
         self.__init__()  # type: ignore[misc]
 
     def copy(self) -> EdgeTable:
-        out = EdgeTable(max(64, self.count))
-        p, c, k = self.sorted_rows()
-        out.load(p, c, k)
+        """An independent copy (the columns, maps and ranks copied as they are, not rebuilt
+        edge by edge: a background checkpoint takes one on the commit path)."""
+        out = EdgeTable.__new__(EdgeTable)
+        size = max(64, self.count)
+        out._parent = self._parent[:size].copy()
+        out._child = self._child[:size].copy()
+        out._kind = self._kind[:size].copy()
+        out.count = self.count
+        out._row = self._row.copy()
+        out.children = {k: v.copy() for k, v in self.children.items()}
+        out.parents = {k: v.copy() for k, v in self.parents.items()}
+        out._rank = None if self._rank is None else self._rank.copy()
+        out._next_rank = self._next_rank
+        out.version = self.version
         return out
 
     def load(self, parents: I64, children: I64, kinds: npt.NDArray[Any]) -> None:
