@@ -80,7 +80,12 @@ def test_each_workload_gives_positive_figures_and_ratios(report: compare.Report)
     assert {("a", "numpy shm"), ("c", "numpy shm")} <= set(by)
     assert by[("a", "MMSB")].unit == "updates/s" and by[("d", "MMSB")].unit == "s"
     assert by[("a", "MMSB")].extra["batch"] == report.sizes["batch"]
-    assert len(report.goals) == 4
+    assert len(report.goals) == 5
+    many = report.goals[-1]  # a page through read_many against one through read
+    assert many.ratio == pytest.approx(by[("c", "MMSB read_many")].value / by[("c", "MMSB")].value)
+    assert by[("c", "numpy shm gather")].advantage == pytest.approx(
+        by[("c", "MMSB read_many")].value / by[("c", "numpy shm gather")].value
+    )
     for g in report.goals:
         if g.met is None:
             assert not HAVE_LMDB and "skipped" in g.text
@@ -115,7 +120,13 @@ def test_missing_lmdb_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch
     rep = compare.run(SCALE, seed=2, crash=False)
     assert "LMDB" in rep.skipped and "mmsb[compare]" in rep.skipped["LMDB"]
     assert not any(f.system == "LMDB" for f in rep.figures)
-    assert {f.system for f in rep.figures} == {"numpy shm", "MMSB", "MMSB read_many", "SQLite"}
+    assert {f.system for f in rep.figures} == {
+        "numpy shm",
+        "numpy shm gather",
+        "MMSB",
+        "MMSB read_many",
+        "SQLite",
+    }
     lmdb_goals = [g for g in rep.goals if "LMDB" in g.text]
     assert len(lmdb_goals) == 2
     assert all(g.met is None and "skipped (lmdb is not importable" in g.text for g in lmdb_goals)
@@ -133,7 +144,7 @@ def test_cli_compare_writes_json_with_the_four_workloads(tmp_path: Path) -> None
         assert w["title"].startswith(f"({k})")
         assert any(r["system"] == "MMSB" and r["value"] > 0 for r in w["rows"])
     assert doc["scale"] == 0.01 and doc["sizes"]["pages"] == 655
-    assert len(doc["goals"]) == 4
+    assert len(doc["goals"]) == 5
     assert "mmsb bench --compare" in result.stdout
     assert "(a) MMSB/SQLite = " in result.stdout
     assert "(goal ≥ 30×)" in result.stdout

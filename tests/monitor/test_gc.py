@@ -21,6 +21,7 @@ from mmsb.storage.codec import RELAYOUT, decode_relayout, encode_relayout
 from mmsb.storage.log import Frame, LogReader, list_segments
 from mmsb.storage.readers import ReaderRegistration
 from mmsb.storage.recovery import apply_frame
+from mmsb.storage.state import TOUCH_FLUSH
 from naive import Model, assert_matches
 
 
@@ -271,6 +272,32 @@ def test_recently_written_pages_are_not_cold(tmp_path: Path) -> None:
         fill(bus, ids, 4096, 5)  # written after the last look: seen as accessed now
         r = bus.gc(budget_ms=50.0, cold_after_s=10.0)
         assert r.bytes_evicted == 0 and r.pages_evicted == 0
+
+
+def test_recently_read_pages_are_not_cold(tmp_path: Path) -> None:
+    """Single reads stamp their pages lazily (state.touched); the collector must see them
+    before it judges what is cold, however many reads came since its last look."""
+    with mmsb.open(tmp_path / "b", sync="off") as bus:
+        ids = bus.create_pages(64, 4096)
+        fill(bus, ids, 4096, 6)
+        now = [0.0]
+        use_clock(bus, now)
+        bus.gc(budget_ms=50.0)
+        now[0] = 50.0
+        bus.gc(budget_ms=50.0)  # the access clock reads 51 from here on
+        first, tail = ids[:16].tolist(), ids[16:32].tolist()
+        for i in range(TOUCH_FLUSH):  # one automatic flush stamps these
+            bus.read(first[i % len(first)])
+        for p in tail:  # these wait in state.touched for the collector's flush
+            bus.read(p)
+        now[0] = 100.0  # cold: last seen before 41 (the unread pages: at the first look)
+        evicted = 0
+        for _ in range(100):
+            r = bus.gc(budget_ms=50.0, cold_after_s=60.0)
+            evicted += r.bytes_evicted
+            if r.bytes_evicted == 0 and evicted:
+                break
+        assert evicted == 32 * 4096  # the 32 unread pages, none of the read ones
 
 
 def test_segments_covered_by_a_checkpoint_are_dropped_with_auto_compact(tmp_path: Path) -> None:

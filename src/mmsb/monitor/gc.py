@@ -180,6 +180,7 @@ class Collector:
         c0 = time.thread_time_ns()
         deadline = t0 + int(budget_ms * 1e6)
         state = self.state
+        state.flush_access()  # reads so far happened under the clock as it is now
         state.access_now = 1 + int(self.clock() - self._t0)
         tally = _Tally()
         self._drop_segments(tally)

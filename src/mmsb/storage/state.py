@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mmsb.storage.devicepages import DevicePages
 I64 = npt.NDArray[np.int64]
 _DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)  # by code; "uint8" is code 0
+TOUCH_FLUSH = 4096  # single reads whose access stamps are written together
 assert _DTYPES[0] == np.uint8
 
 
@@ -57,6 +58,9 @@ class State:
         self.last_access = np.zeros(capacity, np.uint32)
         self.seen_epoch = np.zeros(capacity, np.uint32)
         self.access_now = 0  # the access clock; the bus's collector advances it
+        # ids read one at a time since the last flush_access(): a single read appends its
+        # id here instead of stamping last_access (a cache miss on a random page)
+        self.touched: list[int] = []
         # bumped by every change of slots or free space (create, delete, relayout), so a
         # compaction plan made against an older layout is known to be stale
         self.layout_version = 0
@@ -187,15 +191,25 @@ class State:
             pid = page_id
         else:
             pid = self.require(page_id)
-        s = int(self.slot[pid])
-        self.last_access[pid] = self.access_now
+        touched = self.touched
+        touched.append(pid)
+        if len(touched) >= TOUCH_FLUSH:
+            self.flush_access()
         if self.dev is not None and self.loc[pid]:
             return self.typed(pid, self.dev.read(pid))
-        out = self.arena.buf[s : s + int(self.size[pid])].copy()
+        s = self.slot.item(pid)
+        out = self.arena.buf[s : s + self.size.item(pid)].copy()
         if self.records:  # record pages exist: the general view (a read's hot path skips it)
             return self.typed(pid, out)
-        code = int(self.dtype[pid])
+        code = self.dtype.item(pid)
         return out if code == 0 else out.view(_DTYPES[code])
+
+    def flush_access(self) -> None:
+        """Stamp the pages read one at a time since the last flush with the access clock
+        (the collector flushes before it advances the clock or looks at the stamps)."""
+        if self.touched:
+            self.last_access[np.array(self.touched, np.int64)] = self.access_now
+            self.touched.clear()
 
     def read_many(self, page_ids: Any) -> npt.NDArray[Any]:
         """Copies of several pages of one size and dtype as one 2-D array (a row each, in
