@@ -25,7 +25,9 @@ from mmsb import (
     PageNotFoundError,
     ReadOnlyError,
 )
-from mmsb.storage.checkpoint import list_checkpoints
+from mmsb.storage.arena import MemoryArena
+from mmsb.storage.checkpoint import list_checkpoints, load_state
+from mmsb.writer.checkpointer import WARM_CHUNK, prefaulted
 from naive import Model, assert_matches
 
 
@@ -728,6 +730,37 @@ def test_automatic_checkpoints_are_written_in_the_background(tmp_path: Path) -> 
     with mmsb.open(path) as again:
         assert again.state_hash() == final
         assert again.at(crossing).state_hash() == image
+
+
+def test_background_images_reuse_memory_and_stay_exact(tmp_path: Path) -> None:
+    """The second automatic image is copied into the first one's memory, filled here with
+    junk first: the file it writes must still be exactly the state at its LSN."""
+    path = tmp_path / "reuse"
+    rng = np.random.default_rng(10)
+    with mmsb.open(path, checkpoint_every=32 << 10) as bus:
+        ck = bus._checkpointer
+        _batches(bus, rng, 10, until_bg=True)
+        ck.join()
+        spare = ck._spare
+        assert spare is not None
+        spare[:] = 0xAB
+        bus.create_pages(3, 512)  # the arena grows a little: the spare still fits
+        _batches(bus, rng, 10, until_bg=True)
+        second, want = bus.lsn, bus.state_hash()
+        assert ck._image is not None and np.shares_memory(ck._image.arena.buf, spare)
+        ck.join()
+        assert bus.last_checkpoint_error is None
+    ckpt = dict(list_checkpoints(str(path / "ckpt")))[second]
+    image, lsn, _ = load_state(ckpt, MemoryArena())
+    assert lsn == second and image.state_hash() == want
+
+
+def test_warmed_memory_is_zeroed_and_writable() -> None:
+    buf = prefaulted(3 * WARM_CHUNK + 5000, pause=0.0)
+    assert buf.size == 3 * WARM_CHUNK + 5000 and buf.flags.writeable
+    assert not buf.any()  # anonymous memory reads as zeros
+    buf[-1] = 7
+    assert buf[-1] == 7
 
 
 def test_a_failed_background_checkpoint_loses_nothing(

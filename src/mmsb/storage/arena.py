@@ -45,6 +45,13 @@ class MemoryArena:
     def __init__(self, capacity: int = 0) -> None:
         self.buf: npt.NDArray[np.uint8] = np.zeros(capacity, dtype=np.uint8)
 
+    @classmethod
+    def over(cls, buf: npt.NDArray[np.uint8]) -> MemoryArena:
+        """An arena whose bytes are ``buf`` (not copied, not cleared: the caller fills it)."""
+        arena = cls(0)
+        arena.buf = buf
+        return arena
+
     @property
     def capacity(self) -> int:
         return int(self.buf.size)

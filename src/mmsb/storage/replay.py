@@ -6,6 +6,9 @@ History (``at``, ``diff``), invariants and verification all call :func:`state_at
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 from mmsb.errors import HistoryUnavailableError
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.recovery import replay
@@ -25,9 +28,13 @@ def state_at(directory: str, lsn: int) -> tuple[State, int]:
     return done.state, done.timestamp
 
 
-def copy_state(src: State) -> State:
-    """A deep copy of ``src`` into process memory (arena trimmed to the used end)."""
-    arena = MemoryArena(max(src.end, 1))
+def copy_state(src: State, buf: npt.NDArray[np.uint8] | None = None) -> State:
+    """A deep copy of ``src`` into process memory (arena trimmed to the used end). ``buf``:
+    memory to copy the arena into when it is large enough (reused by the checkpointer:
+    fresh memory costs a page fault per page, and for a large allocation possibly a
+    huge-page compaction, on the commit path)."""
+    need = max(src.end, 1)
+    arena = MemoryArena(need) if buf is None or buf.size < need else MemoryArena.over(buf[:need])
     # device pages' bytes at their host slots (src.dev: mmsb.storage.devicepages)
     arena.buf[: src.end] = src.arena.buf[: src.end] if src.dev is None else src.dev.image(src.end)
     st = State(arena, capacity=max(src.next_page_id, 1024))

@@ -18,10 +18,14 @@ closes the bus (see :mod:`mmsb.storage.logwriter`).
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import threading
 import time
 from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
 
 from mmsb.errors import LogWriteError, StorageIOError, storage_error
 from mmsb.storage import layout
@@ -35,6 +39,28 @@ from mmsb.writer.committer import Committer
 
 # automatic checkpoints of arenas up to this size are copied and written in the background
 BACKGROUND_CHECKPOINT_BYTES = 64 << 20
+
+
+WARM_CHUNK = 2 << 20  # bytes faulted in per step by the warming helper
+
+
+def image_size(end: int) -> int:
+    """Bytes to set aside for a background image of an arena used up to ``end``: a quarter
+    more and 1 MiB (the state may grow before the next image), within the background cap."""
+    return max(end, min(BACKGROUND_CHECKPOINT_BYTES, end + end // 4 + (1 << 20)))
+
+
+def prefaulted(size: int, pause: float = 0.0005) -> npt.NDArray[np.uint8]:
+    """``size`` bytes of private anonymous memory, faulted in a chunk at a time (a byte
+    written per OS page) with a pause between chunks, so the thread doing it never holds
+    the GIL or the address-space lock for long. Ordinary pages (no ``MADV_HUGEPAGE``): no
+    huge-page compaction when first written."""
+    arr = np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS),
+                        np.uint8)  # fmt: skip
+    for off in range(0, size, WARM_CHUNK):
+        arr[off : off + WARM_CHUNK : mmap.PAGESIZE] = 0
+        time.sleep(pause)
+    return arr
 
 
 class Checkpointer:
@@ -66,6 +92,15 @@ class Checkpointer:
         self._thread: threading.Thread | None = None  # the background checkpoint, if any
         self.requested = False  # set from another thread: checkpoint at the next commit
         self._thread_error: BaseException | None = None
+        # the last background image's arena memory, reused by the next one (already
+        # faulted in, so copying the arena on the commit path is a memcpy and no more)
+        self._spare: npt.NDArray[np.uint8] | None = None
+        self._image: State | None = None  # the image the background thread is writing
+        self._image_mem: npt.NDArray[np.uint8] | None = None  # all the memory it was given
+        # half way to the first automatic checkpoint, a helper maps and faults in the
+        # memory its image will need (so that image's copy is a memcpy as well)
+        self._warming: threading.Thread | None = None
+        self._warmed: npt.NDArray[np.uint8] | None = None
 
     # -- after each commit ------------------------------------------------------------------
 
@@ -75,6 +110,7 @@ class Checkpointer:
         a failure of its own: the commit that ran it is published (and in the log), so the
         failure goes to ``last_error`` and the next threshold tries again."""
         try:
+            self._reap_warm()
             bg = self._thread
             if bg is not None and not bg.is_alive():
                 self.join()
@@ -85,8 +121,52 @@ class Checkpointer:
             ):
                 self.requested = False
                 self._automatic()
+            elif (
+                self.every is not None
+                and self._spare is None
+                and self._warming is None
+                and self._thread is None
+                and self.committer.log.written >= self.every // 2
+                and self.state.end <= BACKGROUND_CHECKPOINT_BYTES
+            ):
+                self._warm(self.state.end)
         except (OSError, RuntimeError) as exc:  # typed I/O errors, or no thread to run
             self.last_error = exc
+
+    def _warm(self, end: int) -> None:
+        """Map and fault in memory for the next image off the commit path: the arena's used
+        bytes and a quarter more (the state may grow before the checkpoint)."""
+        size = image_size(end)
+
+        def run() -> None:
+            try:
+                self._warmed = prefaulted(size)
+            except (OSError, MemoryError, ValueError):  # the image then allocates its own
+                self._warmed = None
+
+        self._warmed = None
+        self._warming = threading.Thread(target=run, name="mmsb-checkpoint-warm", daemon=True)
+        self._warming.start()
+
+    def _reap_warm(self, wait: bool = False) -> None:
+        """Take the warmed memory as the spare once its helper is done (or drop it, if a
+        spare came meanwhile); ``wait``: wait for the helper first."""
+        warming = self._warming
+        if warming is None or (warming.is_alive() and not wait):
+            return
+        warming.join()
+        if self._spare is None:
+            self._spare = self._warmed
+        self._warmed = self._warming = None
+
+    def _take_spare(self, end: int) -> npt.NDArray[np.uint8]:
+        """Memory for the next image: the last image's, or the warmed one if its helper is
+        done (never waited for), or else new memory."""
+        self._reap_warm()
+        spare, self._spare = self._spare, None
+        if spare is None or spare.size < end:  # fresh memory, with room for some growth
+            spare = prefaulted(image_size(end), pause=0.0)
+        return spare
 
     def _automatic(self) -> None:
         if self._thread is not None:
@@ -97,7 +177,8 @@ class Checkpointer:
             if self.auto_compact:
                 self.compact()
             return
-        image, lsn, ts = copy_state(state), self.committer.lsn, self.committer.timestamp
+        spare = self._take_spare(state.end)
+        image, lsn, ts = copy_state(state, spare), self.committer.lsn, self.committer.timestamp
         if log.pos > SEG_HEADER_SIZE:
             log.roll(lsn + 1)
         log.written = 0
@@ -112,8 +193,15 @@ class Checkpointer:
                 self._thread_error = exc
 
         self._thread_error = None
+        self._image, self._image_mem = image, spare
         self._thread = threading.Thread(target=write, name="mmsb-checkpoint", daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        """At close: wait for both helpers and let the memory kept for images go."""
+        self.join()
+        self._reap_warm(wait=True)
+        self._spare = None
 
     def join(self) -> None:
         """Wait for a background checkpoint; a failure leaves the log as the record (the
@@ -122,6 +210,8 @@ class Checkpointer:
         if bg is not None:
             bg.join()
             self.last_error = self._thread_error
+            self._image = None  # the thread is done with its memory: keep it for the next
+            self._spare, self._image_mem = self._image_mem, None
 
     # -- explicit -----------------------------------------------------------------------------
 

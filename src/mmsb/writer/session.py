@@ -134,7 +134,7 @@ class WriterSession:
         if self.after_open is not None:
             self.after_open.stop()
         if hasattr(self, "checkpointer"):
-            self.checkpointer.join()
+            self.checkpointer.stop()
         if self.syncer is not None:
             self.syncer.stop()
             self.syncer = None
