@@ -206,6 +206,34 @@ def test_a_new_writer_generation_ends_reader_snapshots(tmp_path: Path) -> None:
         w.close()
 
 
+def test_entries_left_by_an_older_generation_are_never_served(tmp_path: Path) -> None:
+    """A new writer does not clear the before-image entries of the last one: a snapshot of
+    the new generation must read only entries its own writer published."""
+    path = tmp_path / "b"
+    w = mmsb.open(path, sync="off")
+    p, q = w.create_page(8), w.create_page(8)
+    reader = mmsb.open(path, readonly=True)
+    try:
+        with reader.snapshot():  # pinned: the old writer saves before-images of p and q
+            for v in range(1, 6):
+                w.write(p, bytes([v]) * 8)
+                w.write(q, bytes([10 + v]) * 8)
+        w.close()
+        w = mmsb.open(path, sync="off")  # entries 0..9 of the old generation stay in place
+        with reader.snapshot() as snap:
+            assert snap.read(q)[0] == 15  # entry 1 of the old generation holds q = 11
+            w.write(p, b"\x07" * 8)  # this generation's entry 0: p as it was, 5
+            assert snap.read(p)[0] == 5 and snap.read(q)[0] == 15
+            w.write(q, b"\x08" * 8)
+            assert snap.read(q)[0] == 15
+            assert snap.read_many([p, q])[:, 0].tolist() == [5, 15]
+        with reader.snapshot() as now:
+            assert now.read_many([p, q])[:, 0].tolist() == [7, 8]
+    finally:
+        reader.close()
+        w.close()
+
+
 def test_a_reader_without_a_writer_pins_its_private_view(tmp_path: Path) -> None:
     path = tmp_path / "b"
     with mmsb.open(path, sync="off") as w:
