@@ -161,15 +161,18 @@ def tick_batches(
 def tick_latency(
     pages: int = 65_536, derived: int = 10_000, deltas: int = 10_000, ticks: int = 200,
     python_every: int = 20, page_size: int = 1024, seed: int = 0, sync: str = "normal",
-    progress: Progress = _noop, check: bool = False, warmup: int = 10,
+    progress: Progress = _noop, check: bool = False, warmup: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Tick wall-time percentiles over ``ticks`` ticks of the stated workload."""
     rng = np.random.default_rng(seed)
     with scratch_dir() as path, mmsb.open(path, sync=sync, invariant_every=0) as bus:
         inputs, counts = build_tick_graph(bus, pages, derived, python_every, page_size)
         pool = tick_batches(rng, inputs, deltas, page_size, 16)
-        # warm-up: compile the kernels, compute every derived page once, fault the arena's
-        # pages into this process (steady state is what the percentiles describe)
+        # warm-up (default: each batch of the pool once): compile the kernels, compute every
+        # derived page once, and write every arena page the measured ticks write, since the
+        # first write to a page of a new arena file costs a page fault and the file system's
+        # block conversion: a one-off per page, not the steady state the percentiles describe
+        warmup = len(pool) if warmup is None else warmup
         for i in range(warmup):
             bus.tick(pool[i % len(pool)])
         totals = np.empty(ticks, np.int64)
