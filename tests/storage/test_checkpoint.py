@@ -15,9 +15,16 @@ import mmsb
 from mmsb import CorruptCheckpointError, Delta, DeltaBatch
 from mmsb.history import copy_state
 from mmsb.storage.arena import MemoryArena
-from mmsb.storage.checkpoint import list_checkpoints, load_state, read_header, write_state
+from mmsb.storage.checkpoint import (
+    Sections,
+    _check_table,
+    list_checkpoints,
+    load_state,
+    read_header,
+    write_state,
+)
 from mmsb.storage.state import State
-from mmsb.types import DTYPE_NAMES
+from mmsb.types import DTYPE_NAMES, MAX_PAGE_SIZE
 from naive import Model, assert_matches
 
 
@@ -251,6 +258,48 @@ def test_forged_overlapping_slots_are_rejected(tmp_path: Path) -> None:
 def test_forged_page_tables_are_rejected(tmp_path: Path, edit, message: str) -> None:
     with pytest.raises(CorruptCheckpointError, match=message):
         load_state(forged(tmp_path, edit), MemoryArena())
+
+
+@pytest.mark.parametrize("deleted", [False, True])
+def test_the_lazy_table_check_rejects_pages_outside_the_arena(deleted: bool) -> None:
+    st = State(MemoryArena())
+    st.create(6, 16, DTYPE_NAMES.index("uint8"), 0, None)
+    if deleted:  # the check's masked path
+        st.delete(np.array([2], np.int64))
+        st.slot[2] = st.size[2] = -(10**9)  # a dead page's row is not looked at
+    _check_table(st, st.end, "t", overlaps=False)
+    edits = [
+        lambda t: t.slot.__setitem__(6, t.end),  # starts at the end: reaches past it
+        lambda t: t.slot.__setitem__(1, -8),
+        lambda t: t.size.__setitem__(5, 0),
+        lambda t: t.size.__setitem__(3, MAX_PAGE_SIZE + 1),
+    ]
+    for edit in edits:
+        bad = copy_state(st)
+        edit(bad)
+        with pytest.raises(CorruptCheckpointError, match="pages outside its arena"):
+            _check_table(bad, bad.end, "t", overlaps=False)
+
+
+def test_columns_read_in_place_are_length_and_checksum_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.ckpt"
+    st = sample_state()
+    write_state(str(path), st, 1, 1, with_arena=True, sync=False)
+    n = st.next_page_id
+    with open(path, "rb") as f:
+        header, base = read_header(f, str(path))
+        sections = Sections(f, header, base, path.stat().st_size, "c.ckpt")
+        out = np.zeros(n, np.int64)
+        sections.read_into("slot", out)
+        assert out.tolist() == st.slot[:n].tolist()
+        with pytest.raises(CorruptCheckpointError, match="'slot' has the wrong length"):
+            sections.read_into("slot", np.zeros(n + 1, np.int64))
+        off, length, _ = sections.locate("size")
+    raw = bytearray(path.read_bytes())
+    raw[off + length - 1] ^= 0x40  # the last page's size, CRC left as it was
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match="'size' fails its checksum"):
+        load_state(str(path), MemoryArena())
 
 
 # -- recovery over checkpoints ---------------------------------------------------------------

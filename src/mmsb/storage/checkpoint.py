@@ -311,6 +311,20 @@ class Sections:
             )
         return data
 
+    def read_into(self, sname: str, out: npt.NDArray[Any]) -> None:
+        """Section ``sname`` read straight into ``out`` (its exact size), CRC-checked."""
+        off, length, crc = self.locate(sname)
+        view = memoryview(out).cast("B")  # type: ignore[arg-type]
+        if length != view.nbytes:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.name} section {sname!r} has the wrong length"
+            )
+        self.f.seek(off)
+        if self.f.readinto(view) != length or crc32(view) != crc:  # type: ignore[attr-defined]
+            raise CorruptCheckpointError(
+                f"checkpoint {self.name} section {sname!r} fails its checksum"
+            )
+
 
 def load_state(
     path: str, arena: Arena, *, with_arena: bool = True, lazy: bool = False
@@ -336,14 +350,18 @@ def load_state(
         sections = Sections(f, header, base, file_size, name)
         section, read_section = sections.locate, sections.read
 
-        cols: dict[str, npt.NDArray[Any]] = {}
-        for cname, dt in _COLUMNS:
-            data = read_section(cname)
+        state = State(arena, capacity=max(n, 1024))
+        for cname, dt in _COLUMNS:  # little-endian columns, read in place where they can be
+            col = getattr(state, cname)
+            if col.dtype == np.dtype(dt):
+                sections.read_into(cname, col[:n])
+                continue
+            data = read_section(cname)  # live: bytes, made bool (any nonzero byte is True)
             if len(data) != n * np.dtype(dt).itemsize:
                 raise CorruptCheckpointError(
                     f"checkpoint {name} column {cname!r} has the wrong length"
                 )
-            cols[cname] = np.frombuffer(data, dt)
+            col[:n] = np.frombuffer(data, dt)
         try:
             meta_raw = json.loads(read_section("metadata"))
             metadata = {int(k): str(v) for k, v in meta_raw.items()}
@@ -351,11 +369,8 @@ def load_state(
                 json.loads(v)
         except (ValueError, AttributeError, RecursionError) as exc:
             raise CorruptCheckpointError(f"checkpoint {name} metadata is invalid: {exc}") from None
-        state = State(arena, capacity=max(n, 1024))
         state.next_page_id = n
         state.next_delta_id = header.next_delta_id
-        for cname, _ in _COLUMNS:
-            getattr(state, cname)[:n] = cols[cname]
         state.live[0] = False
         lazy = lazy and not with_arena and header.arena_file is not None
         _check_table(state, header.end, name, overlaps=not lazy)
@@ -420,9 +435,14 @@ def load_state(
 def _check_table(state: State, end: int, name: str, *, overlaps: bool = True) -> None:
     n = state.next_page_id
     if not overlaps:  # the lazy check: every live page a valid slot inside the arena, no sort
-        live, size, slot = state.live[:n], state.size[:n], state.slot[:n]
-        if (live & ((size <= 0) | (size > MAX_PAGE_SIZE) | (slot < 0))).any() or (
-            n > 1 and int(np.where(live, slot + size, 0).max()) > end
+        live, size, slot = state.live[1:n], state.size[1:n], state.slot[1:n]
+        if not live.all():  # pages were deleted: look at the live ones only
+            size, slot = size[live], slot[live]
+        if size.size and (
+            int(size.min()) <= 0
+            or int(size.max()) > MAX_PAGE_SIZE
+            or int(slot.min()) < 0
+            or int((slot + size).max()) > end
         ):
             raise CorruptCheckpointError(f"checkpoint {name} has pages outside its arena")
         return
