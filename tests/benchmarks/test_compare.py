@@ -86,6 +86,10 @@ def test_each_workload_gives_positive_figures_and_ratios(report: compare.Report)
     assert by[("c", "numpy shm gather")].advantage == pytest.approx(
         by[("c", "MMSB read_many")].value / by[("c", "numpy shm gather")].value
     )
+    for (k, name), f in by.items():  # every peer against MMSB's own figure of its workload
+        if name in ("numpy shm", "LMDB", "SQLite"):
+            mine = by[(k, "MMSB")].value
+            assert f.advantage == pytest.approx(mine / f.value if f.rate else f.value / mine)
     for g in report.goals:
         if g.met is None:
             assert not HAVE_LMDB and "skipped" in g.text

@@ -289,11 +289,12 @@ def _advantages(figures: list[Figure]) -> None:
         for f in figures:
             if ref is None or f.workload != k or f.system.startswith("MMSB"):
                 continue
+            mine: Figure | None = ref
             if f.system == "numpy shm gather":  # compared with read_many, not with read
-                ref = next((g for g in figures if g.system == "MMSB read_many"), None)
-                if ref is None:
+                mine = next((g for g in figures if g.system == "MMSB read_many"), None)
+                if mine is None:
                     continue
-            f.advantage = ref.value / f.value if f.rate else f.value / ref.value
+            f.advantage = mine.value / f.value if f.rate else f.value / mine.value
 
 
 GOALS = (  # workload, peer, lowest MMSB advantage, how the ratio is written
