@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmsb.errors import CorruptCheckpointError, CorruptLogError, MMSBError
-from mmsb.storage import codec, layout
+from mmsb.storage import codec, layout, relayout
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import list_checkpoints, load_state
 from mmsb.storage.log import Frame, LogReader, list_segments
@@ -177,7 +177,7 @@ def _check_frame(state: State, frame: Frame, rep: IntegrityReport) -> None:
             state.create(rec.n, rec.size, rec.dtype, rec.location, rec.metadata, rec.record,
                          rec.names)  # fmt: skip
         elif isinstance(rec, codec.RelayoutRecord):
-            state.relayout(rec.ids, rec.slots)
+            relayout.replay(state, rec.ids, rec.slots)
         elif isinstance(rec, (codec.MetaRecord, codec.NameRecord)):
             what = "metadata" if isinstance(rec, codec.MetaRecord) else "name"
             if not state.is_live(rec.page):

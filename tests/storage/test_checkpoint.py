@@ -17,13 +17,13 @@ from mmsb.history import copy_state
 from mmsb.storage.arena import MemoryArena
 from mmsb.storage.checkpoint import (
     Sections,
-    _check_table,
     list_checkpoints,
     load_state,
     read_header,
     write_state,
 )
 from mmsb.storage.state import State
+from mmsb.storage.tablecheck import check_table
 from mmsb.types import DTYPE_NAMES, MAX_PAGE_SIZE
 from naive import Model, assert_matches
 
@@ -267,7 +267,7 @@ def test_the_lazy_table_check_rejects_pages_outside_the_arena(deleted: bool) -> 
     if deleted:  # the check's masked path
         st.delete(np.array([2], np.int64))
         st.slot[2] = st.size[2] = -(10**9)  # a dead page's row is not looked at
-    _check_table(st, st.end, "t", overlaps=False)
+    check_table(st, st.end, "t", overlaps=False)
     edits = [
         lambda t: t.slot.__setitem__(6, t.end),  # starts at the end: reaches past it
         lambda t: t.slot.__setitem__(1, -8),
@@ -278,7 +278,7 @@ def test_the_lazy_table_check_rejects_pages_outside_the_arena(deleted: bool) -> 
         bad = copy_state(st)
         edit(bad)
         with pytest.raises(CorruptCheckpointError, match="pages outside its arena"):
-            _check_table(bad, bad.end, "t", overlaps=False)
+            check_table(bad, bad.end, "t", overlaps=False)
 
 
 def test_columns_read_in_place_are_length_and_checksum_checked(tmp_path: Path) -> None:

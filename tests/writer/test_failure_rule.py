@@ -32,7 +32,7 @@ import mmsb
 import mmsb.graph.propagator as propagator
 from mmsb.engine import kernels
 from mmsb.engine.driver import effective_workers
-from mmsb.storage import codec, layout
+from mmsb.storage import codec, layout, relayout
 from mmsb.storage.log import LogReader
 from mmsb.storage.logwriter import LogWriter
 from mmsb.storage.seqlock import SeqPublisher
@@ -327,7 +327,7 @@ CASES = [
          (propagator, "apply_edges"), edges_are(False)),
     Case("derive", codec.GRAPH, with_pairs([(0, 3), (1, 3)]), derive_act,
          (propagator, "apply_edges"), derive_done),
-    Case("gc_relayout", codec.RELAYOUT, holes, compact, (State, "move_bytes"),
+    Case("gc_relayout", codec.RELAYOUT, holes, compact, (relayout, "move_bytes"),
          relayout_done, after=relayout_after),
     # a tick is one BATCH commit: its input rows are applied (staged) before the frame,
     # the derived rows after it, by the second apply_rows_in call of the tick

@@ -289,11 +289,12 @@ def _advantages(figures: list[Figure]) -> None:
         for f in figures:
             if ref is None or f.workload != k or f.system.startswith("MMSB"):
                 continue
-            mine: Figure | None = ref
+            mine = ref
             if f.system == "numpy shm gather":  # compared with read_many, not with read
-                mine = next((g for g in figures if g.system == "MMSB read_many"), None)
-                if mine is None:
+                many = next((g for g in figures if g.system == "MMSB read_many"), None)
+                if many is None:
                     continue
+                mine = many
             f.advantage = mine.value / f.value if f.rate else f.value / mine.value
 
 

@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from mmsb.engine import gc_kernels
 from mmsb.errors import InvalidArgumentError
-from mmsb.storage import layout
+from mmsb.storage import layout, relayout
 from mmsb.storage.arena import grown_capacity
 from mmsb.storage.codec import RELAYOUT, encode_relayout
 from mmsb.storage.log import list_segments
@@ -279,7 +279,7 @@ class Collector:
         k = max(16, min(int(self._moves_per_ms * left_ms * 0.4), 2 * self._last_moves))
         t0 = time.perf_counter_ns()
         end0 = state.end
-        moves = state.plan_relayout(plan.order[plan.cursor :], k)
+        moves = relayout.plan(state, plan.order[plan.cursor :], k)
         n = int(moves.shape[1])
         if n == 0:
             self._plan = None
@@ -289,11 +289,11 @@ class Collector:
         # plan_relayout staged the new slots in the page table; the bytes move once the
         # frame is logged
         def undo() -> None:
-            state.undo_relayout(moves)
+            relayout.undo(state, moves)
             self._plan = None
 
         self.committer.commit(RELAYOUT, encode_relayout(moves[0], moves[2]),
-                              lambda: state.move_bytes(moves), undo=undo)  # fmt: skip
+                              lambda: relayout.move_bytes(state, moves), undo=undo)  # fmt: skip
         plan.cursor += n
         plan.version = state.layout_version
         if plan.cursor >= plan.order.size:

@@ -32,7 +32,7 @@ from mmsb.errors import (
     MMSBError,
     PageNotFoundError,
 )
-from mmsb.storage import codec, layout
+from mmsb.storage import codec, layout, relayout
 from mmsb.storage.arena import Arena
 from mmsb.storage.checkpoint import list_checkpoints, load_state, read_header
 from mmsb.storage.log import (
@@ -94,7 +94,7 @@ def apply_frame(state: State, frame: Frame) -> int:
             state.delete(ids)
             return 0
         if isinstance(rec, codec.RelayoutRecord):
-            state.relayout(rec.ids, rec.slots)
+            relayout.replay(state, rec.ids, rec.slots)
             return 0
         if isinstance(rec, (codec.MetaRecord, codec.NameRecord)):
             pid = state.require(rec.page)

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsb.batch import DeltaBatch
-from mmsb.engine import gc_kernels, kernels
+from mmsb.engine import kernels
 from mmsb.errors import InvalidArgumentError, PageNotFoundError
 from mmsb.storage import rowcheck
 from mmsb.storage.arena import Arena
@@ -397,62 +397,6 @@ class State:
         has = gap > 0
         self.gap_start = prev_end[has].astype(np.int64)
         self.gap_len = gap[has].astype(np.int64)
-
-    # -- compaction (relayout) -----------------------------------------------------------
-
-    def plan_relayout(self, order: I64, max_moves: int, expected: I64 | None = None) -> I64:
-        """Move page slots by the compaction rule (``mmsb.engine.gc_kernels``) for the
-        pages of ``order``, at most ``max_moves``; update the free gaps and the end.
-
-        Only the page table changes; :meth:`move_bytes` then moves the bytes. Returns the
-        moves as a (3, k) array: page ids, old slots, new slots. With ``expected``, stops
-        where a computed slot differs from it (replay checks a logged relayout this way).
-        """
-        n = int(order.size)
-        moves = np.empty((3, min(n, max_moves)), np.int64)
-        gs, gl = self.gap_start, self.gap_len  # updated in place: no O(gaps) copy
-        count, g0, g_end, end = gc_kernels.plan_moves(
-            order, self.slot, self.size, gs, gl, 0, gs.size, self.end, max_moves,
-            order if expected is None else expected, expected is not None,
-            moves[0], moves[1], moves[2],
-        )  # fmt: skip
-        if count:
-            gs, gl = gs[g0:g_end], gl[g0:g_end]
-            if (gl == 0).any():
-                gs, gl = gs[gl > 0], gl[gl > 0]
-            self.gap_start, self.gap_len, self.end = gs, gl, int(end)
-            self.layout_version += 1
-        return moves[:, :count]
-
-    def move_bytes(self, moves: I64) -> None:
-        """Move relocated pages' bytes, in order (device pages' stay at their device slots)."""
-        if self.dev is not None:
-            moves = self.dev.host_moves(moves)
-        gc_kernels.move_bytes(self.arena.buf, moves[1], moves[2], self.size[moves[0]])
-
-    def undo_relayout(self, moves: I64) -> None:
-        """Take back a :meth:`plan_relayout` whose bytes have not moved yet."""
-        for i in range(moves.shape[1] - 1, -1, -1):
-            self.slot[moves[0, i]] = moves[1, i]
-        self.rebuild_gaps()
-        self.layout_version += 1
-
-    def relayout(self, ids: I64, new_slots: I64) -> None:
-        """Replay logged moves: each must be exactly what the compaction rule does."""
-        if ids.size != new_slots.size:
-            raise InvalidArgumentError("relayout ids and slots differ in length")
-        known = (ids > 0) & (ids < self.next_page_id)
-        if not known.all() or not self.live[ids].all():
-            raise InvalidArgumentError("relayout moves a page that is not live")
-        moves = self.plan_relayout(ids, int(ids.size), new_slots)
-        if moves.shape[1] != ids.size:
-            k = moves.shape[1]
-            self.undo_relayout(moves)
-            raise InvalidArgumentError(
-                f"relayout move {k} (page {int(ids[k])} to slot {int(new_slots[k])}) does "
-                "not follow the compaction rule"
-            )
-        self.move_bytes(moves)
 
     # -- deltas -------------------------------------------------------------------------
 
