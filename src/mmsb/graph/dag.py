@@ -167,7 +167,9 @@ class Graph(GraphView):
 
         Raises :class:`CycleError` (with the cycle) for a self-loop or an edge that would
         close a cycle, :class:`PageNotFoundError` for a page that is not live; the graph
-        is unchanged in both cases.
+        is unchanged in both cases. A ``data`` edge into a derived page drops its
+        derivation (see :meth:`mmsb.Bus.derive`): the page keeps its bytes until it is
+        derived again.
         """
         return self._change([_pair(parent, child)], kind_code(kind), add=True) == 1
 
