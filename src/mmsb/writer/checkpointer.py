@@ -6,7 +6,10 @@ also takes the automatic checkpoint the log's growth calls for: it runs after ea
 published commit (a hook of the :class:`~mmsb.writer.committer.Committer`), and a state
 whose arena is at most ``BACKGROUND_CHECKPOINT_BYTES`` is copied (a memcpy) and written by a
 helper thread, which first syncs the log up to that LSN, so the commit that crossed the
-threshold does not wait for the disk.
+threshold does not wait for the disk. The copy goes into memory that is already faulted in:
+the previous image's, or for the first image memory a second helper prepared half way to
+the threshold (fresh memory would cost the commit a page fault per page, and possibly the
+kernel's huge-page compaction); the bus keeps that one image-sized buffer until it closes.
 
 Failures never lose a commit, because the log is the record: a checkpoint that cannot be
 written raises :class:`~mmsb.errors.CheckpointWriteError` (explicit) or is kept in
