@@ -286,7 +286,7 @@ class Collector:
             self._settled_version = state.layout_version
             return
 
-        # plan_relayout staged the new slots in the page table; the bytes move once the
+        # relayout.plan staged the new slots in the page table; the bytes move once the
         # frame is logged
         def undo() -> None:
             relayout.undo(state, moves)
