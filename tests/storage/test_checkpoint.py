@@ -209,6 +209,19 @@ def test_forged_header_with_out_of_range_values(ckpt: str) -> None:
         load_state(ckpt, MemoryArena())
 
 
+def test_a_forged_page_count_is_refused_before_anything_is_allocated(ckpt: str) -> None:
+    """The page table is sized by next_page_id only once every column's section, which
+    lies inside the file, has been found to hold exactly that many rows."""
+
+    def forge(h: dict) -> None:
+        h["sections"].pop("edges")  # optional; makes room in the header for the digits
+        h["next_page_id"] = 2**36  # a table of terabytes
+
+    rewrite_header(ckpt, forge)
+    with pytest.raises(CorruptCheckpointError, match="column 'slot' has the wrong length"):
+        load_state(ckpt, MemoryArena())
+
+
 def test_forged_header_missing_a_section(ckpt: str) -> None:
     rewrite_header(ckpt, lambda h: h["sections"].pop("epoch"))
     with pytest.raises(CorruptCheckpointError, match="lacks section 'epoch'"):

@@ -341,18 +341,18 @@ def load_state(
         sections = Sections(f, header, base, file_size, name)
         section, read_section = sections.locate, sections.read
 
+        for cname, dt in _COLUMNS:  # the file holds every column: n is bounded by its size
+            if section(cname)[1] != n * np.dtype(dt).itemsize:
+                raise CorruptCheckpointError(
+                    f"checkpoint {name} column {cname!r} has the wrong length"
+                )
         state = State(arena, capacity=max(n, 1024))
         for cname, dt in _COLUMNS:  # little-endian columns, read in place where they can be
             col = getattr(state, cname)
             if col.dtype == np.dtype(dt):
                 sections.read_into(cname, col[:n])
-                continue
-            data = read_section(cname)  # live: bytes, made bool (any nonzero byte is True)
-            if len(data) != n * np.dtype(dt).itemsize:
-                raise CorruptCheckpointError(
-                    f"checkpoint {name} column {cname!r} has the wrong length"
-                )
-            col[:n] = np.frombuffer(data, dt)
+            else:  # live: bytes, made bool (any nonzero byte is True)
+                col[:n] = np.frombuffer(read_section(cname), dt)
         try:
             meta_raw = json.loads(read_section("metadata"))
             metadata = {int(k): str(v) for k, v in meta_raw.items()}
