@@ -71,7 +71,8 @@ Progress = Callable[[str, int, int], None]
 @dataclass
 class Figure:
     """One measured figure. ``advantage``: how many times better MMSB's figure is (> 1:
-    MMSB faster), None on MMSB's own rows."""
+    MMSB faster) than this one, the MMSB figure being the workload's row of system
+    ``versus``; None on MMSB's own rows."""
 
     workload: str
     system: str
@@ -80,6 +81,7 @@ class Figure:
     conditions: str
     extra: dict[str, Any] = field(default_factory=dict)
     advantage: float | None = None
+    versus: str = "MMSB"
 
     @property
     def rate(self) -> bool:
@@ -229,7 +231,8 @@ def run_floor(w: Workload, figures: list[Figure], progress: Progress) -> U8:
         figures.append(Figure("c", "numpy shm gather", len(ids) / dt, "reads/s",
                               f"arr[ids] of {READ_MANY_CHUNK:,} random ids per gather: the "
                               "floor for MMSB read_many; not used for the goals",
-                              {"seconds": dt, "reads": len(ids)}))  # fmt: skip
+                              {"seconds": dt, "reads": len(ids)},
+                              versus="MMSB read_many"))  # fmt: skip
     finally:
         floor.close()
     return expected
@@ -284,17 +287,12 @@ def run_crash(scale: float, seed: int, expected: U8, root: str, checks: list[str
 
 
 def _advantages(figures: list[Figure]) -> None:
-    for k in WORKLOADS:
-        ref = next((f for f in figures if f.workload == k and f.system == "MMSB"), None)
-        for f in figures:
-            if ref is None or f.workload != k or f.system.startswith("MMSB"):
-                continue
-            mine = ref
-            if f.system == "numpy shm gather":  # compared with read_many, not with read
-                many = next((g for g in figures if g.system == "MMSB read_many"), None)
-                if many is None:
-                    continue
-                mine = many
+    for f in figures:
+        if f.system.startswith("MMSB"):
+            continue
+        mine = next((g for g in figures if g.workload == f.workload and g.system == f.versus),
+                    None)  # fmt: skip
+        if mine is not None:
             f.advantage = mine.value / f.value if f.rate else f.value / mine.value
 
 

@@ -230,14 +230,12 @@ def pass_result(
     pstarts = np.zeros(rows.size, np.int64)
     np.cumsum(lengths[:-1], out=pstarts[1:])
     head = '{"cause_lsn":' + str(int(cause_lsn))
-    if len(plan.meta_parts) == 1:
-        names, meta_idx = np.zeros(1, np.int64), np.zeros(rows.size, np.int32)
-    else:  # the names present, in name order, and each row's index among them (no sort)
-        of = plan.meta_of[rows]
-        present = np.zeros(len(plan.meta_parts), np.int32)
-        present[of] = 1
-        names = np.flatnonzero(present)
-        meta_idx = (np.cumsum(present, dtype=np.int32) - 1)[of]
+    # the derivation names present, in name order, and each row's index among them
+    of = plan.meta_of[rows]
+    present = np.zeros(len(plan.meta_parts), np.int32)
+    present[of] = 1
+    names = np.flatnonzero(present)
+    meta_idx = (np.cumsum(present, dtype=np.int32) - 1)[of]
     metas = tuple(head + plan.meta_parts[k] for k in names.tolist())
     batch = DeltaBatch(
         pages, lo_r, lengths, np.zeros(rows.size, np.uint8), pstarts, lengths.copy(),

@@ -163,9 +163,8 @@ class Checkpointer:
         self._warmed = self._warming = None
 
     def _take_spare(self, end: int) -> npt.NDArray[np.uint8]:
-        """Memory for the next image: the last image's, or the warmed one if its helper is
-        done (never waited for), or else new memory."""
-        self._reap_warm()
+        """Memory for the next image: the spare (the last image's, or the warmed memory
+        :meth:`after_commit` reaped), or else new memory."""
         spare, self._spare = self._spare, None
         if spare is None or spare.size < end:  # fresh memory, with room for some growth
             spare = prefaulted(image_size(end), pause=0.0)
