@@ -315,6 +315,83 @@ def test_columns_read_in_place_are_length_and_checksum_checked(tmp_path: Path) -
         load_state(str(path), MemoryArena())
 
 
+# -- the clean-shutdown file's columns, mapped copy-on-write ----------------------------------
+
+
+def clean_file(tmp_path: Path) -> tuple[str, State]:
+    st = sample_state()
+    path = str(tmp_path / "state.clean")
+    write_state(path, st, 4, 7, with_arena=False, sync=False)
+    return path, st
+
+
+def test_a_clean_file_maps_its_columns_and_matches_the_read_path(tmp_path: Path) -> None:
+    path, st = clean_file(tmp_path)
+    loaded, lsn, _ = load_state(path, st.arena, with_arena=False)
+    assert lsn == 4
+    assert_same_state(loaded, st)
+    n = st.next_page_id
+    with open(path, "rb") as f:  # the read path is the oracle, column by column
+        header, base = read_header(f, path)
+        sections = Sections(f, header, base, os.path.getsize(path), "state.clean")
+        for name, dt in (("slot", np.int64), ("size", np.int64), ("epoch", np.int64),
+                         ("dtype", np.uint8), ("loc", np.uint8)):  # fmt: skip
+            col = getattr(loaded, name)
+            assert not col.flags.owndata and col.size == n  # a view of the mapping
+            out = np.zeros(n, dt)
+            sections.read_into(name, out)
+            assert col.tolist() == out.tolist()
+    assert loaded.live.dtype == np.bool_ and loaded.live.tolist() == st.live[:n].tolist()
+    assert loaded.last_access.size == loaded.seen_epoch.size == n
+
+
+def test_writes_to_a_mapped_table_never_reach_the_file(tmp_path: Path) -> None:
+    path, st = clean_file(tmp_path)
+    before = Path(path).read_bytes()
+    loaded = load_state(path, st.arena, with_arena=False)[0]
+    assert not loaded.slot.flags.owndata  # mapped, not read
+    loaded.slot[1] += 8
+    loaded.live[3] = False
+    loaded.create(2, 8, 0, 0, None)  # grows the table out of the mapping
+    assert loaded.slot.flags.owndata
+    assert Path(path).read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["slot", "size", "epoch", "dtype", "loc", "live"])
+def test_mapped_columns_are_checksum_checked(tmp_path: Path, name: str) -> None:
+    path, st = clean_file(tmp_path)
+    start, length = section_offsets(path)[name]
+    flip(path, start + length - 1)
+    with pytest.raises(CorruptCheckpointError, match=f"section '{name}' fails its checksum"):
+        load_state(path, st.arena, with_arena=False)
+
+
+def test_a_live_byte_other_than_0_or_1_reads_as_live_when_mapped(tmp_path: Path) -> None:
+    path, st = clean_file(tmp_path)
+    start, length = section_offsets(path)["live"]
+    data = bytearray(Path(path).read_bytes())
+    assert data[start + 1] == 1
+    data[start + 1] = 7  # page 1, still live; re-seal the section's checksum
+    Path(path).write_bytes(bytes(data))
+    crc = zlib.crc32(bytes(data[start : start + length]))
+    rewrite_header(path, lambda h: h["sections"]["live"].__setitem__(2, crc))
+    loaded = load_state(path, st.arena, with_arena=False)[0]
+    assert loaded.live.dtype == np.bool_ and loaded.live.view(np.uint8).max() == 1
+    assert_same_state(loaded, st)
+
+
+def test_a_file_that_cannot_be_mapped_is_read(tmp_path: Path, monkeypatch) -> None:
+    path, st = clean_file(tmp_path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("mmsb.storage.checkpoint.mmap.mmap", refuse)
+    loaded = load_state(path, st.arena, with_arena=False)[0]
+    assert loaded.slot.flags.owndata
+    assert_same_state(loaded, st)
+
+
 # -- recovery over checkpoints ---------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import re
 import struct
@@ -316,6 +317,33 @@ class Sections:
                 f"checkpoint {self.name} section {sname!r} fails its checksum"
             )
 
+    def map_columns(self, n: int) -> dict[str, npt.NDArray[Any]] | None:
+        """The page-table columns as copy-on-write views of the file, CRC-checked; ``None``
+        where the file cannot be mapped or a column is not 8-aligned in it (then they are
+        read). Nothing is copied and no new memory is touched until a row is written: a
+        clean open of a large table costs the checksum over cached file pages, not the
+        first touch of as much fresh memory (on a virtual machine, milliseconds). The file
+        must never be changed in place while mapped: checkpoint files are only ever
+        written under a temporary name and renamed, and unlinking one keeps its pages."""
+        try:
+            mm = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError):
+            return None
+        cols: dict[str, npt.NDArray[Any]] = {}
+        for cname, dt in _COLUMNS:
+            off, length, crc = self.locate(cname)
+            if off % 8 or length != n * np.dtype(dt).itemsize:
+                return None
+            col = np.frombuffer(mm, np.dtype(dt), count=n, offset=off)
+            if crc32(col) != crc:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self.name} section {cname!r} fails its checksum"
+                )
+            cols[cname] = col
+        live = cols["live"]
+        cols["live"] = live.view(bool) if int(live.max()) <= 1 else live != 0
+        return cols
+
 
 def load_state(
     path: str, arena: Arena, *, with_arena: bool = True, lazy: bool = False
@@ -346,9 +374,17 @@ def load_state(
                 raise CorruptCheckpointError(
                     f"checkpoint {name} column {cname!r} has the wrong length"
                 )
-        state = State(arena, capacity=max(n, 1024))
-        for cname, dt in _COLUMNS:  # little-endian columns, read in place where they can be
-            col = getattr(state, cname)
+        mapped = None if with_arena else sections.map_columns(n)
+        if mapped is not None:  # the table's columns are the file's pages, copy-on-write
+            state = State(arena, capacity=1)  # (its own columns are replaced at once)
+            mapped["last_access"] = np.zeros(n, np.uint32)
+            mapped["seen_epoch"] = np.zeros(n, np.uint32)
+            for cname, col in mapped.items():
+                setattr(state, cname, col)
+        else:
+            state = State(arena, capacity=max(n, 1024))
+        for cname, dt in () if mapped is not None else _COLUMNS:  # read in place where
+            col = getattr(state, cname)  # they can be (little-endian columns)
             if col.dtype == np.dtype(dt):
                 sections.read_into(cname, col[:n])
             else:  # live: bytes, made bool (any nonzero byte is True)

@@ -90,6 +90,13 @@ class State:
             col[:cap] = old
             setattr(self, name, col)
 
+    def release_table(self) -> None:
+        """Drop the page-table columns (the bus is closing). A table loaded by a clean open
+        maps the clean-shutdown file, whose blocks are freed when its last view goes: here,
+        at close, not whenever the garbage collector reaches the closed bus."""
+        for name in ("slot", "size", "epoch", "dtype", "loc", "live", "last_access", "seen_epoch"):
+            setattr(self, name, np.zeros(0, getattr(self, name).dtype))
+
     def is_live(self, page_id: int) -> bool:
         return 0 < page_id < self.next_page_id and bool(self.live[page_id])
 

@@ -190,6 +190,7 @@ class WriterSession:
                         c.snapshots = None
                     if hasattr(self, "writer"):
                         self.writer.state.arena.close()
+                        self.writer.state.release_table()
         finally:
             if self.seq is not None:
                 self.seq.close()
