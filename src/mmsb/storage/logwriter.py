@@ -29,6 +29,7 @@ from typing import Any
 
 from mmsb.errors import LogSyncError, LogWriteError
 from mmsb.storage import layout
+from mmsb.storage.bgthread import Helper
 from mmsb.storage.log import (
     _ZEROS,
     FLAG_ZSTD,
@@ -419,8 +420,7 @@ class PeriodicSync:
         self._wake = threading.Event()
         writer.backlog_limit = backlog
         writer.on_backlog = self._wake.set
-        self._thread = threading.Thread(target=self._run, name="mmsb-log-sync", daemon=True)
-        self._thread.start()
+        self._thread = Helper(self._run)
 
     def run_once(self) -> None:
         """One sync step (what the thread does each interval). A failure stops the thread;
@@ -441,7 +441,7 @@ class PeriodicSync:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join()
+        self._thread.stop()
         self.writer.on_backlog = None
 
 

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from mmsb.errors import LogWriteError, StorageIOError, storage_error
 from mmsb.storage import layout
+from mmsb.storage.bgthread import Helper
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
 from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
 from mmsb.storage.replay import copy_state
@@ -102,7 +103,7 @@ class Checkpointer:
         self._image_mem: npt.NDArray[np.uint8] | None = None  # all the memory it was given
         # half way to the first automatic checkpoint, a helper maps and faults in the
         # memory its image will need (so that image's copy is a memcpy as well)
-        self._warming: threading.Thread | None = None
+        self._warming: Helper | None = None
         self._warmed: npt.NDArray[np.uint8] | None = None
 
     # -- after each commit ------------------------------------------------------------------
@@ -148,16 +149,15 @@ class Checkpointer:
                 self._warmed = None
 
         self._warmed = None
-        self._warming = threading.Thread(target=run, name="mmsb-checkpoint-warm", daemon=True)
-        self._warming.start()
+        self._warming = Helper(run)  # (off the commit path: the commit does not wait for it)
 
     def _reap_warm(self, wait: bool = False) -> None:
         """Take the warmed memory as the spare once its helper is done (or drop it, if a
         spare came meanwhile); ``wait``: wait for the helper first."""
         warming = self._warming
-        if warming is None or (warming.is_alive() and not wait):
+        if warming is None or not (wait or warming.done()):
             return
-        warming.join()
+        warming.stop()  # (a helper that had not begun never will: nothing warmed)
         if self._spare is None:
             self._spare = self._warmed
         self._warmed = self._warming = None
