@@ -333,6 +333,77 @@ def test_segments_covered_by_a_checkpoint_are_dropped_with_auto_compact(tmp_path
         assert any("auto_compact is off" in d for d in r.deferred)
 
 
+def counting_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count the collector's listings of the log and checkpoint directories."""
+    import mmsb.monitor.gc as gc_module
+    import mmsb.storage.retention as retention_module
+
+    calls: list[str] = []
+    segments, checkpoints = gc_module.list_segments, retention_module.list_checkpoints
+
+    def count(fn, what: str):  # type: ignore[no-untyped-def]
+        return lambda d: calls.append(what) or fn(d)
+
+    monkeypatch.setattr(gc_module, "list_segments", count(segments, "log"))
+    monkeypatch.setattr(retention_module, "list_checkpoints", count(checkpoints, "ckpt"))
+    return calls
+
+
+def drop_all(bus: mmsb.Bus) -> int:
+    dropped = 0
+    for _ in range(50):
+        r = bus.gc(budget_ms=1.0, cold_after_s=3600)
+        wait_for_unlinks(bus)
+        if not r.segments_dropped:
+            return dropped
+        dropped += r.segments_dropped
+    raise AssertionError("segments kept being dropped")
+
+
+def test_the_collector_lists_the_directories_again_only_when_checkpoints_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b"
+    opts = {"sync": "off", "segment_size": 4096, "checkpoint_every": None}
+    with mmsb.open(path, auto_compact=True, keep_checkpoints=1, **opts) as bus:  # type: ignore[arg-type]
+        ids = bus.create_pages(16, 256)
+        calls = counting_listings(monkeypatch)
+        for i in range(8):
+            fill(bus, ids, 256, i)
+        assert drop_all(bus) == 0 and calls  # no checkpoint yet: nothing to drop
+        calls.clear()
+        for i in range(8):  # more segments, no checkpoint: the steps list nothing
+            fill(bus, ids, 256, 100 + i)
+            bus.gc(budget_ms=1.0, cold_after_s=3600)
+        assert calls == []
+        bus.checkpoint()
+        segs = len(list_segments(str(path / "log")))
+        assert drop_all(bus) == segs - 1 and calls  # the checkpoint is seen at once
+        calls.clear()
+        assert drop_all(bus) == 0 and calls == []
+        assert bus.verify().ok
+
+
+def test_the_collector_sees_a_background_checkpoint_without_another_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b"
+    with mmsb.open(path, sync="off", segment_size=4096, checkpoint_every=16384,
+                   auto_compact=True, keep_checkpoints=1) as bus:  # fmt: skip
+        ids = bus.create_pages(16, 256)
+        assert drop_all(bus) == 0
+        i = 0
+        while bus._checkpointer._thread is None:  # commit until one starts in the background
+            fill(bus, ids, 256, i)
+            i += 1
+            assert i < 100
+        bus._checkpointer._thread.join(30)  # done, and no commit since to reap it
+        assert drop_all(bus) > 0  # the collector found it by itself
+        (first, _), *rest = list_segments(str(path / "log"))
+        ckpt = int(sorted(os.listdir(path / "ckpt"))[-1].split(".")[0])
+        assert first == ckpt + 1 and rest == []
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, "1", float("nan")])
 def test_gc_budget_must_be_positive(bad: object) -> None:
     with mmsb.open(None) as bus, pytest.raises(InvalidArgumentError, match="budget_ms"):

@@ -124,6 +124,7 @@ class Collector:
         retention: Retention,
         auto_compact: bool,
         on_segments_dropped: Callable[[], None],
+        checkpoints: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
@@ -132,6 +133,9 @@ class Collector:
         self.retention = retention
         self.auto_compact = auto_compact
         self.on_segments_dropped = on_segments_dropped  # history indexes point into them
+        # a count of checkpoints written or removed (None: unknown, so list every step)
+        self.checkpoints = checkpoints
+        self._settled: int | None = None  # that count when a step last found nothing to drop
         self.clock = clock
         self._t0 = clock()
         self.cold_after_s = 30.0
@@ -227,38 +231,53 @@ class Collector:
             for name in os.listdir(log_dir):
                 if name.endswith(layout.SEGMENT_SUFFIX + layout.DROP_SUFFIX):
                     _unlink_quietly(os.path.join(log_dir, name))
+        r = self.retention
+        # the checkpoints written or removed so far: where the rules look at nothing else
+        # and the last step found nothing to drop, the directories need no listing
+        gen = None if r.retain_bytes is not None or r.retain_seconds is not None else (
+            None if self.checkpoints is None else self.checkpoints())  # fmt: skip
+        if gen is not None and gen == self._settled:
+            return
+        found = self._droppable(log_dir, tally)
+        if found is None:
+            self._settled = gen
+            return
+        path, size = found
+        self.on_segments_dropped()
+        # rename first (cheap, atomic), so the segment is gone from the log at once
+        doomed = path + layout.DROP_SUFFIX
+        os.replace(path, doomed)
+        self._doomed.put(doomed)
+        if self._unlinker is None:
+            self._unlinker = threading.Thread(
+                target=_unlink_forever, args=(self._doomed,), name="mmsb-gc-unlink",
+                daemon=True,
+            )  # fmt: skip
+            self._unlinker.start()
+        tally.segments += 1
+        tally.log_bytes += size
+
+    def _droppable(self, log_dir: str, tally: _Tally) -> tuple[str, int] | None:
+        """The oldest log segment wholly covered by the oldest kept checkpoint, and its
+        size, where ``auto_compact`` lets it go."""
         kept = self.retention.kept(self.path, self.committer.timestamp)
         if not kept:
-            return
+            return None
         oldest = kept[-1][0]
-        segs = list_segments(log_dir)
-        for (_, path), (next_first, _) in itertools.pairwise(segs):
+        for (_, path), (next_first, _) in itertools.pairwise(list_segments(log_dir)):
             if next_first - 1 > oldest:
-                return
+                return None
             if not self.auto_compact:
                 if self._history_noted != oldest:  # said once per checkpoint, not every step
                     self._history_noted = oldest
                     tally.deferred.append("log segments covered by a checkpoint kept as "
                                           "history (auto_compact is off)")  # fmt: skip
-                return
+                return None
             try:
-                size = os.path.getsize(path)
+                return path, os.path.getsize(path)
             except FileNotFoundError:
                 continue
-            self.on_segments_dropped()
-            # rename first (cheap, atomic), so the segment is gone from the log at once
-            doomed = path + layout.DROP_SUFFIX
-            os.replace(path, doomed)
-            self._doomed.put(doomed)
-            if self._unlinker is None:
-                self._unlinker = threading.Thread(
-                    target=_unlink_forever, args=(self._doomed,), name="mmsb-gc-unlink",
-                    daemon=True,
-                )  # fmt: skip
-                self._unlinker.start()
-            tally.segments += 1
-            tally.log_bytes += size
-            return
+        return None
 
     # -- 2. compaction --------------------------------------------------------------------
 

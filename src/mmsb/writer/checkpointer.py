@@ -93,6 +93,9 @@ class Checkpointer:
         # why the last automatic checkpoint written in the background failed (None: it did
         # not); the log still holds every commit, so nothing is lost
         self.last_error: BaseException | None = None
+        # checkpoints written or removed so far (the collector lists the directories again
+        # only when this moves)
+        self.changes = 0
         self._thread: threading.Thread | None = None  # the background checkpoint, if any
         self.requested = False  # set from another thread: checkpoint at the next commit
         self._thread_error: BaseException | None = None
@@ -191,6 +194,7 @@ class Checkpointer:
             try:
                 log.sync(background=True)  # the log up to ``lsn`` is durable before its image
                 write_state(path, image, lsn, ts, with_arena=True, sync=sync)
+                self.changes += 1
             except BaseException as exc:  # kept for the owner: see join()
                 self._thread_error = exc
 
@@ -232,6 +236,7 @@ class Checkpointer:
             raise
         path = os.path.join(self.path, layout.CKPT_DIR, checkpoint_name(c.lsn))
         size = write_state(path, state, c.lsn, c.timestamp, with_arena=True, sync=self.sync)
+        self.changes += 1
         if log.pos > SEG_HEADER_SIZE:
             try:
                 log.roll(c.lsn + 1)
@@ -250,6 +255,7 @@ class Checkpointer:
         try:
             return self._compact()
         except OSError as exc:
+            self.changes += 1  # (it may have removed some)
             if isinstance(exc, StorageIOError):
                 raise
             raise storage_error(f"cannot compact {self.path}", exc) from exc
@@ -274,6 +280,7 @@ class Checkpointer:
                 os.unlink(path)
                 removed += 1
         if removed or removed_ck:
+            self.changes += 1
             fsync_dir(log_dir)
             self.on_compacted()
         return CompactInfo(removed, nbytes, removed_ck, oldest)
