@@ -102,11 +102,10 @@ class Bus(StateView):
             c = self._committer = w.committer
             self._checkpointer = w.checkpointer
             state, lsn, ts, info = w.writer.state, c.lsn, c.timestamp, w.recovery
-            ckpt = w.checkpointer
             self._collector = Collector(d, state, c, retention=opts.retention,
                                         auto_compact=opts.auto_compact,
                                         on_segments_dropped=h.forget_index,
-                                        checkpoints=lambda: ckpt.changes)  # fmt: skip
+                                        checkpoints=lambda: w.checkpointer.changes)  # fmt: skip
             h.before_export = c.log.sync
         self._state, self._lsn, self._last_ts = state, lsn, ts
         self.recovery: RecoveryInfo = info
