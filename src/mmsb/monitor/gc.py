@@ -124,7 +124,7 @@ class Collector:
         retention: Retention,
         auto_compact: bool,
         on_segments_dropped: Callable[[], None],
-        checkpoints: Callable[[], int] | None = None,
+        checkpoints: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
@@ -133,8 +133,7 @@ class Collector:
         self.retention = retention
         self.auto_compact = auto_compact
         self.on_segments_dropped = on_segments_dropped  # history indexes point into them
-        # a count of checkpoints written or removed (None: unknown, so list every step)
-        self.checkpoints = checkpoints
+        self.checkpoints = checkpoints  # a count of checkpoints written or removed
         self._settled: int | None = None  # that count when a step last found nothing to drop
         self.clock = clock
         self._t0 = clock()
@@ -234,8 +233,7 @@ class Collector:
         r = self.retention
         # the checkpoints written or removed so far: where the rules look at nothing else
         # and the last step found nothing to drop, the directories need no listing
-        gen = None if r.retain_bytes is not None or r.retain_seconds is not None else (
-            None if self.checkpoints is None else self.checkpoints())  # fmt: skip
+        gen = self.checkpoints() if r.retain_bytes is None and r.retain_seconds is None else None
         if gen is not None and gen == self._settled:
             return
         found = self._droppable(log_dir, tally)

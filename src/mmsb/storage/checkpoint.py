@@ -383,12 +383,12 @@ def load_state(
                 setattr(state, cname, col)
         else:
             state = State(arena, capacity=max(n, 1024))
-        for cname, dt in () if mapped is not None else _COLUMNS:  # read in place where
-            col = getattr(state, cname)  # they can be (little-endian columns)
-            if col.dtype == np.dtype(dt):
-                sections.read_into(cname, col[:n])
-            else:  # live: bytes, made bool (any nonzero byte is True)
-                col[:n] = np.frombuffer(read_section(cname), dt)
+            for cname, dt in _COLUMNS:  # little-endian columns, read in place where they can be
+                col = getattr(state, cname)
+                if col.dtype == np.dtype(dt):
+                    sections.read_into(cname, col[:n])
+                else:  # live: bytes, made bool (any nonzero byte is True)
+                    col[:n] = np.frombuffer(read_section(cname), dt)
         try:
             meta_raw = json.loads(read_section("metadata"))
             metadata = {int(k): str(v) for k, v in meta_raw.items()}

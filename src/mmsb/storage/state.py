@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 I64 = npt.NDArray[np.int64]
 _DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)  # by code; "uint8" is code 0
 TOUCH_FLUSH = 4096  # single reads whose access stamps are written together
+# the page table's columns, one entry per page id
+TABLE_COLUMNS = ("slot", "size", "epoch", "dtype", "loc", "live", "last_access", "seen_epoch")
 assert _DTYPES[0] == np.uint8
 
 
@@ -84,7 +86,7 @@ class State:
         if needed <= cap:
             return
         new = max(needed, cap * 2)
-        for name in ("slot", "size", "epoch", "dtype", "loc", "live", "last_access", "seen_epoch"):
+        for name in TABLE_COLUMNS:
             old = getattr(self, name)
             col = np.zeros(new, old.dtype)
             col[:cap] = old
@@ -94,7 +96,7 @@ class State:
         """Drop the page-table columns (the bus is closing). A table loaded by a clean open
         maps the clean-shutdown file, whose blocks are freed when its last view goes: here,
         at close, not whenever the garbage collector reaches the closed bus."""
-        for name in ("slot", "size", "epoch", "dtype", "loc", "live", "last_access", "seen_epoch"):
+        for name in TABLE_COLUMNS:
             setattr(self, name, np.zeros(0, getattr(self, name).dtype))
 
     def is_live(self, page_id: int) -> bool:

@@ -255,10 +255,11 @@ class Checkpointer:
         try:
             return self._compact()
         except OSError as exc:
-            self.changes += 1  # (it may have removed some)
             if isinstance(exc, StorageIOError):
                 raise
             raise storage_error(f"cannot compact {self.path}", exc) from exc
+        finally:
+            self.changes += 1  # (checkpoints or segments may be gone, even after a failure)
 
     def _compact(self) -> CompactInfo:
         ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
@@ -280,7 +281,6 @@ class Checkpointer:
                 os.unlink(path)
                 removed += 1
         if removed or removed_ck:
-            self.changes += 1
             fsync_dir(log_dir)
             self.on_compacted()
         return CompactInfo(removed, nbytes, removed_ck, oldest)
