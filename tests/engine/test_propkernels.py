@@ -1,4 +1,4 @@
-"""The compiled byte-diff used for propagation cutoff, against a numpy oracle."""
+"""The compiled byte-diff used for propagation cutoff and the byte move, against numpy."""
 
 from __future__ import annotations
 
@@ -26,13 +26,11 @@ def test_diff_matches_oracle(seed: int) -> None:
         big_a = np.zeros(pad, np.uint8)
         big_b = np.zeros(pad, np.uint8)
         big_a[:n], big_b[:n] = a, b
-        wa, wb = big_a.view(np.uint64), big_b.view(np.uint64)
-        assert pk._diff(big_a, wa, 0, big_b, wb, 0, n) == oracle(a, b)
-        # the byte-wise path (offsets not 8-aligned) against the same oracle
+        assert pk._diff(big_a, 0, big_b, 0, n) == oracle(a, b)
+        # offsets that are not 8-aligned (word loads across alignment)
         c, d = np.zeros(pad + 3, np.uint8), np.zeros(pad + 5, np.uint8)
         c[3 : 3 + n], d[5 : 5 + n] = a, b
-        got = pk._diff_bytes(c, c[:0].view(np.uint64), 3, d, d[:0].view(np.uint64), 5, n)
-        assert got == oracle(a, b)
+        assert pk._diff(c, 3, d, 5, n) == oracle(a, b)
 
 
 def test_diff_at_offsets() -> None:
@@ -40,6 +38,23 @@ def test_diff_at_offsets() -> None:
     b = np.zeros(64, np.uint8)
     b[16 + 9] = 1
     b[16 + 20] = 2
-    wa, wb = a.view(np.uint64), b.view(np.uint64)
-    assert pk._diff(a, wa, 16, b, wb, 16, 24) == (9, 21)
-    assert pk._diff(a, wa, 0, b, wb, 0, 16) == (-1, -1)
+    assert pk._diff(a, 16, b, 16, 24) == (9, 21)
+    assert pk._diff(a, 0, b, 0, 16) == (-1, -1)
+    assert pk.diff_range(a, b) == (25, 37)
+    # bytes just outside the compared range do not count
+    assert pk._diff(a, 26, b, 26, 10) == (-1, -1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gather_ranges_matches_numpy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, 4096).astype(np.uint8)
+    n = 300
+    starts = rng.integers(0, 4000, n).astype(np.int64)
+    lengths = rng.integers(0, 96, n).astype(np.int64)
+    lengths = np.minimum(lengths, src.size - starts)
+    out = np.full(int(lengths.sum()) + 7, 0xAB, np.uint8)
+    pk.gather_ranges(src, starts, lengths, out)
+    want = np.concatenate([src[s : s + k] for s, k in zip(starts, lengths, strict=True)])
+    assert np.array_equal(out[: want.size], want)
+    assert (out[want.size :] == 0xAB).all()  # nothing written past the ranges

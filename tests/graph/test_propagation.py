@@ -575,6 +575,15 @@ def test_kernel_matches_fold(bus: mmsb.Bus, sr: Semiring, dtype: str) -> None:
         want = sr.fold(parents, w, dtype=dtype)
         assert bus.read(child).tobytes() == want.tobytes()
         assert bus.read(grand).tobytes() == sr.fold([want, other], w2, dtype=dtype).tobytes()
+        # a write inside the page (elements 5..17): only those elements are recomputed,
+        # starting off the kernel's four-element stride and ending in its remainder
+        part = _pages_for(sr, dtype, rng, 1, 13)[0]
+        parents[-1][5:18] = part
+        bus.write(ins[-1], part, offset=5 * part.itemsize)
+        bus.tick()
+        want = sr.fold(parents, w, dtype=dtype)
+        assert bus.read(child).tobytes() == want.tobytes()
+        assert bus.read(grand).tobytes() == sr.fold([want, other], w2, dtype=dtype).tobytes()
 
 
 def test_kernel_special_values(bus: mmsb.Bus) -> None:

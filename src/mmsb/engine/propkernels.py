@@ -17,6 +17,54 @@ import numpy as np
 
 from mmsb.engine.jit import njit
 
+# Byte moves and word loads at any byte offset, set by _numba_globals() before the first
+# kernel here compiles (numba is imported then, not when this module is). A loop of array
+# stores costs ~20 ns for a 64-byte page where the C library's memmove costs ~3 ns.
+_move: Any = None
+_load64: Any = None
+
+
+def _numba_globals() -> dict[str, Any]:
+    """The intrinsics the kernels below call (see :mod:`mmsb.engine.jit`). Neither checks
+    bounds: callers pass ranges inside their arrays."""
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    def pointer(context: Any, builder: Any, aty: Any, arr: Any, idx: Any) -> Any:
+        ary = context.make_array(aty)(context, builder, arr)
+        return cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, aty, ary, [idx], wraparound=False
+        )
+
+    @intrinsic
+    def move(typingctx: Any, dst: Any, do: Any, src: Any, so: Any, n: Any) -> Any:
+        """dst[do:do+n] = src[so:so+n] for uint8 arrays (memmove: overlap is allowed)."""
+        sig = types.void(dst, do, src, so, n)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            d = pointer(context, builder, signature.args[0], args[0], args[1])
+            s = pointer(context, builder, signature.args[2], args[2], args[3])
+            cgutils.raw_memmove(builder, d, s, args[4], 1)  # type: ignore[no-untyped-call]
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def load64(typingctx: Any, arr: Any, off: Any) -> Any:
+        """The 8 bytes at arr[off:off+8] of a uint8 array as one uint64 (any alignment)."""
+        sig = types.uint64(arr, off)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            p = pointer(context, builder, signature.args[0], args[0], args[1])
+            word = builder.bitcast(p, context.get_value_type(types.uint64).as_pointer())
+            return builder.load(word, align=1)
+
+        return sig, codegen
+
+    return {"_move": move, "_load64": load64}
+
+
 # node kinds: built-in semiring codes 0..4 (see mmsb.semiring), then host-run nodes
 HOST = 100
 # dtype groups the kernel runs
@@ -65,11 +113,26 @@ def _fold(
         for k in range(k0, k1):
             staged = staged or fs[k]
         if not staged:
-            for j in range(e0, e1):
+            j = e0
+            while j + 4 <= e1:  # four independent sums at a time: the adds overlap
+                c0 = c1 = c2 = c3 = zero
+                for k in range(k0, k1):
+                    w = ws[k]
+                    b = a0s[k] + j
+                    c0 = c0 + w * arena[b]
+                    c1 = c1 + w * arena[b + 1]
+                    c2 = c2 + w * arena[b + 2]
+                    c3 = c3 + w * arena[b + 3]
+                out[o + j] = c0
+                out[o + j + 1] = c1
+                out[o + j + 2] = c2
+                out[o + j + 3] = c3
+                j += 4
+            for jr in range(j, e1):
                 acc = zero
                 for k in range(k0, k1):
-                    acc = acc + ws[k] * arena[a0s[k] + j]
-                out[o + j] = acc
+                    acc = acc + ws[k] * arena[a0s[k] + jr]
+                out[o + jr] = acc
             return
     for j in range(e0, e1):
         out[o + j] = zero
@@ -129,8 +192,6 @@ def run_nodes(
     changed ranges: outside it no parent changed, so neither does the node."""
     n = kind.size
     recomputed = 0
-    stage_w = words(stage8)
-    arena_w = words(arena8)
     for i in range(start, n):
         k0, k1 = pptr[i], pptr[i + 1]
         rlo = nbytes[i]
@@ -172,8 +233,7 @@ def run_nodes(
         b1 = e1 << sh
         slo[i] = b0
         shi[i] = b1
-        first, end = _diff_bytes(stage8, stage_w, so + b0, arena8, arena_w, slot[child[i]] + b0,
-                                 b1 - b0)  # fmt: skip
+        first, end = _diff(stage8, so + b0, arena8, slot[child[i]] + b0, b1 - b0)
         if first >= 0:
             changed[i] = 1
             lo[i] = b0 + first
@@ -182,21 +242,6 @@ def run_nodes(
             mlo[child[i]] = lo[i]
             mhi[child[i]] = hi[i]
     return n, recomputed
-
-
-@njit(cache=True, nogil=True)
-def _diff_bytes(a: Any, aw: Any, ao: int, b: Any, bw: Any, bo: int, size: int) -> tuple[int, int]:
-    """Like :func:`_diff` for any offsets (word-wise when both are 8-aligned)."""
-    if ((ao | bo) & 7) == 0:
-        return _diff(a, aw, ao, b, bw, bo, size)
-    first = -1
-    last = -1
-    for j in range(size):
-        if a[ao + j] != b[bo + j]:
-            if first < 0:
-                first = j
-            last = j
-    return first, last + 1 if first >= 0 else -1
 
 
 @njit(cache=True, nogil=True)
@@ -214,38 +259,14 @@ def mark_ranges(mark: Any, mlo: Any, mhi: Any, pages: Any, lo: Any, hi: Any) -> 
 
 
 @njit(cache=True, nogil=True)
-def words(a: Any) -> Any:
-    """The whole 8-byte words of the byte array ``a`` (which starts 8-aligned) as uint64."""
-    return a[: a.size // 8 * 8].view(np.uint64)
-
-
-@njit(cache=True, nogil=True)
-def _copy(d8: Any, d64: Any, do: int, s8: Any, s64: Any, so: int, n: int) -> None:
-    """d8[do:do+n] = s8[so:so+n]; word by word (through the uint64 views ``d64``/``s64``)
-    when both offsets are 8-aligned."""
-    j = 0
-    if ((do | so) & 7) == 0:
-        w = n >> 3
-        a = do >> 3
-        b = so >> 3
-        for i in range(w):
-            d64[a + i] = s64[b + i]
-        j = w << 3
-    for i in range(j, n):
-        d8[do + i] = s8[so + i]
-
-
-@njit(cache=True, nogil=True)
-def _diff(a: Any, aw: Any, ao: int, b: Any, bw: Any, bo: int, size: int) -> tuple[int, int]:
-    """First differing byte of a[ao:ao+size] and b[bo:bo+size] and one past the last one
-    ((-1, -1) when equal). Both offsets are 8-aligned: whole words are compared first,
-    through the uint64 views ``aw``/``bw`` of ``a``/``b``."""
+def _diff(a: Any, ao: int, b: Any, bo: int, size: int) -> tuple[int, int]:
+    """First differing byte of a[ao:ao+size] and b[bo:bo+size] (uint8 arrays, any offsets)
+    and one past the last one; (-1, -1) when equal. Whole 8-byte words are compared first,
+    then the bytes of the first and last differing words."""
     nw = size >> 3
-    a0 = ao >> 3
-    b0 = bo >> 3
     first = -1
     for j in range(nw):
-        if aw[a0 + j] != bw[b0 + j]:
+        if _load64(a, ao + 8 * j) != _load64(b, bo + 8 * j):
             first = 8 * j
             break
     if first < 0:
@@ -264,7 +285,7 @@ def _diff(a: Any, aw: Any, ao: int, b: Any, bw: Any, bo: int, size: int) -> tupl
             break
     if last < 0:
         for j in range(nw - 1, -1, -1):
-            if aw[a0 + j] != bw[b0 + j]:
+            if _load64(a, ao + 8 * j) != _load64(b, bo + 8 * j):
                 last = 8 * j + 7
                 break
         while a[ao + last] == b[bo + last]:
@@ -274,18 +295,16 @@ def _diff(a: Any, aw: Any, ao: int, b: Any, bw: Any, bo: int, size: int) -> tupl
 
 @njit(cache=True, nogil=True)
 def diff_range(a: Any, b: Any) -> tuple[int, int]:
-    """First differing byte and one past the last one (-1, -1 when equal); ``a`` and ``b``
-    start 8-aligned."""
-    return _diff(a, words(a), 0, b, words(b), 0, a.size)
+    """First differing byte of two uint8 arrays of one size and one past the last one
+    (-1, -1 when equal)."""
+    return _diff(a, 0, b, 0, a.size)
 
 
 @njit(cache=True, nogil=True)
 def gather_ranges(stage8: Any, starts: Any, lengths: Any, out: Any) -> None:
-    stage_w = words(stage8)
-    out_w = words(out)
     pos = 0
     for i in range(starts.size):
-        _copy(out, out_w, pos, stage8, stage_w, starts[i], lengths[i])
+        _move(out, pos, stage8, starts[i], lengths[i])
         pos += lengths[i]
 
 
@@ -297,9 +316,6 @@ def gather_parents(
     """Copy the current bytes of parent rows ``[k0, k1)`` into ``out`` (row ``k`` at
     ``offs[k - k0]``): each parent's page from the arena, overlaid inside ``[slo, shi)``
     with its staging slot when it was recomputed (and changed) earlier in this pass."""
-    arena_w = words(arena8)
-    stage_w = words(stage8)
-    out_w = words(out)
     for k in range(k0, k1):
         pos = offs[k - k0]
         p = ppage[k]
@@ -307,11 +323,11 @@ def gather_parents(
         n = size[p]
         if pn >= 0 and changed[pn] != 0:  # [slo, shi) holds whole elements: 8-aligned or
             a, b = slo[pn], shi[pn]  # a float32's or a byte's
-            _copy(out, out_w, pos, arena8, arena_w, slot[p], a)
-            _copy(out, out_w, pos + a, stage8, stage_w, stage_off[pn] + a, b - a)
-            _copy(out, out_w, pos + b, arena8, arena_w, slot[p] + b, n - b)
+            _move(out, pos, arena8, slot[p], a)
+            _move(out, pos + a, stage8, stage_off[pn] + a, b - a)
+            _move(out, pos + b, arena8, slot[p] + b, n - b)
         else:
-            _copy(out, out_w, pos, arena8, arena_w, slot[p], n)
+            _move(out, pos, arena8, slot[p], n)
 
 
 @njit(cache=True, nogil=True)
@@ -348,18 +364,15 @@ def stage_rows(
     back) for every dirty node ``i`` of ``[i0, i1)``, compare it with the page's current
     bytes and mark the node and its page changed where they differ (as :func:`run_nodes`
     does for the nodes it computes)."""
-    rows_w = words(rows8)
-    stage_w = words(stage8)
-    arena_w = words(arena8)
     pos = 0
     for i in range(i0, i1):
         n = nbytes[i]
         if dirty[i - i0]:
             so = stage_off[i]
-            _copy(stage8, stage_w, so, rows8, rows_w, pos, n)
+            _move(stage8, so, rows8, pos, n)
             slo[i] = 0
             shi[i] = n
-            first, end = _diff_bytes(stage8, stage_w, so, arena8, arena_w, slot[child[i]], n)
+            first, end = _diff(stage8, so, arena8, slot[child[i]], n)
             if first >= 0:
                 changed[i] = 1
                 lo[i] = first
