@@ -58,3 +58,37 @@ def test_gather_ranges_matches_numpy(seed: int) -> None:
     want = np.concatenate([src[s : s + k] for s, k in zip(starts, lengths, strict=True)])
     assert np.array_equal(out[: want.size], want)
     assert (out[want.size :] == 0xAB).all()  # nothing written past the ranges
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_changed_rows_matches_numpy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 500
+    changed = (rng.random(n) < 0.4).astype(np.uint8)
+    item = rng.choice(np.array([1, 2, 4, 8], np.int64), n)
+    child = rng.permutation(10 * n)[:n].astype(np.int64)
+    size = 64
+    lo = rng.integers(0, size, n).astype(np.int64)
+    hi = np.minimum(lo + rng.integers(1, size, n), size).astype(np.int64)
+    stage_off = np.arange(n, dtype=np.int64) * size
+    n_meta = 9
+    meta_of = rng.integers(0, n_meta - 2, n).astype(np.int32)  # entries 7 and 8 unused
+    rows, pages, offsets, lengths, starts, pstarts, meta_idx, names = pk.changed_rows(
+        changed, child, item, lo, hi, stage_off, meta_of, n_meta
+    )
+    # the oracle: the same columns from numpy calls
+    want = np.flatnonzero(changed)
+    it = item[want]
+    a = lo[want] // it * it
+    b = -(-hi[want] // it) * it
+    assert np.array_equal(rows, want)
+    assert np.array_equal(pages, child[want])
+    assert np.array_equal(offsets, a)
+    assert np.array_equal(lengths, b - a)
+    assert np.array_equal(starts, stage_off[want] + a)
+    assert np.array_equal(pstarts, np.concatenate(([0], np.cumsum(b - a)[:-1])))
+    present = np.unique(meta_of[want])
+    assert np.array_equal(names, present)
+    assert np.array_equal(meta_idx, np.searchsorted(present, meta_of[want]))
+    none = pk.changed_rows(np.zeros(n, np.uint8), child, item, lo, hi, stage_off, meta_of, 9)
+    assert all(c.size == 0 for c in none)

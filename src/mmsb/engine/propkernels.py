@@ -331,6 +331,52 @@ def gather_parents(
 
 
 @njit(cache=True, nogil=True)
+def changed_rows(
+    changed: Any, child: Any, item: Any, lo: Any, hi: Any, stage_off: Any, meta_of: Any,
+    n_meta: int,
+) -> tuple[Any, Any, Any, Any, Any, Any, Any, Any]:  # fmt: skip
+    """The rows of a pass's batch, one per node whose bytes changed, in node order: (node
+    index, page id, offset, length, staging offset, payload start, metadata index), and
+    the metadata entries present (indices into the ``n_meta`` entries ``meta_of`` refers
+    to, ascending; a row's metadata index counts among these). Each changed range
+    ``[lo, hi)`` is widened to whole elements of ``item`` bytes."""
+    m = 0
+    for i in range(changed.size):
+        if changed[i]:
+            m += 1
+    rows = np.empty(m, np.int64)
+    pages = np.empty(m, np.int64)
+    offsets = np.empty(m, np.int64)
+    lengths = np.empty(m, np.int64)
+    starts = np.empty(m, np.int64)
+    pstarts = np.empty(m, np.int64)
+    rank = np.zeros(n_meta, np.int32)
+    r = 0
+    pos = 0
+    for i in range(changed.size):
+        if changed[i]:
+            rank[meta_of[i]] = 1
+            it = item[i]
+            a = lo[i] // it * it
+            b = (hi[i] + it - 1) // it * it
+            rows[r] = i
+            pages[r] = child[i]
+            offsets[r] = a
+            lengths[r] = b - a
+            starts[r] = stage_off[i] + a
+            pstarts[r] = pos
+            pos += b - a
+            r += 1
+    names = np.flatnonzero(rank)
+    for k in range(names.size):
+        rank[names[k]] = k
+    meta_idx = np.empty(m, np.int32)
+    for r in range(m):
+        meta_idx[r] = rank[meta_of[rows[r]]]
+    return rows, pages, offsets, lengths, starts, pstarts, meta_idx, names
+
+
+@njit(cache=True, nogil=True)
 def dirty_nodes(
     i0: int, i1: int, pptr: Any, ppage: Any, nbytes: Any, mark: Any, mlo: Any, mhi: Any,
     dirty: Any,

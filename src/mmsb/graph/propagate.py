@@ -218,24 +218,16 @@ def pass_result(
 ) -> PassResult:  # fmt: skip
     """The pass's batch from its per-node results; ``gather(starts, lengths)`` returns
     the staged bytes of those ranges, concatenated."""
-    rows = np.flatnonzero(changed)
+    # whole elements, so typed reads of a delta make sense; the derivation names present,
+    # in name order, and each row's index among them
+    rows, pages, lo_r, lengths, starts, pstarts, meta_idx, names = pk.changed_rows(
+        changed, plan.child, plan.item, lo, hi, plan.stage_off, plan.meta_of,
+        len(plan.meta_parts),
+    )  # fmt: skip
     if rows.size == 0:
         return PassResult(None, recomputed, np.zeros(0, np.int64))
-    pages = plan.child[rows]
-    item = plan.item[rows]
-    lo_r = lo[rows] // item * item  # whole elements, so typed reads of a delta make sense
-    hi_r = -(-hi[rows] // item) * item
-    lengths = hi_r - lo_r
-    payload = gather(plan.stage_off[rows] + lo_r, lengths)
-    pstarts = np.zeros(rows.size, np.int64)
-    np.cumsum(lengths[:-1], out=pstarts[1:])
+    payload = gather(starts, lengths)
     head = '{"cause_lsn":' + str(int(cause_lsn))
-    # the derivation names present, in name order, and each row's index among them
-    of = plan.meta_of[rows]
-    present = np.zeros(len(plan.meta_parts), np.int32)
-    present[of] = 1
-    names = np.flatnonzero(present)
-    meta_idx = (np.cumsum(present, dtype=np.int32) - 1)[of]
     metas = tuple(head + plan.meta_parts[k] for k in names.tolist())
     batch = DeltaBatch(
         pages, lo_r, lengths, np.zeros(rows.size, np.uint8), pstarts, lengths.copy(),
