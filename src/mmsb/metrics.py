@@ -11,8 +11,8 @@ exporter instead, register ``BusCollector(bus)`` in its registry.
 
 Metric names (all ``mmsb_`` prefixed; times in seconds, sizes in bytes): ``bus_info``
 (labels ``path``, ``sync``, ``readonly``), ``lsn``, ``commits_total``, ``deltas_total``,
-``log_appended_bytes_total``, ``log_bytes``, ``log_segments``, ``checkpoints``,
-``checkpoint_lsn``, ``checkpoint_bytes``, ``checkpoint_age_seconds``,
+``log_appended_bytes_total``, ``log_write_seconds_total``, ``log_bytes``, ``log_segments``,
+``checkpoints``, ``checkpoint_lsn``, ``checkpoint_bytes``, ``checkpoint_age_seconds``,
 ``tick_duration_seconds`` (a histogram), ``tick_last_seconds``, ``gc_steps_total``,
 ``gc_pause_seconds_total``, ``snapshots_pinned``, ``readers``,
 ``fsync_duration_seconds`` (a summary: count and sum), ``fsync_max_seconds``. A figure the
@@ -73,6 +73,8 @@ class BusCollector:
         yield family(c, "deltas", "Deltas committed since open.", s.deltas)
         yield family(c, "log_appended_bytes", "Bytes appended to the log since open.",
                      s.log_appended_bytes)  # fmt: skip
+        yield family(c, "log_write_seconds", "Time spent writing to the log since open.",
+                     s.log_write_ms / 1e3)  # fmt: skip
         yield family(g, "log_bytes", "Log segment files on disk.", s.log_bytes)
         yield family(g, "log_segments", "Log segments on disk.", s.log_segments)
         yield family(g, "checkpoints", "Checkpoint files on disk.", s.checkpoints)

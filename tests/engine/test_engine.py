@@ -325,6 +325,15 @@ def test_throughput_target_runner_measures_and_checks(tmp_path: Path) -> None:
         f["speedup_2_workers"] / f["ceiling_2_processes"], rel=2e-2
     )
     assert isinstance(f["speedup_reliable"], bool)
+    # the log write's share of the 1-worker legs caps the speed-up (Amdahl's law)
+    s = f["log_write_share_1_worker"]
+    assert 0 < s < 1
+    assert f["bound_log_write"] == pytest.approx(1 / (s + (1 - s) / 2), rel=2e-2)
+    assert 1 < f["bound_log_write"] <= 2
+    assert f["fraction_of_bound"] == pytest.approx(
+        f["speedup_2_workers"] / f["bound_log_write"], rel=2e-2
+    )
+    assert "caps it at" in out.summary
     assert f["speedup_2_workers_one_pair"] == pytest.approx(
         f["two_workers_deltas_per_s"] / f["single_deltas_per_s"], rel=1e-2
     )
@@ -350,7 +359,7 @@ def test_bench_command_writes_a_table_and_json(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["machine"]["cpus"] >= 1
     assert len(doc["results"]) == 8 and "speedup_2_workers" in doc["summary"]
-    assert "fraction_of_ceiling" in doc["summary"]
+    assert "fraction_of_ceiling" in doc["summary"] and "fraction_of_bound" in doc["summary"]
     assert all(r["conditions"] and r["value"] > 0 for r in doc["results"])
     bad = CliRunner().invoke(cli, ["bench", "--scale", "0"])
     assert bad.exit_code == 2

@@ -35,6 +35,7 @@ TIMEOUT = 10.0
 FAMILIES = {
     "mmsb_bus_info": "gauge", "mmsb_lsn": "gauge", "mmsb_commits": "counter",
     "mmsb_deltas": "counter", "mmsb_log_appended_bytes": "counter", "mmsb_log_bytes": "gauge",
+    "mmsb_log_write_seconds": "counter",
     "mmsb_log_segments": "gauge", "mmsb_checkpoints": "gauge", "mmsb_checkpoint_lsn": "gauge",
     "mmsb_checkpoint_bytes": "gauge", "mmsb_checkpoint_age_seconds": "gauge",
     "mmsb_tick_duration_seconds": "histogram", "mmsb_tick_last_seconds": "gauge",
@@ -108,6 +109,8 @@ def test_serve_exposes_every_family_and_they_move(tmp_path: Path) -> None:
         assert second["mmsb_commits_total"] == s.commits > 0
         assert second["mmsb_deltas_total"] == s.deltas > 0
         assert second["mmsb_log_appended_bytes_total"] == s.log_appended_bytes > 0
+        assert second["mmsb_log_write_seconds_total"] == pytest.approx(s.log_write_ms / 1e3)
+        assert second["mmsb_log_write_seconds_total"] > 0
         assert second["mmsb_log_bytes"] == s.log_bytes > first["mmsb_log_bytes"]
         assert second["mmsb_log_segments"] == s.log_segments > first["mmsb_log_segments"]
         assert second["mmsb_checkpoints"] == 1 and second["mmsb_checkpoint_lsn"] > 0

@@ -42,6 +42,7 @@ def test_a_new_bus_reports_zeros(tmp_path: Path) -> None:
         assert isinstance(s, BusStats)
         assert (s.path, s.readonly, s.sync, s.lsn) == (bus.path, False, "normal", 0)
         assert (s.commits, s.deltas, s.log_appended_bytes, s.ticks, s.gc_steps) == (0,) * 5
+        assert s.log_write_ms == 0.0
         assert (s.checkpoints, s.checkpoint_lsn, s.checkpoint_bytes) == (0, None, 0)
         assert s.checkpoint_age_s is None and s.last_tick_ms is None
         assert s.tick_le_ms == TICK_LE_MS and s.tick_buckets == (0,) * (len(TICK_LE_MS) + 1)
@@ -62,17 +63,20 @@ def test_commits_deltas_and_log_bytes_move_with_each_commit(tmp_path: Path) -> N
         s2 = bus.stats()
         assert (s2.commits, s2.deltas) == (2, 1)
         assert s2.log_appended_bytes > s1.log_appended_bytes > 0
+        assert s2.log_write_ms > s1.log_write_ms > 0  # every append's write call is timed
         batch = mmsb.DeltaBatch.from_ranges(pages, np.zeros(10, np.int64),
                                             np.ones((10, 16), np.uint8))  # fmt: skip
         bus.apply_batch(batch)
         s3 = bus.stats()
         assert (s3.commits, s3.deltas, s3.lsn) == (3, 11, 3)
         assert s3.log_appended_bytes > s2.log_appended_bytes
+        assert s3.log_write_ms > s2.log_write_ms
         assert (s3.log_bytes, s3.log_segments) == on_disk(tmp_path / "b")
     # counted since open: a reopened bus starts again at 0
     with mmsb.open(tmp_path / "b", sync="off") as bus:
         s = bus.stats()
         assert (s.lsn, s.commits, s.deltas, s.log_appended_bytes) == (3, 0, 0, 0)
+        assert s.log_write_ms == 0.0
 
 
 def test_ticks_fill_the_latency_histogram(tmp_path: Path) -> None:
@@ -239,6 +243,7 @@ def test_a_read_only_bus_fills_what_it_knows(tmp_path: Path) -> None:
             assert r.readers == 1
             assert (r.commits, r.deltas, r.log_appended_bytes, r.ticks, r.gc_steps) == (0,) * 5
             assert (r.fsyncs, r.fsync_mean_ms, r.last_tick_ms) == (0, None, None)
+            assert r.log_write_ms == 0.0
             bus.write(p, b"s" * 8)
             # stats() never catches up by itself (it may run in another thread) ...
             assert ro.stats().lsn == w.lsn

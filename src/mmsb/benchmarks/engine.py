@@ -162,14 +162,23 @@ RELIABLE_SPREAD = 0.30  # paired ratios spread wider than this: the figure is un
 
 def _leg(bus: mmsb.Bus, pool: list[mmsb.DeltaBatch], workers: int, total: int) -> float:
     """Deltas/s of committing ``total`` deltas from ``pool`` with ``workers``."""
+    return _timed_leg(bus, pool, workers, total)[0]
+
+
+def _timed_leg(
+    bus: mmsb.Bus, pool: list[mmsb.DeltaBatch], workers: int, total: int
+) -> tuple[float, float]:
+    """(deltas/s, the share of the leg's wall time spent in the log's write calls)."""
     n = calls = 0
+    w0 = bus.stats().log_write_ms
     t0 = time.perf_counter()
     while n < total:
         b = pool[calls % len(pool)]
         bus.apply_batch(b, workers=workers)
         n += len(b)
         calls += 1
-    return n / (time.perf_counter() - t0)
+    took = time.perf_counter() - t0
+    return n / took, (bus.stats().log_write_ms - w0) / 1e3 / took
 
 
 def _paired(ratios: list[float], workers: int) -> dict[str, Any]:
@@ -215,6 +224,12 @@ def scaling(
       ceiling is the median of (sum of the concurrent rates / the lone rate): how much this
       machine gives N copies of the work, which no thread split can beat.
 
+    * Bound: one commit's frame goes to the log in one write call, which one thread makes
+      while the others wait; its share ``s`` of the 1-worker legs' time (the median) caps
+      any N-worker speed-up at ``1 / (s + (1 - s) / N)`` (Amdahl's law, everything else
+      split perfectly). N processes each write their own log, so the ceiling has no such
+      part; ``fraction_of_bound`` reads the speed-up against this cap instead.
+
     A speed-up above N, or paired ratios that spread more than 30 %, mark the figure as
     unreliable (``extra["reliable"]`` False) rather than as a result.
     """
@@ -223,15 +238,17 @@ def scaling(
 
     rng = np.random.default_rng(seed)
     ratios: list[float] = []
+    shares: list[float] = []
     with scratch_dir() as path, mmsb.open(path, sync="normal") as bus:
         ids = bus.create_pages(4096, 1024)
         pool = make_batches(rng, ids, 1024, 16, batch, 8, False)
         for w in (1, workers):
             _leg(bus, pool, w, batch)  # compiled kernels loaded, threads started
         for _ in range(pairs):
-            one = _leg(bus, pool, 1, total)
+            one, share = _timed_leg(bus, pool, 1, total)
             many = _leg(bus, pool, workers, total)
             ratios.append(many / one)
+            shares.append(share)
     ceilings: list[float] = []
     with scratch_dir() as base:
         procs = [
@@ -283,6 +300,8 @@ def scaling(
     speed = _paired(ratios, workers)
     ceil = _paired(ceilings, workers)
     fraction = speed["median"] / ceil["median"] if ceil["median"] > 0 else 0.0
+    serial = float(np.median(shares))
+    bound = 1.0 / (serial + (1.0 - serial) / workers)
     reliable = bool(speed["reliable"] and ceil["reliable"])
     return Result(
         f"{workers}-worker speed-up, 16 B range deltas (median of {pairs} paired runs)",
@@ -294,6 +313,8 @@ def scaling(
         {"ratios": speed["ratios"], "spread": round(speed["spread"], 3),
          "ceiling": round(ceil["median"], 3), "ceiling_ratios": ceil["ratios"],
          "ceiling_spread": round(ceil["spread"], 3), "fraction_of_ceiling": round(fraction, 3),
+         "log_write_share": round(serial, 3), "log_write_shares": [round(s, 3) for s in shares],
+         "bound_log_write": round(bound, 3), "fraction_of_bound": round(speed["median"] / bound, 3),
          "reliable": reliable},
     )  # fmt: skip
 
@@ -349,6 +370,8 @@ def summarize(results: list[Result]) -> dict[str, float]:
         out["speedup_2_workers_paired"] = paired.value
         out["ceiling_2_processes"] = float(paired.extra["ceiling"])
         out["fraction_of_ceiling"] = float(paired.extra["fraction_of_ceiling"])
+        out["bound_log_write"] = float(paired.extra["bound_log_write"])
+        out["fraction_of_bound"] = float(paired.extra["fraction_of_bound"])
     return out
 
 

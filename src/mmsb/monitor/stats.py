@@ -65,6 +65,7 @@ class BusStats:
     commits: int  # since open: commits published
     deltas: int  # since open: deltas those commits carried
     log_appended_bytes: int  # since open: bytes appended to the log
+    log_write_ms: float  # since open: time spent in the log's write calls
     log_bytes: int  # log segment files on disk, all of them
     log_segments: int
     checkpoints: int  # checkpoint files on disk
@@ -251,6 +252,7 @@ class Monitor:
             commits=0 if c is None else c.commits,
             deltas=0 if c is None else c.deltas,
             log_appended_bytes=0 if c is None else c.log.appended,
+            log_write_ms=0.0 if c is None else c.log.write_ns / 1e6,
             log_bytes=log_bytes,
             log_segments=n_sealed + bool(newest),
             checkpoints=n_ckpt,

@@ -78,6 +78,7 @@ class LogWriter:
         self.appended = 0  # bytes appended by this writer, ever (only grows)
         self.synced = 0  # value of ``appended`` covered by the last completed fsync
         self.written = 0  # bytes appended since the owner last reset it (checkpoint trigger)
+        self.write_ns = 0  # time spent in the write calls of appends (ns)
         self.sync_error: OSError | None = None  # the failed fsync that stopped this writer
         self.fsyncs = 0  # syncs that reached the disk, their total and longest time (ns)
         self.fsync_ns = 0
@@ -257,6 +258,7 @@ class LogWriter:
             parts.append(_ZEROS[:pad])
         offset = self.pos
         size = FRAME_HEADER_SIZE + length + pad
+        t0 = time.perf_counter_ns()
         try:
             _write_all(self._fd, parts, size)
         except BaseException as exc:
@@ -268,6 +270,7 @@ class LogWriter:
                 raise self._fail(LogWriteError, "cutting off a partly written frame",
                                  cut) from exc  # fmt: skip
             raise
+        self.write_ns += time.perf_counter_ns() - t0
         self.pos += size
         self.last_frame = offset
         self.appended += size

@@ -99,6 +99,9 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "speedup_2_workers_one_pair": round(two.value / one.value, 3),
         "ceiling_2_processes": round(ceiling, 3),
         "fraction_of_ceiling": round(fraction, 3),
+        "log_write_share_1_worker": scaled.extra["log_write_share"],
+        "bound_log_write": scaled.extra["bound_log_write"],
+        "fraction_of_bound": scaled.extra["fraction_of_bound"],
         "speedup_reliable": reliable,
         "speedup_ratios": scaled.extra["ratios"],
         "ceiling_ratios": scaled.extra["ceiling_ratios"],
@@ -114,7 +117,8 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     summary = (
         f"1 worker {one.value / 1e6:.2f} M/s, 2 workers {two.value / 1e6:.2f} M/s; paired "
         f"speed-up x{speedup:.2f} against a machine ceiling of x{ceiling:.2f} "
-        f"({fraction:.0%}{'' if reliable else ', unreliable: runs spread > 30 %'}); "
+        f"({fraction:.0%}{'' if reliable else ', unreliable: runs spread > 30 %'}; the log "
+        f"write alone caps it at x{scaled.extra['bound_log_write']:.2f}); "
         f"64 B dense {dense.value / 1e6:.2f} M/s, "
         f"{floor_ratio:.2f}x the numpy floor, seed workload {seed_wl.value / 1e6:.2f} M/s"
     )
