@@ -118,11 +118,11 @@ def _fold(
                 c0 = c1 = c2 = c3 = zero
                 for k in range(k0, k1):
                     w = ws[k]
-                    b = a0s[k] + j
+                    b = np.uint64(a0s[k] + j)  # unsigned: no negative-index check per load
                     c0 = c0 + w * arena[b]
-                    c1 = c1 + w * arena[b + 1]
-                    c2 = c2 + w * arena[b + 2]
-                    c3 = c3 + w * arena[b + 3]
+                    c1 = c1 + w * arena[b + np.uint64(1)]
+                    c2 = c2 + w * arena[b + np.uint64(2)]
+                    c3 = c3 + w * arena[b + np.uint64(3)]
                 out[o + j] = c0
                 out[o + j + 1] = c1
                 out[o + j + 2] = c2
