@@ -34,14 +34,9 @@ _cas: Any = None
 def _numba_globals() -> dict[str, Any]:
     """The LLVM intrinsics the kernels below call (see :mod:`mmsb.engine.jit`)."""
     from numba import types
-    from numba.core import cgutils
     from numba.extending import intrinsic
 
-    def pointer(context: Any, builder: Any, aty: Any, arr: Any, idx: Any) -> Any:
-        ary = context.make_array(aty)(context, builder, arr)
-        return cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
-            context, builder, aty, ary, [idx], wraparound=False
-        )
+    from mmsb.engine.memops import pointer
 
     @intrinsic
     def fence(typingctx: Any) -> Any:

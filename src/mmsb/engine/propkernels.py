@@ -15,54 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from mmsb.engine import memops
 from mmsb.engine.jit import njit
 
-# Byte moves and word loads at any byte offset, set by _numba_globals() before the first
-# kernel here compiles (numba is imported then, not when this module is). A loop of array
-# stores costs ~20 ns for a 64-byte page where the C library's memmove costs ~3 ns.
+# numba intrinsics (mmsb.engine.memops), set before the first kernel here compiles
+_numba_globals = memops.numba_globals
 _move: Any = None
 _load64: Any = None
-
-
-def _numba_globals() -> dict[str, Any]:
-    """The intrinsics the kernels below call (see :mod:`mmsb.engine.jit`). Neither checks
-    bounds: callers pass ranges inside their arrays."""
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
-    def pointer(context: Any, builder: Any, aty: Any, arr: Any, idx: Any) -> Any:
-        ary = context.make_array(aty)(context, builder, arr)
-        return cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
-            context, builder, aty, ary, [idx], wraparound=False
-        )
-
-    @intrinsic
-    def move(typingctx: Any, dst: Any, do: Any, src: Any, so: Any, n: Any) -> Any:
-        """dst[do:do+n] = src[so:so+n] for uint8 arrays (memmove: overlap is allowed)."""
-        sig = types.void(dst, do, src, so, n)
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            d = pointer(context, builder, signature.args[0], args[0], args[1])
-            s = pointer(context, builder, signature.args[2], args[2], args[3])
-            cgutils.raw_memmove(builder, d, s, args[4], 1)  # type: ignore[no-untyped-call]
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    @intrinsic
-    def load64(typingctx: Any, arr: Any, off: Any) -> Any:
-        """The 8 bytes at arr[off:off+8] of a uint8 array as one uint64 (any alignment)."""
-        sig = types.uint64(arr, off)
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            p = pointer(context, builder, signature.args[0], args[0], args[1])
-            word = builder.bitcast(p, context.get_value_type(types.uint64).as_pointer())
-            return builder.load(word, align=1)
-
-        return sig, codegen
-
-    return {"_move": move, "_load64": load64}
+_prefetch: Any = None
 
 
 # node kinds: built-in semiring codes 0..4 (see mmsb.semiring), then host-run nodes
