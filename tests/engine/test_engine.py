@@ -174,6 +174,30 @@ def test_rejected_batch_changes_nothing(tmp_path: Path, workers: int) -> None:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_prepare_skips_only_the_rows_checked_before(tmp_path: Path, workers: int) -> None:
+    """``checked=k``: the first k rows (a tick's input rows, checked when the tick began)
+    are not checked again; every later row still is."""
+    rng = np.random.default_rng(3)
+    with mmsb.open(tmp_path / "b", sync="off") as bus:
+        ids = bus.create_pages(10, 32).tolist()
+        state = bus._state
+        assert state is not None
+        epochs = state.epoch.copy()
+        good = random_batch(rng, ids, 32, 20_000)  # enough rows for two shares
+        bad = mmsb.DeltaBatch.from_ranges([ids[0]], [30], [b"xyz"])  # past the page's end
+        first = mmsb.DeltaBatch.concat([bad, good])
+        prepared = commit.prepare(state, first, workers, 1, checked=1)
+        assert len(prepared.pieces) > 0
+        commit.undo(state, first)
+        with pytest.raises(InvalidDeltaError, match="reach past the end of their page"):
+            commit.prepare(state, first, workers, 1)
+        last = mmsb.DeltaBatch.concat([good, bad])
+        with pytest.raises(InvalidDeltaError, match="reach past the end of their page"):
+            commit.prepare(state, last, workers, 1, checked=len(good))
+        assert np.array_equal(state.epoch, epochs)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_full_disk_changes_nothing(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
     """Out of space when the frame is appended, before the arena changes: the bus stays
     usable and nothing changed."""

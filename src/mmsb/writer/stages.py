@@ -62,13 +62,16 @@ def _fail(state: State, batch: DeltaBatch) -> None:
     raise InvalidDeltaError("batch failed validation")  # the kernels and the checks disagree
 
 
-def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) -> Prepared:
+def prepare(
+    state: State, batch: DeltaBatch, workers: int, first_delta_id: int, checked: int = 0
+) -> Prepared:
     """Check ``batch`` against ``state``, assign epochs, encode the frame payload.
 
     The checks: the structure, live pages, rows inside their pages, and for typed rows
     (``batch.dtypes``) the page's dtype at whole items. On any error nothing is changed
     (epochs assigned by a share are taken back) and :func:`_fail` raises the error
-    :meth:`State.validate` words.
+    :meth:`State.validate` words. The first ``checked`` rows are taken as checked already
+    (a tick's input rows, prepared once before its derivations ran and joined to them).
     """
     n = len(batch)
     cols = (batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.plens,
@@ -127,7 +130,7 @@ def prepare(state: State, batch: DeltaBatch, workers: int, first_delta_id: int) 
                 ck.epochs_and_buckets(state.next_page_id, state.epoch, batch.page_ids, col_ep,
                                       chunks, order, starts)  # fmt: skip
         status = ck.check_rows(
-            lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds,
+            max(lo, checked), hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds,
             batch.pstarts, batch.plens, batch.mstarts, batch.source_idx, batch.meta_idx,
             batch.payload.size, batch.mask, len(batch.sources), len(batch.metas),
             MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, *typed,

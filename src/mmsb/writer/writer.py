@@ -403,7 +403,7 @@ class Writer:
                 stages.undo(state, batch)  # the frame of both assigns every epoch again
                 staged_epochs = None
                 total = DeltaBatch.concat([batch, derived])
-                prepared = stages.prepare(state, total, 1, first)
+                prepared = stages.prepare(state, total, 1, first, checked=n_in)
                 staged_epochs = total
             crc = checksum.crc32(prepared.pieces, prepared.shares)
         except BaseException:
