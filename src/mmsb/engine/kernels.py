@@ -19,8 +19,6 @@ U8 = npt.NDArray[np.uint8]
 
 # numba intrinsics (mmsb.engine.memops), set before the first kernel here compiles
 _numba_globals = memops.numba_globals
-_move: Any = None
-_load64: Any = None
 _prefetch: Any = None
 AHEAD = memops.PREFETCH_ROWS
 

@@ -6,11 +6,11 @@ costs ~3 ns, and a kernel that walks rows at random places in a large arena wait
 memory on every row unless it asks for the next rows' bytes early (a prefetch is only a
 hint: it never faults and never changes a value, so an address past an array is harmless).
 
-A kernel module uses them by defining ``_numba_globals = memops.numba_globals`` and module
-names ``_move``, ``_load64`` and ``_prefetch`` set to None: :mod:`mmsb.engine.jit` calls
-``_numba_globals()`` with numba importable before the module's first kernel compiles (numba
-is imported then, not when the module is). None of them checks bounds: callers pass
-ranges inside their arrays.
+A kernel module uses them by defining ``_numba_globals = memops.numba_globals`` and a
+module name set to None for each one it calls (``_move``, ``_load64``, ``_prefetch``):
+:mod:`mmsb.engine.jit` calls ``_numba_globals()`` with numba importable before the
+module's first kernel compiles (numba is imported then, not when the module is). None of
+them checks bounds: callers pass ranges inside their arrays.
 """
 
 from __future__ import annotations

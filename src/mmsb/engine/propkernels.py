@@ -22,7 +22,6 @@ from mmsb.engine.jit import njit
 _numba_globals = memops.numba_globals
 _move: Any = None
 _load64: Any = None
-_prefetch: Any = None
 
 
 # node kinds: built-in semiring codes 0..4 (see mmsb.semiring), then host-run nodes
