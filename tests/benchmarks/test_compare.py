@@ -1,7 +1,7 @@
 """``mmsb bench --compare`` (mmsb.benchmarks.compare) at a small scale: every system ends
 with the same pages as the numpy floor, the floor itself matches a plain bytearray model,
 a system that loses writes is caught, every workload yields positive figures, the CLI writes
-JSON with the four workloads, and a missing lmdb is skipped with the reason. No timings are
+JSON with the five workloads, and a missing lmdb is skipped with the reason. No timings are
 asserted."""
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def test_every_system_ends_byte_equal_to_the_floor(report: compare.Report) -> No
         assert any(c.startswith(f"{name}: all ") and "after (a)" in c for c in report.checks)
         assert any(c.startswith(f"{name}: the ") and "after (b)" in c for c in report.checks)
     assert any("after a crash and recovery" in c for c in report.checks)
+    assert any("agent simulation ended bit-identical to plain numpy" in c for c in report.checks)
     crash = next(f for f in report.figures if f.system == "MMSB after crash")
     assert crash.extra["deltas_replayed"] >= report.sizes["updates"]
 
@@ -80,14 +81,21 @@ def test_each_workload_gives_positive_figures_and_ratios(report: compare.Report)
     assert {("a", "numpy shm"), ("c", "numpy shm")} <= set(by)
     assert by[("a", "MMSB")].unit == "updates/s" and by[("d", "MMSB")].unit == "s"
     assert by[("a", "MMSB")].extra["batch"] == report.sizes["batch"]
-    assert len(report.goals) == 5
-    many = report.goals[-1]  # a page through read_many against one through read
+    assert len(report.goals) == 6
+    many = report.goals[-2]  # a page through read_many against one through read
     assert many.ratio == pytest.approx(by[("c", "MMSB read_many")].value / by[("c", "MMSB")].value)
     assert by[("c", "numpy shm gather")].advantage == pytest.approx(
         by[("c", "MMSB read_many")].value / by[("c", "numpy shm gather")].value
     )
+    # (e): the bus and plain numpy, with the goal read from the median of the paired ratios
+    agents, plain = by[("e", "MMSB")], by[("e", "plain numpy")]
+    assert agents.unit == plain.unit == "ticks/s" and agents.value > 0 and plain.value > 0
+    bus, plain_np = agents.extra["bus_ticks_per_s_pairs"], agents.extra["numpy_ticks_per_s_pairs"]
+    pairs = [n / b for b, n in zip(bus, plain_np, strict=True)]
+    assert report.goals[-1].ratio == pytest.approx(float(np.median(pairs)), rel=2e-2)
+    assert report.goals[-1].text.startswith("(e) numpy/MMSB = ")
     for (k, name), f in by.items():  # every peer against MMSB's own figure of its workload
-        if name in ("numpy shm", "LMDB", "SQLite"):
+        if name in ("numpy shm", "LMDB", "SQLite", "plain numpy"):
             mine = by[(k, "MMSB")].value
             assert f.advantage == pytest.approx(mine / f.value if f.rate else f.value / mine)
     for g in report.goals:
@@ -121,7 +129,7 @@ def test_a_system_that_loses_writes_fails_loudly(tmp_path: Path) -> None:
 
 def test_missing_lmdb_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lmdb", None)  # makes `import lmdb` fail
-    rep = compare.run(SCALE, seed=2, crash=False)
+    rep = compare.run(SCALE, seed=2, crash=False, agents=False)
     assert "LMDB" in rep.skipped and "mmsb[compare]" in rep.skipped["LMDB"]
     assert not any(f.system == "LMDB" for f in rep.figures)
     assert {f.system for f in rep.figures} == {
@@ -138,18 +146,19 @@ def test_missing_lmdb_is_skipped_with_the_reason(monkeypatch: pytest.MonkeyPatch
     assert sqlite_goal.met is not None
 
 
-def test_cli_compare_writes_json_with_the_four_workloads(tmp_path: Path) -> None:
+def test_cli_compare_writes_json_with_the_five_workloads(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     result = CliRunner().invoke(cli, ["bench", "--compare", "--scale", "0.01", "--json", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
-    assert set(doc["workloads"]) == {"a", "b", "c", "d"}
+    assert set(doc["workloads"]) == {"a", "b", "c", "d", "e"}
     for k, w in doc["workloads"].items():
         assert w["title"].startswith(f"({k})")
         assert any(r["system"] == "MMSB" and r["value"] > 0 for r in w["rows"])
     assert doc["scale"] == 0.01 and doc["sizes"]["pages"] == 655
-    assert len(doc["goals"]) == 5
+    assert len(doc["goals"]) == 6
     assert "mmsb bench --compare" in result.stdout
+    assert "(e) numpy/MMSB = " in result.stdout and "agent simulation" in result.stdout
     assert "(a) MMSB/SQLite = " in result.stdout
     assert "(goal ≥ 30×)" in result.stdout
 
@@ -157,8 +166,21 @@ def test_cli_compare_writes_json_with_the_four_workloads(tmp_path: Path) -> None
 def test_cli_compare_without_lmdb_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lmdb", None)
     # the crash-recovery run is covered above; leaving it out keeps this test short
-    monkeypatch.setattr(compare, "run", functools.partial(compare.run, crash=False))
+    monkeypatch.setattr(compare, "run", functools.partial(compare.run, crash=False, agents=False))
     result = CliRunner().invoke(cli, ["bench", "--compare", "--scale", "0.002"])
     assert result.exit_code == 0, result.output
     assert "LMDB skipped: lmdb is not importable" in result.stdout
     assert "(a) MMSB/LMDB: skipped" in result.stdout
+
+
+def test_an_agent_simulation_that_differs_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsb.benchmarks import agents
+
+    real = agents.agent_sim
+
+    def differs(**kw: object) -> dict[str, object]:
+        return {**real(**kw), "identical": False}  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agents, "agent_sim", differs)
+    with pytest.raises(peers.MismatchError, match="agent simulation ended unlike"):
+        compare.run_agents(0.001, [], lambda *_: None)

@@ -17,6 +17,9 @@ from one seeded generator and every system receives exactly the same ones):
 * (d) reopen after the same history: clean close, then open + read one page; and MMSB after
   a crash (a writer process that applies (a) and leaves with ``os._exit``), recovered by
   replaying its log.
+* (e) the agent simulation of :mod:`mmsb.benchmarks.agents` (4,096 agents; derived pages
+  recomputed by a semiring layer and a ``derive_many`` layer each tick) against the same
+  computation in plain numpy, interleaved in one process; the two must end bit-identical.
 
 After (a) every system's pages are compared byte for byte with the numpy floor's, and after
 (b) the pages (b) touched with the floor plus (b)'s updates; a difference raises
@@ -286,6 +289,34 @@ def run_crash(scale: float, seed: int, expected: U8, root: str, checks: list[str
                    "checkpoint_lsn": info.checkpoint_lsn})  # fmt: skip
 
 
+def run_agents(scale: float, checks: list[str], progress: Progress) -> list[Figure]:
+    """(e): :func:`mmsb.benchmarks.agents.agent_sim` at ``scale`` x 4,096 agents (fewer
+    ticks below full scale); MismatchError unless the bus and numpy end bit-identical."""
+    from mmsb.benchmarks import agents
+
+    full = scale >= 1.0
+    n = max(int(4096 * scale), 64)
+    r = agents.agent_sim(agents=n, ticks=100 if full else 20, pairs=7 if full else 3,
+                         warmup=20 if full else 5, progress=progress)  # fmt: skip
+    if not r["identical"]:
+        raise MismatchError("MMSB: the agent simulation ended unlike plain numpy's")
+    checks.append(f"MMSB: the agent simulation ended bit-identical to plain numpy ({n} agents)")
+    shape = (f"{n:,} agents of {r['fields']} float64 fields, {r['neighbours']} neighbours; "
+             f"{r['pairs']} interleaved pairs of {r['ticks_per_segment']} ticks, "
+             "median")  # fmt: skip
+    extra = {k: r[k] for k in ("ratio", "bus_ticks_per_s_pairs", "numpy_ticks_per_s_pairs",
+                               "recomputed_per_tick", "warmup_ticks")}  # fmt: skip
+    return [
+        Figure("e", "MMSB", r["bus_ticks_per_s"], "ticks/s",
+               f"{shape}; Bus.tick of the new states (log on, sync=normal) recomputes a "
+               "semiring layer (derive_semiring, SUM_PRODUCT) and a derive_many layer; one "
+               "read_many of the actions per tick", extra),
+        Figure("e", "plain numpy", r["numpy_ticks_per_s"], "ticks/s",
+               f"{shape}; the same arrays computed in the same order on numpy arrays, "
+               "nothing logged", {"ratio": r["ratio"]}),
+    ]  # fmt: skip
+
+
 def _advantages(figures: list[Figure]) -> None:
     for f in figures:
         if f.system.startswith("MMSB"):
@@ -303,6 +334,18 @@ GOALS = (  # workload, peer, lowest MMSB advantage, how the ratio is written
     ("c", "LMDB", 1.5, "MMSB/LMDB"),
 )
 READ_MANY_GAIN = 10.0  # a page through read_many (1,000 ids) vs through a single read
+AGENTS_WITHIN = 2.0  # the agent simulation: plain numpy at most this many times faster
+
+
+def _agents_goal(figures: list[Figure]) -> Goal | None:
+    """numpy / MMSB on (e): the median of the interleaved pairs' ratios."""
+    f = next((f for f in figures if f.workload == "e" and f.system == "MMSB"), None)
+    if f is None:
+        return None
+    ratio = float(f.extra["ratio"])
+    met = ratio <= AGENTS_WITHIN
+    return Goal(f"(e) numpy/MMSB = {ratio:.2f}× (median of the pairs; goal ≤ "
+                f"{AGENTS_WITHIN:g}×) {'✓' if met else '✗'}", ratio, met)  # fmt: skip
 
 
 def _read_many_goal(figures: list[Figure]) -> Goal | None:
@@ -335,12 +378,15 @@ def goals(figures: list[Figure], skipped: dict[str, str]) -> list[Goal]:
     many = _read_many_goal(figures)
     if many is not None:
         out.append(many)
+    agents = _agents_goal(figures)
+    if agents is not None:
+        out.append(agents)
     return out
 
 
-def run(scale: float = 1.0, *, seed: int = 0, crash: bool = True,
+def run(scale: float = 1.0, *, seed: int = 0, crash: bool = True, agents: bool = True,
         progress: Progress | None = None) -> Report:  # fmt: skip
-    """All four workloads on every available system; see the module docstring."""
+    """Every workload on every available system; see the module docstring."""
     sz = sizes(scale)
     w = make_workload(sz, seed)
     sink: Progress = progress or (lambda what, done, total: None)
@@ -361,6 +407,8 @@ def run(scale: float = 1.0, *, seed: int = 0, crash: bool = True,
             run_store(s, w, expected, after_b, root, figures, checks, sink)
         if crash:
             figures.append(run_crash(scale, seed, expected, root, checks))
+        if agents:
+            figures.extend(run_agents(scale, checks, sink))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     _advantages(figures)
@@ -375,11 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--no-crash", action="store_true", help="skip MMSB's crash recovery")
+    ap.add_argument("--no-agents", action="store_true", help="skip the agent simulation")
     ap.add_argument("--crash-writer", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.crash_writer:
         crash_writer(args.crash_writer, args.scale, args.seed)
-    rep = run(args.scale, seed=args.seed, crash=not args.no_crash)
+    rep = run(args.scale, seed=args.seed, crash=not args.no_crash, agents=not args.no_agents)
     for f in rep.figures:
         adv = "" if f.advantage is None else f"  MMSB x{f.advantage:.2f}"
         print(f"{f.workload}  {f.system:<18} {f.value:>16,.4g} {f.unit}{adv}")

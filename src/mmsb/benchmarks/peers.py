@@ -32,6 +32,7 @@ WORKLOADS = {
     "b": "(b) durable commits",
     "c": "(c) random page reads",
     "d": "(d) reopen",
+    "e": "(e) agent simulation",
 }
 INSTALL_HINT = "install mmsb[compare] (pip install 'mmsb[compare]') to include LMDB"
 # SQLite's update: a splice of the blob in SQL (|| yields text holding the raw bytes, which
