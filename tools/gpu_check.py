@@ -258,12 +258,12 @@ def bench_tick(pages: int = 65_536, derived: int = 10_000, deltas: int = 10_000,
         for side in ("device", "host"):
             t0 = time.perf_counter()
             mark = np.zeros(pages + 2, np.uint8)
-            mlo = np.zeros(pages + 2, np.int64)
-            mhi = np.zeros(pages + 2, np.int64)
-            pk.mark_ranges(mark, mlo, mhi, pids, offs, offs + lens)
+            mr = np.zeros((pages + 2, 2), np.int64)  # each page's [lo, hi) side by side
+            pk.mark_ranges(mark, mr, pids, offs, offs + lens)
             if side == "device":
                 apply_rows_device(dev, slots, *cols, sync=False)
-                m = [cuda.to_device(a, stream=dev.stream) for a in (mark, mlo, mhi)]
+                m = [cuda.to_device(np.ascontiguousarray(a), stream=dev.stream)
+                     for a in (mark, mr[:, 0], mr[:, 1])]  # fmt: skip
                 per = [cuda.to_device(np.zeros(n_nodes, ty), stream=dev.stream)
                        for ty in (np.uint8, np.int64, np.int64, np.int64, np.int64)]  # fmt: skip
                 run_nodes_device(0, plan, slot_d, *m, *per)
@@ -274,7 +274,7 @@ def bench_tick(pages: int = 65_536, derived: int = 10_000, deltas: int = 10_000,
                 lo, hi, slo, shi = (np.zeros(n_nodes, np.int64) for _ in range(4))
                 pk.run_nodes(0, g["kind"], g["group"], g["zero64"], g["pptr"], g["ppage"],
                              g["pnode"], g["w32"], g["w64"], g["child"], g["nbytes"],
-                             g["stage_off"], slots, mark, mlo, mhi, changed, lo, hi, slo, shi,
+                             g["stage_off"], slots, mark, mr, changed, lo, hi, slo, shi,
                              host, host[:n8].view(np.float32), host[:n8].view(np.float64),
                              stage.view(np.uint8), stage.view(np.float32), stage,
                              *pk.empty_scratch(g["ppage"].size))  # fmt: skip

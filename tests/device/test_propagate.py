@@ -108,18 +108,20 @@ def host_pass(case: Case, stage: np.ndarray, mark: np.ndarray, mlo: np.ndarray,
     per_node = tuple(np.zeros(n, t) for t in (np.uint8, *[np.int64] * 4))
     a = case.arena
     n8 = a.size // 8 * 8
+    mr = np.stack([mlo, mhi], axis=1)  # the host kernel keeps both ends side by side
     stops, total, pos = [], 0, 0
     while pos < n:
         pos, done = pk.run_nodes(
             pos, c["kind"], c["group"], c["zero64"], c["pptr"], c["ppage"], c["pnode"],
-            c["w32"], c["w64"], c["child"], c["nbytes"], c["stage_off"], case.slots, mark, mlo,
-            mhi, *per_node, a, a[:n8].view(np.float32), a[:n8].view(np.float64),
+            c["w32"], c["w64"], c["child"], c["nbytes"], c["stage_off"], case.slots, mark, mr,
+            *per_node, a, a[:n8].view(np.float32), a[:n8].view(np.float64),
             stage.view(np.uint8), stage.view(np.float32), stage,
             *pk.empty_scratch(max(c["ppage"].size, 1)),
         )  # fmt: skip
         total += done
         stops.append(pos)
         pos += 1  # a host node: counted as run, unchanged
+    mlo[:], mhi[:] = mr[:, 0], mr[:, 1]
     return stops, total, per_node
 
 
@@ -145,14 +147,13 @@ def device_pass(
 def random_marks(rng: np.random.Generator, case: Case) -> tuple[np.ndarray, ...]:
     n_pages = case.slots.size
     mark = np.zeros(n_pages, np.uint8)
-    mlo = np.zeros(n_pages, np.int64)
-    mhi = np.zeros(n_pages, np.int64)
+    mr = np.zeros((n_pages, 2), np.int64)
     pages = [p for p in range(1, n_pages) if rng.random() < 0.4] or [case.inputs[0]]
     lo = np.array([int(rng.integers(0, case.nbytes_page[p])) for p in pages], np.int64)
     hi = np.array([int(rng.integers(lo[i] + 1, case.nbytes_page[p] + 1))
                    for i, p in enumerate(pages)], np.int64)  # fmt: skip
-    pk.mark_ranges(mark, mlo, mhi, np.array(pages, np.int64), lo, hi)
-    return mark, mlo, mhi
+    pk.mark_ranges(mark, mr, np.array(pages, np.int64), lo, hi)
+    return mark, mr[:, 0].copy(), mr[:, 1].copy()
 
 
 @pytest.mark.parametrize(("seed", "hosts"), [(0, 0), (1, 0), (2, 0), (3, 2), (4, 3)])

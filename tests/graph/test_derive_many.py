@@ -468,11 +468,11 @@ def test_gather_and_stage_kernels_match_numpy() -> None:
     changed2 = np.zeros(n, np.uint8)
     z = [np.zeros(n, np.int64) for _ in range(4)]
     mark = np.zeros(n, np.uint8)
-    mlo, mhi = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    mr = np.zeros((n, 2), np.int64)
     pk.stage_rows(new, 0, n, dirty, nbytes, st, cslot, arena2, cslot, child, changed2, *z,
-                  mark, mlo, mhi)  # fmt: skip
+                  mark, mr)  # fmt: skip
     assert changed2.tolist() == [0, 1, 0, 0, 0] and mark.tolist() == [0, 1, 0, 0, 0]
-    assert (z[0][1], z[1][1], mlo[1], mhi[1]) == (5, 6, 5, 6)
+    assert (z[0][1], z[1][1], mr[1, 0], mr[1, 1]) == (5, 6, 5, 6)
     assert st[32:48].tobytes() == bytes(16)  # the clean member was not staged
     assert st[16:32].tobytes() == new[16:32].tobytes()
 

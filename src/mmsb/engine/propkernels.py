@@ -67,32 +67,6 @@ def _fold(
     """out[o+e0 : o+e1] = ⊕_k (ws[k] ⊗ parent_k[e0:e1]). A parent recomputed this pass is
     read from its staging slot inside the elements it computed, [slos, shis), and from the
     arena elsewhere: up to three contiguous segments per parent."""
-    if code == 4:  # SUM_PRODUCT with every parent in the arena: one sum per element, kept
-        staged = False  # in a register; the same additions in the same order as below
-        for k in range(k0, k1):
-            staged = staged or fs[k]
-        if not staged:
-            j = e0
-            while j + 4 <= e1:  # four independent sums at a time: the adds overlap
-                c0 = c1 = c2 = c3 = zero
-                for k in range(k0, k1):
-                    w = ws[k]
-                    b = np.uint64(a0s[k] + j)  # unsigned: no negative-index check per load
-                    c0 = c0 + w * arena[b]
-                    c1 = c1 + w * arena[b + np.uint64(1)]
-                    c2 = c2 + w * arena[b + np.uint64(2)]
-                    c3 = c3 + w * arena[b + np.uint64(3)]
-                out[o + j] = c0
-                out[o + j + 1] = c1
-                out[o + j + 2] = c2
-                out[o + j + 3] = c3
-                j += 4
-            for jr in range(j, e1):
-                acc = zero
-                for k in range(k0, k1):
-                    acc = acc + ws[k] * arena[a0s[k] + jr]
-                out[o + jr] = acc
-            return
     for j in range(e0, e1):
         out[o + j] = zero
     for k in range(k0, k1):
@@ -107,6 +81,37 @@ def _fold(
         _apply(code, out, o, arena, a0s[k], w, e0, m0)
         _apply(code, out, o, stage, s0s[k], w, m0, m1)
         _apply(code, out, o, arena, a0s[k], w, m1, e1)
+
+
+@njit(cache=True, nogil=True)
+def _sum_product(
+    zero: Any, out: Any, o: int, arena: Any, slot: Any, ppage: Any, ws: Any, k0: int, k1: int,
+    sh: int, e0: int, e1: int,
+) -> None:  # fmt: skip
+    """out[o+e0 : o+e1] = Σ_k ws[k] · parent_k[e0:e1], every parent read from the arena at
+    its slot (``sh``: log2 of the itemsize). Four running sums, four elements at a time, so
+    that their additions overlap; each element still gets the same additions in the same
+    order as :func:`_fold`'s. Unsigned indices: no negative-index check per load."""
+    j = e0
+    while j + 4 <= e1:
+        c0 = c1 = c2 = c3 = zero
+        for k in range(k0, k1):
+            w = ws[k]
+            b = np.uint64((slot[ppage[k]] >> sh) + j)
+            c0 = c0 + w * arena[b]
+            c1 = c1 + w * arena[b + np.uint64(1)]
+            c2 = c2 + w * arena[b + np.uint64(2)]
+            c3 = c3 + w * arena[b + np.uint64(3)]
+        out[o + j] = c0
+        out[o + j + 1] = c1
+        out[o + j + 2] = c2
+        out[o + j + 3] = c3
+        j += 4
+    for jr in range(j, e1):
+        acc = zero
+        for k in range(k0, k1):
+            acc = acc + ws[k] * arena[(slot[ppage[k]] >> sh) + jr]
+        out[o + jr] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -125,8 +130,7 @@ def run_nodes(
     stage_off: Any,  # node -> byte offset in the staging buffer (8-aligned)
     slot: Any,  # page table slot column (bytes, 8-aligned)
     mark: Any,  # uint8 by page id: changed this pass (small, so the scan stays in cache)
-    mlo: Any,  # by page id: its changed byte range [mlo, mhi)
-    mhi: Any,
+    mr: Any,  # (page ids, 2): a marked page's changed byte range [mr[p, 0], mr[p, 1])
     changed: Any,  # uint8 by node: recomputed and different
     lo: Any,  # by node: its changed byte range
     hi: Any,
@@ -155,11 +159,15 @@ def run_nodes(
         k0, k1 = pptr[i], pptr[i + 1]
         rlo = nbytes[i]
         rhi = 0
+        staged = False  # a parent recomputed this pass (so marked) whose bytes changed
         for k in range(k0, k1):
             p = ppage[k]
             if mark[p]:
-                rlo = min(rlo, mlo[p])
-                rhi = max(rhi, mhi[p])
+                rlo = min(rlo, mr[p, 0])
+                rhi = max(rhi, mr[p, 1])
+                pn = pnode[k]
+                if pn >= 0 and changed[pn]:
+                    staged = True
         if rhi <= rlo:
             continue
         code = kind[i]
@@ -170,23 +178,31 @@ def run_nodes(
         sh = 0 if g == G_BOOL else (2 if g == G_F32 else 3)  # log2 of the itemsize
         e0 = rlo >> sh
         e1 = min((rhi + (1 << sh) - 1) >> sh, nbytes[i] >> sh)
-        for k in range(k0, k1):
-            pn = pnode[k]
-            a0s[k] = slot[ppage[k]] >> sh
-            fs[k] = pn >= 0 and changed[pn] != 0
-            if fs[k]:
-                s0s[k] = stage_off[pn] >> sh
-                slos[k] = slo[pn] >> sh
-                shis[k] = shi[pn] >> sh
-        if g == G_BOOL:
-            _fold(0, np.uint8(0), stage8, so, arena8, stage8, a0s, s0s, fs, slos, shis, w64,
-                  k0, k1, e0, e1)  # fmt: skip
-        elif g == G_F32:
-            _fold(code, np.float32(zero64[i]), stage32, so >> 2, arena32, stage32, a0s, s0s,
-                  fs, slos, shis, w32, k0, k1, e0, e1)  # fmt: skip
+        if code == 4 and g != G_BOOL and not staged:  # the common case: its own loop
+            if g == G_F32:
+                _sum_product(np.float32(zero64[i]), stage32, so >> 2, arena32, slot, ppage,
+                             w32, k0, k1, sh, e0, e1)  # fmt: skip
+            else:
+                _sum_product(zero64[i], stage64, so >> 3, arena64, slot, ppage, w64, k0, k1,
+                             sh, e0, e1)  # fmt: skip
         else:
-            _fold(code, zero64[i], stage64, so >> 3, arena64, stage64, a0s, s0s, fs, slos,
-                  shis, w64, k0, k1, e0, e1)  # fmt: skip
+            for k in range(k0, k1):
+                pn = pnode[k]
+                a0s[k] = slot[ppage[k]] >> sh
+                fs[k] = pn >= 0 and changed[pn] != 0
+                if fs[k]:
+                    s0s[k] = stage_off[pn] >> sh
+                    slos[k] = slo[pn] >> sh
+                    shis[k] = shi[pn] >> sh
+            if g == G_BOOL:
+                _fold(0, np.uint8(0), stage8, so, arena8, stage8, a0s, s0s, fs, slos, shis,
+                      w64, k0, k1, e0, e1)  # fmt: skip
+            elif g == G_F32:
+                _fold(code, np.float32(zero64[i]), stage32, so >> 2, arena32, stage32, a0s,
+                      s0s, fs, slos, shis, w32, k0, k1, e0, e1)  # fmt: skip
+            else:
+                _fold(code, zero64[i], stage64, so >> 3, arena64, stage64, a0s, s0s, fs,
+                      slos, shis, w64, k0, k1, e0, e1)  # fmt: skip
         recomputed += 1
         b0 = e0 << sh
         b1 = e1 << sh
@@ -198,23 +214,25 @@ def run_nodes(
             lo[i] = b0 + first
             hi[i] = b0 + end
             mark[child[i]] = 1
-            mlo[child[i]] = lo[i]
-            mhi[child[i]] = hi[i]
+            mr[child[i], 0] = lo[i]
+            mr[child[i], 1] = hi[i]
     return n, recomputed
 
 
 @njit(cache=True, nogil=True)
-def mark_ranges(mark: Any, mlo: Any, mhi: Any, pages: Any, lo: Any, hi: Any) -> None:
-    """Mark each row's page and widen its changed range [mlo, mhi) to cover [lo, hi)."""
+def mark_ranges(mark: Any, mr: Any, pages: Any, lo: Any, hi: Any) -> None:
+    """Mark each row's page and widen its changed range [mr[p, 0], mr[p, 1]) to cover
+    [lo, hi). The two ends of a page's range sit side by side: the scan over a node's
+    parents reads one cache line per parent, not two."""
     for r in range(pages.size):
         p = pages[r]
         if not mark[p]:
             mark[p] = 1
-            mlo[p] = lo[r]
-            mhi[p] = hi[r]
+            mr[p, 0] = lo[r]
+            mr[p, 1] = hi[r]
         else:
-            mlo[p] = min(mlo[p], lo[r])
-            mhi[p] = max(mhi[p], hi[r])
+            mr[p, 0] = min(mr[p, 0], lo[r])
+            mr[p, 1] = max(mr[p, 1], hi[r])
 
 
 @njit(cache=True, nogil=True)
@@ -337,8 +355,7 @@ def changed_rows(
 
 @njit(cache=True, nogil=True)
 def dirty_nodes(
-    i0: int, i1: int, pptr: Any, ppage: Any, nbytes: Any, mark: Any, mlo: Any, mhi: Any,
-    dirty: Any,
+    i0: int, i1: int, pptr: Any, ppage: Any, nbytes: Any, mark: Any, mr: Any, dirty: Any,
 ) -> int:  # fmt: skip
     """``dirty[i - i0]`` = whether node ``i`` of ``[i0, i1)`` needs recomputing (a parent
     changed inside the node's span: the test :func:`run_nodes` applies); returns the count."""
@@ -349,8 +366,8 @@ def dirty_nodes(
         for k in range(pptr[i], pptr[i + 1]):
             p = ppage[k]
             if mark[p]:
-                rlo = min(rlo, mlo[p])
-                rhi = max(rhi, mhi[p])
+                rlo = min(rlo, mr[p, 0])
+                rhi = max(rhi, mr[p, 1])
         if rhi > rlo:
             dirty[i - i0] = 1
             count += 1
@@ -363,7 +380,7 @@ def dirty_nodes(
 def stage_rows(
     rows8: Any, i0: int, i1: int, dirty: Any, nbytes: Any, stage8: Any, stage_off: Any,
     arena8: Any, slot: Any, child: Any, changed: Any, lo: Any, hi: Any, slo: Any, shi: Any,
-    mark: Any, mlo: Any, mhi: Any,
+    mark: Any, mr: Any,
 ) -> None:  # fmt: skip
     """Stage row ``i - i0`` of ``rows8`` (one page of ``nbytes[i]`` bytes each, back to
     back) for every dirty node ``i`` of ``[i0, i1)``, compare it with the page's current
@@ -383,8 +400,8 @@ def stage_rows(
                 lo[i] = first
                 hi[i] = end
                 mark[child[i]] = 1
-                mlo[child[i]] = first
-                mhi[child[i]] = end
+                mr[child[i], 0] = first
+                mr[child[i], 1] = end
         pos += n
 
 

@@ -103,9 +103,9 @@ def _device_pass(
         _plans[plan] = dp
     n, npg = len(plan), state.next_page_id
     mark = np.zeros(npg, np.uint8)
-    mlo = np.zeros(npg, np.int64)
-    mhi = np.zeros(npg, np.int64)
-    pk.mark_ranges(mark, mlo, mhi, pages, lo_in, hi_in)
+    mr = np.zeros((npg, 2), np.int64)
+    pk.mark_ranges(mark, mr, pages, lo_in, hi_in)
+    mlo, mhi = np.ascontiguousarray(mr[:, 0]), np.ascontiguousarray(mr[:, 1])
     slots = np.zeros(npg, np.int64)
     k = min(npg, dev.dslot.size)
     slots[:k] = dev.dslot[:k]

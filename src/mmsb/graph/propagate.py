@@ -167,9 +167,8 @@ def run_pass(
         if done is not None:
             return cast(PassResult, done)
     mark = np.zeros(state.next_page_id, np.uint8)
-    mlo = np.empty(state.next_page_id, np.int64)  # only read where mark is set
-    mhi = np.empty(state.next_page_id, np.int64)
-    pk.mark_ranges(mark, mlo, mhi, pages, lo_in, hi_in)
+    mr = np.empty((state.next_page_id, 2), np.int64)  # only read where mark is set
+    pk.mark_ranges(mark, mr, pages, lo_in, hi_in)
     changed = np.zeros(n, np.uint8)
     lo = np.zeros(n, np.int64)
     hi = np.zeros(n, np.int64)
@@ -186,7 +185,7 @@ def run_pass(
             pos, done = pk.run_nodes(
                 pos, plan.kind, plan.group, plan.zero64, plan.pptr, plan.ppage, plan.pnode,
                 plan.w32, plan.w64, plan.child, plan.nbytes, plan.stage_off, state.slot, mark,
-                mlo, mhi, changed, lo, hi, slo, shi, arena8, arena32, arena64, stage8, stage32,
+                mr, changed, lo, hi, slo, shi, arena8, arena32, arena64, stage8, stage32,
                 stage64, *plan.scratch,
             )  # fmt: skip
             recomputed += done
@@ -194,10 +193,10 @@ def run_pass(
                 break
             if plan.gend[pos] >= 0:  # a group: its members run together
                 pos, done = run_group(plan, state, pos, stage8, changed, lo, hi, slo, shi,
-                                      mark, mlo, mhi)  # fmt: skip
+                                      mark, mr)  # fmt: skip
                 recomputed += done
                 continue
-            _run_host(plan, state, pos, stage8, changed, lo, hi, slo, shi, mark, mlo, mhi)
+            _run_host(plan, state, pos, stage8, changed, lo, hi, slo, shi, mark, mr)
             recomputed += 1
             pos += 1
     finally:
@@ -248,8 +247,7 @@ def _run_host(
     slo: I64,
     shi: I64,
     mark: npt.NDArray[np.uint8],
-    mlo: I64,
-    mhi: I64,
+    mr: I64,
 ) -> None:
     d = plan.derivations[i]
     child = d.child
@@ -283,7 +281,7 @@ def _run_host(
         changed[i] = 1
         lo[i], hi[i] = first, end
         mark[child] = 1
-        mlo[child], mhi[child] = first, end
+        mr[child] = first, end
 
 
 def _parent_bytes(
@@ -381,7 +379,7 @@ def check_parents(parents: Sequence[int]) -> tuple[int, ...]:
 
 def run_group(
     plan: Plan, state: State, pos: int, stage8: U8, changed: U8, lo: I64, hi: I64,
-    slo: I64, shi: I64, mark: U8, mlo: I64, mhi: I64,
+    slo: I64, shi: I64, mark: U8, mr: I64,
 ) -> tuple[int, int]:  # fmt: skip
     """Run the group of plan node ``pos`` once: gather the parents of its members with one
     compiled call, call its function on the stacked array, stage the rows of the members
@@ -389,7 +387,7 @@ def run_group(
     g0, g1 = int(plan.gstart[pos]), int(plan.gend[pos])
     m = g1 - g0
     dirty = np.empty(m, np.uint8)
-    count = pk.dirty_nodes(g0, g1, plan.pptr, plan.ppage, plan.nbytes, mark, mlo, mhi, dirty)
+    count = pk.dirty_nodes(g0, g1, plan.pptr, plan.ppage, plan.nbytes, mark, mr, dirty)
     if count == 0:
         return g1, 0
     d0 = plan.derivations[g0]
@@ -427,5 +425,5 @@ def run_group(
         )
     rows8 = np.ascontiguousarray(out).reshape(-1).view(np.uint8)
     pk.stage_rows(rows8, g0, g1, dirty, plan.nbytes, stage8, plan.stage_off, state.arena.buf,
-                  state.slot, plan.child, changed, lo, hi, slo, shi, mark, mlo, mhi)  # fmt: skip
+                  state.slot, plan.child, changed, lo, hi, slo, shi, mark, mr)  # fmt: skip
     return g1, count
