@@ -515,8 +515,8 @@ def test_readonly_bus_follows_graph_changes(tmp_path: Path) -> None:
 
 
 def test_edge_table_copy_is_independent_and_equal() -> None:
-    """``copy`` copies the structures as they are; it must equal a rebuild edge by edge
-    (the oracle) and share nothing with the original."""
+    """``copy`` copies the columns only and builds its maps on first use; they must equal
+    the maps the original kept up edge by edge (the oracle), and share nothing with it."""
     rng = np.random.default_rng(3)
     table = EdgeTable()
     for _ in range(300):
@@ -538,3 +538,26 @@ def test_edge_table_copy_is_independent_and_equal() -> None:
     assert table.encode() == rebuilt.encode()  # the original did not move
     assert table.children == rebuilt.children and table.parents == rebuilt.parents
     assert not table.has(1, 59, 0) or rebuilt.has(1, 59, 0)
+
+
+def test_edge_table_load_keeps_a_repeated_row_once_and_versions_only_grow() -> None:
+    """``load`` drops repeated rows (as adding them one by one would); ``load`` and
+    ``clear`` move the version on, never back, since plans are cached by version."""
+    p = np.array([3, 1, 3, 2, 1], np.int64)
+    c = np.array([4, 2, 4, 3, 2], np.int64)
+    k = np.array([0, 1, 0, 0, 2], np.uint8)
+    oracle = EdgeTable()
+    for row in zip(p.tolist(), c.tolist(), k.tolist(), strict=True):
+        oracle.add(*row)
+    table = EdgeTable()
+    table.add(7, 8, 0)
+    before = table.version
+    table.load(p, c, k)
+    assert table.version > before
+    assert len(table) == len(oracle) == 4
+    assert table.encode() == oracle.encode()
+    assert table.children == oracle.children and table.parents == oracle.parents
+    assert table.children[1] == {2: 0b110} and not table.has(7, 8, 0)
+    before = table.version
+    table.clear()
+    assert table.version > before and len(table) == 0 and table.children == {}
