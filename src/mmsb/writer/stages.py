@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +56,21 @@ def _pad8(n: int) -> int:
     return n + (-n) % 8
 
 
-def _fail(state: State, batch: DeltaBatch) -> None:
-    """Raise the single-thread path's error for a batch a kernel rejected."""
-    batch._check_structure()
-    state.validate(batch)
+def _fail(state: State, parts: Sequence[DeltaBatch]) -> None:
+    """Raise the single-thread path's error for the first of ``parts`` holding a row a
+    kernel rejected (its row numbers count within that batch)."""
+    for batch in parts:
+        batch._check_structure()
+        state.validate(batch)
     raise InvalidDeltaError("batch failed validation")  # the kernels and the checks disagree
 
 
 def prepare(
-    state: State, batch: DeltaBatch, workers: int, first_delta_id: int, checked: int = 0
+    state: State,
+    batch: DeltaBatch | Sequence[DeltaBatch],
+    workers: int,
+    first_delta_id: int,
+    checked: int = 0,
 ) -> Prepared:
     """Check ``batch`` against ``state``, assign epochs, encode the frame payload.
 
@@ -72,19 +79,29 @@ def prepare(
     (epochs assigned by a share are taken back) and :func:`_fail` raises the error
     :meth:`State.validate` words. The first ``checked`` rows are taken as checked already
     (a tick's input rows, prepared once before its derivations ran and joined to them).
+
+    ``batch`` may be a sequence of batches: the frame is then that of their
+    :meth:`~mmsb.batch.DeltaBatch.concat`, built without joining them (their payloads go
+    to the log as they are, one after the other). Batches with masks, or several workers,
+    join them first.
     """
-    n = len(batch)
-    cols = (batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.plens,
-            batch.mstarts, batch.source_idx, batch.meta_idx, batch.dtypes)  # fmt: skip
-    if any(c.size != n for c in cols) or not LITTLE:
-        _fail(state, batch)
-    # rows of raw bytes only (the usual case): the kernel's type checks are compiled out
-    typed = (batch.dtypes, state.dtype, DTYPE_ITEMSIZE) if batch.dtypes.any() else (None,) * 3
-    masked = bool(batch.kinds.any())
+    parts = [batch] if isinstance(batch, DeltaBatch) else list(batch)
+    if len(parts) > 1 and (workers > 1 or any(b.kinds.any() for b in parts)):
+        parts = [DeltaBatch.concat(parts)]
+    bases = [0, *itertools.accumulate(len(b) for b in parts)]
+    n = bases[-1]
+    for b in parts:
+        m = len(b)
+        cols = (b.offsets, b.lengths, b.kinds, b.pstarts, b.plens, b.mstarts, b.source_idx,
+                b.meta_idx, b.dtypes)  # fmt: skip
+        if any(c.size != m for c in cols) or not LITTLE:
+            _fail(state, [b])
+    strings = _Strings(parts)
+    masked = bool(parts[0].kinds.any())  # (several batches: none has masks)
     flags = codec.HAS_MASKS if masked else 0
-    if len(batch.sources) > 1 and (batch.source_idx != batch.source_idx[0]).any():
+    if strings.source_col:
         flags |= codec.SOURCE_COL
-    if not bool((batch.meta_idx == batch.meta_idx[0]).all()):
+    if strings.meta_col:
         flags |= codec.META_COL
     # frame payload layout, every section padded to 8 bytes
     o_pid = codec.BATCH_HEAD.size
@@ -112,10 +129,10 @@ def prepare(
         col_kind = buf[:0]
         col_plen = buf[:0].view(np.uint32)
 
-    parts = effective_workers(workers, n)
-    rows = _weighted_rows(n, parts)
-    chunks = parts * CHUNKS_PER_SHARE if parts > 1 else 0
-    order = np.empty(n if parts > 1 else 0, np.int64)
+    shares = effective_workers(workers, n) if len(parts) == 1 else 1
+    rows = _weighted_rows(n, shares)
+    chunks = shares * CHUNKS_PER_SHARE if shares > 1 else 0
+    order = np.empty(n if shares > 1 else 0, np.int64)
     starts = np.zeros(chunks + 1, np.int64)
 
     def share(w: int) -> tuple[int, bool]:
@@ -123,43 +140,54 @@ def prepare(
         if w == 0:
             # optimistic: a rejected batch has its epochs taken back below
             assigned[0] = True
-            if parts == 1:
-                ck.epochs_for_pages(-(2**62), 2**62, state.next_page_id, state.epoch,
-                                    batch.page_ids, col_ep)  # fmt: skip
+            if shares == 1:
+                for b, r0 in zip(parts, bases, strict=False):  # in row order
+                    ck.epochs_for_pages(-(2**62), 2**62, state.next_page_id, state.epoch,
+                                        b.page_ids, col_ep[r0:])  # fmt: skip
             else:
-                ck.epochs_and_buckets(state.next_page_id, state.epoch, batch.page_ids, col_ep,
-                                      chunks, order, starts)  # fmt: skip
-        status = ck.check_rows(
-            max(lo, checked), hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds,
-            batch.pstarts, batch.plens, batch.mstarts, batch.source_idx, batch.meta_idx,
-            batch.payload.size, batch.mask, len(batch.sources), len(batch.metas),
-            MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, *typed,
-        )  # fmt: skip
-        contiguous = ck.encode_rows(
-            lo, hi, batch.page_ids, batch.offsets, batch.lengths, batch.kinds, batch.plens,
-            batch.pstarts, col_pid, col_off, col_len, col_kind, col_plen, masked,
-        )  # fmt: skip
-        return int(status), bool(contiguous)
+                ck.epochs_and_buckets(state.next_page_id, state.epoch, parts[0].page_ids,
+                                      col_ep, chunks, order, starts)  # fmt: skip
+        status, contiguous = int(ck.OK), True
+        for b, r0 in zip(parts, bases, strict=False):  # this share's rows of each batch
+            a, z = max(lo, r0) - r0, min(hi, r0 + len(b)) - r0
+            if a >= z:
+                continue
+            # rows of raw bytes only (the usual case): the type checks are compiled out
+            typed = (b.dtypes, state.dtype, DTYPE_ITEMSIZE) if b.dtypes.any() else (None,) * 3
+            st = ck.check_rows(
+                max(a, checked - r0), z, b.page_ids, b.offsets, b.lengths, b.kinds,
+                b.pstarts, b.plens, b.mstarts, b.source_idx, b.meta_idx, b.payload.size,
+                b.mask, len(b.sources), len(b.metas), MAX_PAGE_SIZE, state.next_page_id,
+                state.live, state.size, *typed,
+            )  # fmt: skip
+            if status == ck.OK:
+                status = int(st)
+            contiguous = bool(ck.encode_rows(
+                a, z, b.page_ids, b.offsets, b.lengths, b.kinds, b.plens, b.pstarts,
+                col_pid[r0:], col_off[r0:], col_len[r0:], col_kind[r0:] if masked else col_kind,
+                col_plen[r0:] if masked else col_plen, masked,
+            )) and contiguous  # fmt: skip
+        return status, contiguous
 
     assigned = [False]
     try:
-        results = run_shares(share, [(w,) for w in range(parts)])
+        results = run_shares(share, [(w,) for w in range(shares)])
     except BaseException:
         # a share that raised (say, columns of a type the kernels cannot take) after the
         # epochs were assigned: take them back
         if assigned[0]:
-            ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
+            _undo_parts(state, parts)
         raise
     if any(s != ck.OK for s, _ in results):
-        ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
-        _fail(state, batch)
+        _undo_parts(state, parts)
+        _fail(state, parts)
     try:
-        pieces = _finish(batch, buf, flags, masked, n, first_delta_id, rows,
+        pieces = _finish(parts, strings, buf, flags, masked, n, first_delta_id, rows,
                          all(c for _, c in results), o_src, o_meta)  # fmt: skip
     except BaseException:
-        ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
+        _undo_parts(state, parts)
         raise
-    return Prepared(pieces, col_ep, parts, order, starts)
+    return Prepared(pieces, col_ep, shares, order, starts)
 
 
 # apply chunks per worker, taken in turn (rows are rarely spread evenly over page ids)
@@ -180,8 +208,53 @@ def _weighted_rows(n: int, parts: int) -> list[tuple[int, int]]:
     return [(0, first)] + [(first + lo, first + hi) for lo, hi in rest]
 
 
+class _Strings:
+    """The frame's source and metadata tables for ``parts`` (joined as
+    :meth:`~mmsb.batch.DeltaBatch.concat` joins them), each row's index into them, and
+    whether either needs a column (rows that do not all share one entry)."""
+
+    def __init__(self, parts: Sequence[DeltaBatch]) -> None:
+        if len(parts) == 1:
+            b = parts[0]
+            self.sources, self.metas = b.sources, b.metas
+            self.source_idx, self.meta_idx = b.source_idx, b.meta_idx
+        else:
+            src: dict[str, int] = {}
+            meta: dict[str, int] = {}
+            si, mi = [], []
+            for b in parts:
+                smap = np.array([src.setdefault(x, len(src)) for x in b.sources], np.uint16)
+                mmap = np.array([meta.setdefault(x, len(meta)) for x in b.metas] + [-1],
+                                np.int32)  # fmt: skip
+                si.append(smap[b.source_idx])
+                mi.append(mmap[b.meta_idx])  # -1 maps to the trailing -1
+            self.sources, self.metas = tuple(src) or ("api",), tuple(meta)
+            self.source_idx, self.meta_idx = np.concatenate(si), np.concatenate(mi)
+        idx, mdx = self.source_idx, self.meta_idx
+        self.source_col = len(self.sources) > 1 and bool((idx != idx[0]).any())
+        self.meta_col = not bool((mdx == mdx[0]).all())
+
+
+def _undo_parts(state: State, parts: Sequence[DeltaBatch]) -> None:
+    for b in parts:
+        ck.undo_epochs_rows(state.next_page_id, state.epoch, b.page_ids)
+
+
+def _payload(b: DeltaBatch, contiguous: bool) -> npt.NDArray[np.uint8]:
+    """The payload of ``b``'s rows in row order: its pool as it is when the rows lie in it
+    back to back from its start (``contiguous``: the encode kernel saw them so)."""
+    if len(b) == 0:
+        return b.payload[:0]
+    if contiguous and int(b.pstarts[0]) == 0 and b.payload.size == int(b.pstarts[-1] + b.plens[-1]):
+        return b.payload
+    out = np.empty(int(b.plens.sum()), np.uint8)
+    kernels.gather_slots(b.payload, b.pstarts, b.plens, out)
+    return out
+
+
 def _finish(
-    batch: DeltaBatch,
+    parts: Sequence[DeltaBatch],
+    strings: _Strings,
     buf: npt.NDArray[np.uint8],
     flags: int,
     masked: bool,
@@ -193,30 +266,25 @@ def _finish(
     o_meta: int,
 ) -> list[bytes | memoryview]:
     if flags & codec.SOURCE_COL:
-        buf[o_src : o_src + 2 * n].view(np.uint16)[:] = batch.source_idx
+        buf[o_src : o_src + 2 * n].view(np.uint16)[:] = strings.source_idx
         buf[o_src + 2 * n : _pad8(o_src + 2 * n)] = 0
     if flags & codec.META_COL:
-        buf[o_meta : o_meta + 4 * n].view(np.int32)[:] = batch.meta_idx
-    src0, meta0 = int(batch.source_idx[0]), int(batch.meta_idx[0])
-    strings = {
-        "s": list(batch.sources) if flags & codec.SOURCE_COL else [batch.sources[src0]],
-        "m": list(batch.metas)
+        buf[o_meta : o_meta + 4 * n].view(np.int32)[:] = strings.meta_idx
+        buf[o_meta + 4 * n : _pad8(o_meta + 4 * n)] = 0
+    src0, meta0 = int(strings.source_idx[0]), int(strings.meta_idx[0])
+    table = {
+        "s": list(strings.sources) if flags & codec.SOURCE_COL else [strings.sources[src0]],
+        "m": list(strings.metas)
         if flags & codec.META_COL
-        else ([] if meta0 < 0 else [batch.metas[meta0]]),
+        else ([] if meta0 < 0 else [strings.metas[meta0]]),
     }
-    sbytes = json.dumps(strings, separators=(",", ":")).encode()
-    if (
-        contiguous
-        and int(batch.pstarts[0]) == 0
-        and batch.payload.size == int(batch.pstarts[-1] + batch.plens[-1])
-    ):
-        payload = batch.payload
-    else:
-        payload = np.empty(int(batch.plens.sum()), np.uint8)
-        kernels.gather_slots(batch.payload, batch.pstarts, batch.plens, payload)
+    sbytes = json.dumps(table, separators=(",", ":")).encode()
+    payloads = [p for p in (_payload(b, contiguous) for b in parts) if p.size]
+    size = sum(p.size for p in payloads)
     mask_bits = 0
     packed = np.zeros(0, np.uint8)
-    if masked:
+    if masked:  # one batch (several with masks were joined first)
+        batch = parts[0]
         mlens = np.where(batch.kinds != 0, batch.lengths, 0)
         bit_starts = row_starts(mlens)
         mask_bits = int(mlens.sum())
@@ -232,17 +300,19 @@ def _finish(
         else:
             packed = _pack_rows(batch, rows, bit_starts, mask_bits)
     buf[: codec.BATCH_HEAD.size] = np.frombuffer(
-        codec.BATCH_HEAD.pack(n, flags, first_delta_id, payload.size, mask_bits, len(sbytes), 0),
+        codec.BATCH_HEAD.pack(n, flags, first_delta_id, size, mask_bits, len(sbytes), 0),
         np.uint8,
     )
-    pieces: list[bytes | memoryview] = [buf.data]
-    parts: list[memoryview] = [memoryview(sbytes), payload.data]
+    pieces: list[bytes | memoryview] = [buf.data, memoryview(sbytes)]
+    if len(sbytes) % 8:
+        pieces.append(bytes((-len(sbytes)) % 8))
+    pieces += [p.data for p in payloads]  # back to back: one section
+    if size % 8:
+        pieces.append(bytes((-size) % 8))
     if masked:
-        parts.append(packed.data)
-    for mv in parts:
-        pieces.append(mv)
-        if mv.nbytes % 8:
-            pieces.append(bytes((-mv.nbytes) % 8))
+        pieces.append(packed.data)
+        if packed.nbytes % 8:
+            pieces.append(bytes((-packed.nbytes) % 8))
     return pieces
 
 
@@ -262,9 +332,9 @@ def _pack_rows(
     return packed
 
 
-def undo(state: State, batch: DeltaBatch) -> None:
+def undo(state: State, batch: DeltaBatch | Sequence[DeltaBatch]) -> None:
     """Take back the epochs :func:`prepare` assigned (the log append failed)."""
-    ck.undo_epochs_rows(state.next_page_id, state.epoch, batch.page_ids)
+    _undo_parts(state, [batch] if isinstance(batch, DeltaBatch) else batch)
 
 
 def _apply_chunks(state: State, batch: DeltaBatch, prepared: Prepared) -> None:

@@ -367,8 +367,8 @@ class Writer:
             raise InvalidDeltaError(f"expected a DeltaBatch, got {type(batch).__name__}")
         n_in = 0 if batch is None else len(batch)
         if batch is None or n_in == 0:
-            derived = derive()
-            return None if derived is None or not len(derived) else self.apply_batch(derived)
+            only = derive()
+            return None if only is None or not len(only) else self.apply_batch(only)
         first = state.next_delta_id
         prepared = stages.prepare(state, batch, 1, first)  # checks; stages the epochs
         lengths = batch.lengths
@@ -389,8 +389,8 @@ class Writer:
             kernels.apply_rows_in(np.zeros(0, np.int64), 0, n_in, False, state.arena.buf,
                                   state.slot, *rows)  # fmt: skip
 
-        staged_epochs: DeltaBatch | None = batch
-        total = batch
+        staged_epochs: list[DeltaBatch] | None = [batch]
+        derived: DeltaBatch | None = None  # the derivations' rows, if any
         try:
             c.stage(batch.page_ids)
         except BaseException:
@@ -402,9 +402,11 @@ class Writer:
             if derived is not None and len(derived):
                 stages.undo(state, batch)  # the frame of both assigns every epoch again
                 staged_epochs = None
-                total = DeltaBatch.concat([batch, derived])
-                prepared = stages.prepare(state, total, 1, first, checked=n_in)
-                staged_epochs = total
+                parts = [batch, derived]  # one frame: their concatenation's, not joined here
+                prepared = stages.prepare(state, parts, 1, first, checked=n_in)
+                staged_epochs = parts
+            else:
+                derived = None
             crc = checksum.crc32(prepared.pieces, prepared.shares)
         except BaseException:
             if staged_epochs is not None:
@@ -412,23 +414,25 @@ class Writer:
             restore()
             c.unstage()
             raise
-        n = len(total)
+        done = staged_epochs
+        assert done is not None
+        n = n_in if derived is None else n_in + len(derived)
 
         def apply() -> None:  # the input rows are in the arena already
-            if n > n_in and dev is not None:
-                dev.apply(devicepages.columns(total), n_in, n)
-            elif n > n_in:
-                kernels.apply_rows_in(
-                    prepared.order, n_in, n, False, state.arena.buf, state.slot,
-                    total.page_ids, total.offsets, total.lengths, total.kinds, total.pstarts,
-                    total.mstarts, total.payload, total.mask,
-                )  # fmt: skip
+            if derived is not None:  # (one share: its rows in row order)
+                stages.apply(state, derived, prepared)
             state.next_delta_id = first + n
 
+        if derived is None:
+            pages, lo, lengths = batch.page_ids, batch.offsets, batch.lengths
+        else:
+            pages = np.concatenate([batch.page_ids, derived.page_ids])
+            lo = np.concatenate([batch.offsets, derived.offsets])
+            lengths = np.concatenate([lengths, derived.lengths])
         lsn, ts, _ = c.commit(
-            BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, total),
-            restore=restore, crc=crc, pages=total.page_ids, first_delta_id=first, count=n,
-            lo=total.offsets, hi=total.offsets + total.lengths,
+            BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, done),
+            restore=restore, crc=crc, pages=pages, first_delta_id=first, count=n, lo=lo,
+            hi=lo + lengths,
         )  # fmt: skip
         return Commit(lsn, first, first + n - 1, n, ts)
 
