@@ -503,6 +503,30 @@ def test_a_tick_the_log_refuses_commits_nothing_and_earlier_changes_stay_pending
         assert bus.read(b).tolist() == [10.0] * 8
 
 
+def test_a_tick_that_fails_after_its_frame_was_prepared_takes_its_epochs_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frame of input and derived rows is prepared (every row's epoch assigned), then
+    its checksum raises: the epochs are taken back with the input bytes, and the next tick
+    runs as if the failed one never did."""
+    import mmsb.writer.writer as writer
+
+    with mmsb.open(tmp_path / "b", sync="off", checkpoint_every=None) as bus:
+        ctx = tick_setup(bus)
+        state = bus._state
+        assert state is not None
+        digest, lsn, epochs = bus.state_hash(), bus.lsn, state.epoch.copy()
+        with monkeypatch.context() as m:
+            m.setattr(writer.checksum, "crc32", fail_nth(writer.checksum.crc32, 1,
+                                                         RuntimeError("checksum")))  # fmt: skip
+            with pytest.raises(RuntimeError, match="checksum"):
+                tick_act(bus, ctx)
+        assert (bus.state_hash(), bus.lsn) == (digest, lsn)
+        assert np.array_equal(state.epoch, epochs)
+        tick_act(bus, ctx)
+        assert bus.lsn == lsn + 1
+
+
 def test_a_torn_append_is_cut_from_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real partial write: half the frame reaches the file before ENOSPC."""
     import mmsb.storage.logwriter as logwriter

@@ -37,6 +37,7 @@ from mmsb.storage.state import State
 from mmsb.types import DTYPE_ITEMSIZE, MAX_PAGE_SIZE
 
 LITTLE = sys.byteorder == "little"
+_NO_ORDER = np.zeros(0, np.int64)  # one share: rows in row order
 
 
 @dataclass
@@ -65,6 +66,36 @@ def _fail(state: State, parts: Sequence[DeltaBatch]) -> None:
     raise InvalidDeltaError("batch failed validation")  # the kernels and the checks disagree
 
 
+def _check_columns(state: State, batch: DeltaBatch) -> None:
+    """Every row column as long as the batch (the kernels trust it), on a little-endian
+    machine (the frame's byte order)."""
+    m = len(batch)
+    cols = (batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.plens,
+            batch.mstarts, batch.source_idx, batch.meta_idx, batch.dtypes)  # fmt: skip
+    if any(c.size != m for c in cols) or not LITTLE:
+        _fail(state, [batch])
+
+
+def _check_rows(state: State, b: DeltaBatch, lo: int, hi: int) -> int:
+    """The check kernel over rows ``[lo, hi)`` of ``b``: ``ck.OK`` or the first problem."""
+    # rows of raw bytes only (the usual case): the type checks are compiled out
+    typed = (b.dtypes, state.dtype, DTYPE_ITEMSIZE) if b.dtypes.any() else (None,) * 3
+    return int(ck.check_rows(
+        lo, hi, b.page_ids, b.offsets, b.lengths, b.kinds, b.pstarts, b.plens, b.mstarts,
+        b.source_idx, b.meta_idx, b.payload.size, b.mask, len(b.sources), len(b.metas),
+        MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, *typed,
+    ))  # fmt: skip
+
+
+def check(state: State, batch: DeltaBatch) -> None:
+    """Check ``batch`` against ``state`` as :func:`prepare` does, changing nothing: a
+    tick's input rows, applied to the arena before the frame that holds them and the rows
+    their derivations compute is prepared (with ``checked=len(batch)``)."""
+    _check_columns(state, batch)
+    if _check_rows(state, batch, 0, len(batch)) != ck.OK:
+        _fail(state, [batch])
+
+
 def prepare(
     state: State,
     batch: DeltaBatch | Sequence[DeltaBatch],
@@ -91,11 +122,7 @@ def prepare(
     bases = [0, *itertools.accumulate(len(b) for b in parts)]
     n = bases[-1]
     for b in parts:
-        m = len(b)
-        cols = (b.offsets, b.lengths, b.kinds, b.pstarts, b.plens, b.mstarts, b.source_idx,
-                b.meta_idx, b.dtypes)  # fmt: skip
-        if any(c.size != m for c in cols) or not LITTLE:
-            _fail(state, [b])
+        _check_columns(state, b)
     strings = _Strings(parts)
     masked = bool(parts[0].kinds.any())  # (several batches: none has masks)
     flags = codec.HAS_MASKS if masked else 0
@@ -152,14 +179,7 @@ def prepare(
             a, z = max(lo, r0) - r0, min(hi, r0 + len(b)) - r0
             if a >= z:
                 continue
-            # rows of raw bytes only (the usual case): the type checks are compiled out
-            typed = (b.dtypes, state.dtype, DTYPE_ITEMSIZE) if b.dtypes.any() else (None,) * 3
-            st = ck.check_rows(
-                max(a, checked - r0), z, b.page_ids, b.offsets, b.lengths, b.kinds,
-                b.pstarts, b.plens, b.mstarts, b.source_idx, b.meta_idx, b.payload.size,
-                b.mask, len(b.sources), len(b.metas), MAX_PAGE_SIZE, state.next_page_id,
-                state.live, state.size, *typed,
-            )  # fmt: skip
+            st = _check_rows(state, b, max(a, checked - r0), z)
             if status == ck.OK:
                 status = int(st)
             contiguous = bool(ck.encode_rows(
@@ -357,19 +377,19 @@ def _apply_chunks(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
     run_shares(share, [() for _ in range(prepared.shares)])
 
 
-def apply(state: State, batch: DeltaBatch, prepared: Prepared) -> None:
+def apply(state: State, batch: DeltaBatch, prepared: Prepared | None = None) -> None:
     """Write a prepared batch into the arena (one thread, or one chunk of pages at a time
-    per thread). A batch with rows on device pages goes to
-    :meth:`mmsb.storage.devicepages.DevicePages.apply` (host rows by the host kernel,
-    device rows by the device kernels, on one thread)."""
+    per thread; no ``prepared``: a checked batch, on one thread). A batch with rows on
+    device pages goes to :meth:`mmsb.storage.devicepages.DevicePages.apply` (host rows by
+    the host kernel, device rows by the device kernels, on one thread)."""
     if state.dev is not None and state.dev.device_rows(batch.page_ids):
         state.dev.apply_batch(batch)
         return
-    if prepared.shares > 1:
+    if prepared is not None and prepared.shares > 1:
         _apply_chunks(state, batch, prepared)
         return
     kernels.apply_rows_in(
-        prepared.order, 0, len(batch), False, state.arena.buf, state.slot, batch.page_ids,
+        _NO_ORDER, 0, len(batch), False, state.arena.buf, state.slot, batch.page_ids,
         batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.mstarts,
         batch.payload, batch.mask,
     )  # fmt: skip

@@ -370,7 +370,7 @@ class Writer:
             only = derive()
             return None if only is None or not len(only) else self.apply_batch(only)
         first = state.next_delta_id
-        prepared = stages.prepare(state, batch, 1, first)  # checks; stages the epochs
+        stages.check(state, batch)  # checks only: the frame is prepared once derive() ran
         lengths = batch.lengths
         old = np.empty(int(lengths.sum()), np.uint8)
         dev = state.dev  # device pages: gathers and applies go where each page's bytes are
@@ -389,33 +389,23 @@ class Writer:
             kernels.apply_rows_in(np.zeros(0, np.int64), 0, n_in, False, state.arena.buf,
                                   state.slot, *rows)  # fmt: skip
 
-        staged_epochs: list[DeltaBatch] | None = [batch]
-        derived: DeltaBatch | None = None  # the derivations' rows, if any
+        c.stage(batch.page_ids)
+        staged: list[DeltaBatch] = []  # the batches whose epochs are assigned
         try:
-            c.stage(batch.page_ids)
-        except BaseException:
-            stages.undo(state, batch)
-            raise
-        try:
-            stages.apply(state, batch, prepared)
+            stages.apply(state, batch)
             derived = derive()
-            if derived is not None and len(derived):
-                stages.undo(state, batch)  # the frame of both assigns every epoch again
-                staged_epochs = None
-                parts = [batch, derived]  # one frame: their concatenation's, not joined here
-                prepared = stages.prepare(state, parts, 1, first, checked=n_in)
-                staged_epochs = parts
-            else:
+            if derived is not None and not len(derived):
                 derived = None
+            parts = [batch] if derived is None else [batch, derived]
+            # one frame for both: their concatenation's, built without joining them
+            prepared = stages.prepare(state, parts, 1, first, checked=n_in)
+            staged = parts
             crc = checksum.crc32(prepared.pieces, prepared.shares)
         except BaseException:
-            if staged_epochs is not None:
-                stages.undo(state, staged_epochs)
+            stages.undo(state, staged)
             restore()
             c.unstage()
             raise
-        done = staged_epochs
-        assert done is not None
         n = n_in if derived is None else n_in + len(derived)
 
         def apply() -> None:  # the input rows are in the arena already
@@ -430,7 +420,7 @@ class Writer:
             lo = np.concatenate([batch.offsets, derived.offsets])
             lengths = np.concatenate([lengths, derived.lengths])
         lsn, ts, _ = c.commit(
-            BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, done),
+            BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, staged),
             restore=restore, crc=crc, pages=pages, first_delta_id=first, count=n, lo=lo,
             hi=lo + lengths,
         )  # fmt: skip
