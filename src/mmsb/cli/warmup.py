@@ -19,6 +19,7 @@ never serves code for other sources or another machine.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import tempfile
@@ -74,6 +75,8 @@ def _write_path(root: str) -> None:
             Delta.sparse(int(p), [1, 0, 1, 1, 0, 0, 0, 1], b"spsp") for p in ids.tolist()
         )
         bus.apply_batch(masked, workers=2)
+        with contextlib.suppress(mmsb.InvalidDeltaError):  # refused: its epochs taken back
+            bus.apply_batch(DeltaBatch.from_ranges([raw[0]], [60], [b"too long"]))
         bus.set_metadata(raw[0], {"role": "warmup"})
         bus.rename_page(raw[1], "renamed")
         bus.delete_pages(raw[2:])
