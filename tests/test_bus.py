@@ -822,6 +822,9 @@ def test_read_many_refuses_bad_ids_and_mixed_pages(tmp_path: Path) -> None:
         assert err.value.page_ids == [c, 999]
         with pytest.raises(mmsb.InvalidArgumentError, match="one size and dtype"):
             bus.read_many([a, b])
+        raw, f64 = bus.create_page(64), bus.create_page(64, dtype="float64")
+        with pytest.raises(mmsb.InvalidArgumentError, match="one size and dtype"):
+            bus.read_many([raw, raw, f64])  # one size, two dtypes
         with pytest.raises(mmsb.InvalidArgumentError, match="1-D"):
             bus.read_many([[a]])
         with pytest.raises(mmsb.InvalidArgumentError, match="integers"):

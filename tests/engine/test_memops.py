@@ -48,3 +48,26 @@ def test_move_and_word_loads_at_odd_offsets() -> None:
     b[13] = 1  # inside the second 8-byte word read at offset 5
     assert pk._diff(a, 5, b, 5, 30) == (8, 9)
     assert pk._diff(a, 14, b, 14, 26) == (-1, -1)
+
+
+def test_same_live_pages_against_numpy() -> None:
+    """``read_many``'s one-pass check against the numpy checks it replaced (the oracle):
+    ids outside ``(0, limit)`` or of dead pages first, then any size or dtype differing
+    from the first page's."""
+    rng = np.random.default_rng(4)
+    limit = 50
+    for _ in range(400):
+        live = rng.random(limit + 10) < 0.9
+        size = rng.choice([16, 16, 16, 32], limit + 10).astype(np.int64)
+        dtype = rng.choice([0, 0, 0, 9], limit + 10).astype(np.uint8)
+        ids = rng.integers(-2, limit + 3, int(rng.integers(0, 6))).astype(np.int64)
+        inside = (ids > 0) & (ids < limit)
+        ok = np.zeros(ids.size, bool)
+        ok[inside] = live[ids[inside]]
+        if not ok.all():
+            want = 1
+        elif ids.size and (np.unique(size[ids]).size > 1 or np.unique(dtype[ids]).size > 1):
+            want = 2
+        else:
+            want = 0
+        assert kernels.same_live_pages(ids, limit, live, size, dtype) == want

@@ -142,6 +142,25 @@ def gather_slots(arena: U8, starts: I64, lengths: I64, out: U8) -> None:
 
 
 @njit(cache=True, nogil=True)
+def same_live_pages(ids: I64, limit: int, live: Any, size: I64, dtype: Any) -> int:
+    """Whether every id names a live page (``0 < id < limit``) and all have the first
+    one's size and dtype code: 0 if so, 1 if an id names no live page, 2 if sizes or
+    dtypes differ. One pass (``read_many``'s checks; the caller words the error)."""
+    n = ids.size
+    if n == 0:
+        return 0
+    for i in range(n):
+        p = ids[i]
+        if p <= 0 or p >= limit or not live[p]:
+            return 1
+    s0, d0 = size[ids[0]], dtype[ids[0]]
+    for i in range(n):
+        if size[ids[i]] != s0 or dtype[ids[i]] != d0:
+            return 2
+    return 0
+
+
+@njit(cache=True, nogil=True)
 def structure_ok(
     page_ids: I64,
     offsets: I64,

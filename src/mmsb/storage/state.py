@@ -226,12 +226,13 @@ class State:
         ids = np.asarray(self.ids_of(page_ids))
         if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
             raise InvalidArgumentError("page ids must be a 1-D sequence of integers")
-        ids = ids.astype(np.int64, copy=False)
+        ids = np.ascontiguousarray(ids, np.int64)
         n = self.next_page_id
-        inside = (ids > 0) & (ids < n)
-        live = np.zeros(ids.size, bool)
-        live[inside] = self.live[ids[inside]]
-        if not live.all():
+        status = kernels.same_live_pages(ids, n, self.live, self.size, self.dtype)
+        if status == 1:
+            inside = (ids > 0) & (ids < n)
+            live = np.zeros(ids.size, bool)
+            live[inside] = self.live[ids[inside]]
             bad = ids[~live]
             raise PageNotFoundError(
                 f"{bad.size} of {ids.size} page ids name no live page (first: {int(bad[0])})",
@@ -239,17 +240,14 @@ class State:
             )
         if ids.size == 0:
             return np.empty((0, 0), np.uint8)
-        sizes, codes = self.size[ids], self.dtype[ids]
-        size, code = int(sizes[0]), int(codes[0])
-        if (
-            (sizes != size).any()
-            or (codes != code).any()
-            or (self.records and len({self.records.get(int(p)) for p in np.unique(ids)}) > 1)
+        if status == 2 or (
+            self.records and len({self.records.get(int(p)) for p in np.unique(ids)}) > 1
         ):
             raise InvalidArgumentError("read_many needs pages of one size and dtype")
+        size = int(self.size[ids[0]])
         self.last_access[ids] = self.access_now
         out = np.empty(ids.size * size, np.uint8)
-        self.gather_into(ids, sizes, out)
+        self.gather_into(ids, np.full(ids.size, size, np.int64), out)
         return self.typed(int(ids[0]), out.reshape(ids.size, size))
 
     def raw(self, page_id: int) -> npt.NDArray[np.uint8]:
