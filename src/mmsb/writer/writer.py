@@ -414,15 +414,15 @@ class Writer:
             state.next_delta_id = first + n
 
         if derived is None:
-            pages, lo, lengths = batch.page_ids, batch.offsets, batch.lengths
-        else:
+            pages, lo, hi = batch.page_ids, batch.offsets, batch.offsets + lengths
+        else:  # (the committer's listeners and snapshots take the rows' pages and ranges)
             pages = np.concatenate([batch.page_ids, derived.page_ids])
             lo = np.concatenate([batch.offsets, derived.offsets])
-            lengths = np.concatenate([lengths, derived.lengths])
+            hi = lo + np.concatenate([lengths, derived.lengths])
         lsn, ts, _ = c.commit(
             BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, staged),
             restore=restore, crc=crc, pages=pages, first_delta_id=first, count=n, lo=lo,
-            hi=lo + lengths,
+            hi=hi,
         )  # fmt: skip
         return Commit(lsn, first, first + n - 1, n, ts)
 
