@@ -153,7 +153,9 @@ def test_a_frame_of_several_batches_equals_their_concatenation(case: str) -> Non
         )
         c = _ranges(rng, ids, 11, metadata={"n": 3})
         workers = 1
-        if case == "one-source":  # no source column; a metadata column
+        if case == "ranges":  # a batch with two sources of its own
+            c = mmsb.DeltaBatch.concat([c, _ranges(rng, ids, 5, source="other")])
+        elif case == "one-source":  # no source column; a metadata column
             b = _ranges(rng, ids, 50, metadata={"n": 1})
         elif case == "masks":
             a = random_batch(rng, ids, 64, 60)

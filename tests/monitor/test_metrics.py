@@ -69,6 +69,18 @@ def families(samples: dict[str, float]) -> set[str]:
     return {k[1:] for k in samples if k.startswith("#")}
 
 
+def exit_code(proc: subprocess.Popen[str]) -> int:
+    """``proc``'s exit status once it ends; if it does not end within ``TIMEOUT``, it is
+    aborted (faulthandler prints every thread's stack) and the test fails with the stacks."""
+    try:
+        return proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=TIMEOUT)
+        stacks = proc.stderr.read() if proc.stderr is not None else ""
+        pytest.fail(f"the command did not stop within {TIMEOUT} s; its threads:\n{stacks}")
+
+
 def wait_for(check: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -181,8 +193,8 @@ def test_the_cli_serves_a_live_bus_read_only(tmp_path: Path) -> None:
         p = bus.create_page(64)
         bus.write(p, b"before")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mmsb", "metrics", str(path), "--port", "0",
-             "--addr", "127.0.0.1", "--duration", "60"],
+            [sys.executable, "-X", "faulthandler", "-m", "mmsb", "metrics", str(path),
+             "--port", "0", "--addr", "127.0.0.1", "--duration", "60"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -202,7 +214,7 @@ def test_the_cli_serves_a_live_bus_read_only(tmp_path: Path) -> None:
             assert got["mmsb_checkpoints"] == 1 and got["mmsb_log_segments"] == 2
             assert bus.stats().readers == 1
             proc.send_signal(signal.SIGINT)  # the way to stop it by hand
-            assert proc.wait(timeout=TIMEOUT) == 0
+            assert exit_code(proc) == 0
             assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
         finally:
             if proc.poll() is None:

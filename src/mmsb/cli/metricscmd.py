@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -37,10 +41,25 @@ def metrics(path: str, port: int, addr: str, duration: float | None) -> None:
         with server:
             click.echo(f"serving {server.url} for {path} (read-only); Ctrl-C stops")
             end = None if duration is None else time.monotonic() + duration
-            try:
-                while end is None or time.monotonic() < end:
+            with _interrupt_sets() as stop:
+                while not stop.is_set() and (end is None or time.monotonic() < end):
                     bus.refresh()
                     left = REFRESH_S if end is None else end - time.monotonic()
-                    time.sleep(max(0.0, min(REFRESH_S, left)))
-            except KeyboardInterrupt:
-                pass
+                    stop.wait(max(0.0, min(REFRESH_S, left)))
+
+
+@contextmanager
+def _interrupt_sets() -> Iterator[threading.Event]:
+    """An event that Ctrl-C (SIGINT) sets instead of raising KeyboardInterrupt wherever the
+    main thread happens to be (in the middle of a refresh, say): the loop ends between
+    refreshes and the server and the bus close as usual. Off the main thread (where no
+    handler can be installed) Ctrl-C raises as before."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -246,8 +246,13 @@ class _Strings:
                 smap = np.array([src.setdefault(x, len(src)) for x in b.sources], np.uint16)
                 mmap = np.array([meta.setdefault(x, len(meta)) for x in b.metas] + [-1],
                                 np.int32)  # fmt: skip
-                si.append(smap[b.source_idx])
-                mi.append(mmap[b.meta_idx])  # -1 maps to the trailing -1
+                # a one-entry table (or none) leaves one valid index: no gather (the check
+                # kernel refuses any other before the frame is used)
+                m = len(b)
+                one = len(b.sources) == 1
+                si.append(np.full(m, smap[0], np.uint16) if one else smap[b.source_idx])
+                none = not b.metas
+                mi.append(np.full(m, -1, np.int32) if none else mmap[b.meta_idx])  # -1: -1
             self.sources, self.metas = tuple(src) or ("api",), tuple(meta)
             self.source_idx, self.meta_idx = np.concatenate(si), np.concatenate(mi)
         idx, mdx = self.source_idx, self.meta_idx
