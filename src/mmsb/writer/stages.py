@@ -109,7 +109,7 @@ def prepare(
     (``batch.dtypes``) the page's dtype at whole items. On any error nothing is changed
     (epochs assigned by a share are taken back) and :func:`_fail` raises the error
     :meth:`State.validate` words. The first ``checked`` rows are taken as checked already
-    (a tick's input rows, prepared once before its derivations ran and joined to them).
+    (a tick's input rows, checked by :func:`check` before its derivations ran).
 
     ``batch`` may be a sequence of batches: the frame is then that of their
     :meth:`~mmsb.batch.DeltaBatch.concat`, built without joining them (their payloads go
