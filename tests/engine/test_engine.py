@@ -441,9 +441,19 @@ def test_throughput_target_runner_measures_and_checks(tmp_path: Path) -> None:
     # the speed-up is the median of the paired runs, read against the machine's ceiling
     assert f["speedup_2_workers"] == pytest.approx(float(np.median(f["speedup_ratios"])), 1e-2)
     assert len(f["speedup_ratios"]) == len(f["ceiling_ratios"]) == 5
+    # each round's speed-up is read against the ceiling measured in the same round
+    rounds = zip(f["speedup_ratios"], f["ceiling_ratios"], f["fractions_of_ceiling"], strict=True)
+    for speedup, ceiling, fraction in rounds:
+        assert fraction == pytest.approx(speedup / ceiling, rel=2e-2)
     assert f["fraction_of_ceiling"] == pytest.approx(
-        f["speedup_2_workers"] / f["ceiling_2_processes"], rel=2e-2
+        float(np.median(f["fractions_of_ceiling"])), rel=1e-2
     )
+    assert len(f["log_mb_per_s_1_worker"]) == 5 and min(f["log_mb_per_s_1_worker"]) > 0
+    # the dense run's log write: its share, and the rates read from it
+    share, cap = f["dense64_log_write_share"], f["dense64_log_write_cap"]
+    assert 0 < share < 1 and cap > f["dense64_deltas_per_s"]
+    assert f["dense64_deltas_per_s"] == pytest.approx(cap * share, rel=2e-2)
+    assert "the log write alone caps it at" in out.summary
     assert isinstance(f["speedup_reliable"], bool)
     # the log write's share of the 1-worker legs caps the speed-up (Amdahl's law)
     s = f["log_write_share_1_worker"]

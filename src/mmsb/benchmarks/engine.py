@@ -11,6 +11,7 @@ Run as ``python -m mmsb.benchmarks.engine [--scale X] [--json FILE]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -70,13 +71,19 @@ def commits(
     progress: Progress | None = None,
     name: str | None = None,
 ) -> Result:
-    """Commit ``total`` deltas in batches of ``batch``; deltas/s over the whole loop."""
+    """Commit ``total`` deltas in batches of ``batch``; deltas/s over the whole loop.
+
+    ``extra`` also gives the time spent in the log's write calls (``log_write_s``) and two
+    rates read from it: ``log_write_cap`` (deltas/s if nothing but those calls took time,
+    a bound no change outside the log write can pass) and ``without_log_write`` (deltas/s
+    of everything else)."""
     rng = np.random.default_rng(seed)
     with scratch_dir() as path, mmsb.open(path, sync=sync) as bus:
         ids = bus.create_pages(pages, page_size)
         pool = make_batches(rng, ids, page_size, payload, batch, 8, dense)
         bus.apply_batch(pool[0], workers=workers)  # load compiled kernels, start threads
         n = calls = 0
+        w0 = bus.stats().log_write_ms
         t0 = time.perf_counter()
         while n < total:
             bus.apply_batch(pool[calls % len(pool)], workers=workers)
@@ -85,6 +92,7 @@ def commits(
             if progress is not None and calls % 10 == 0:
                 progress(n, total)
         dt = time.perf_counter() - t0
+        wrote = (bus.stats().log_write_ms - w0) / 1e3
         log_bytes = bus.memory().log_bytes
     shape = "dense-masked" if dense else "range"
     return Result(
@@ -93,7 +101,10 @@ def commits(
         "deltas/s",
         {"payload_bytes": payload, "shape": shape, "batch": batch, "pages": pages,
          "page_size": page_size, "sync": sync, "log": "on", "workers": workers, "deltas": n},
-        {"seconds": dt, "ns_per_delta": dt / n * 1e9, "log_bytes": log_bytes},
+        {"seconds": dt, "ns_per_delta": dt / n * 1e9, "log_bytes": log_bytes,
+         "log_write_s": wrote, "log_write_share": wrote / dt,
+         "log_write_cap": n / wrote if wrote > 0 else None,
+         "without_log_write": n / (dt - wrote) if dt > wrote else None},
     )  # fmt: skip
 
 
@@ -217,12 +228,22 @@ def scaling(
 ) -> Result:
     """The N-worker speed-up measured honestly, with the machine's own ceiling beside it.
 
-    * Speed-up: one bus, legs of ``total`` deltas alternating 1 worker and ``workers``
-      (ABAB..., ``pairs`` pairs); the figure is the median of the paired ratios.
-    * Ceiling: ``workers`` independent processes, each committing the same 1-worker loop on
-      its own bus, run alone (one of them) and all at once, alternating the same way; the
-      ceiling is the median of (sum of the concurrent rates / the lone rate): how much this
-      machine gives N copies of the work, which no thread split can beat.
+    Each of the ``pairs`` rounds runs four legs of ``total`` deltas, one after the other
+    (in reverse order every other round, so a drift in the machine's speed favours neither
+    side):
+
+    * on one bus, 1 worker and ``workers`` workers: the round's speed-up is their ratio;
+    * ``workers`` independent processes, each committing the same 1-worker loop on its own
+      bus, one of them alone and then all at once: the round's ceiling is (the sum of the
+      concurrent rates / the lone rate), how much this machine gives N copies of the work,
+      which no thread split can beat.
+
+    The figure is the median of the rounds' speed-ups; ``fraction_of_ceiling`` is the median
+    of each round's speed-up over the same round's ceiling. Both halves of a round see the
+    same phase of the machine: on this kind of virtual machine the disk alternates between
+    bursts and a much slower sustained rate, which the log's appends follow once the
+    background fsync makes them wait for it (``log_mb_per_s`` gives the rate of the 1-worker
+    legs).
 
     * Bound: one commit's frame goes to the log in one write call, which one thread makes
       while the others wait; its share ``s`` of the 1-worker legs' time (the median) caps
@@ -239,67 +260,62 @@ def scaling(
     rng = np.random.default_rng(seed)
     ratios: list[float] = []
     shares: list[float] = []
-    with scratch_dir() as path, mmsb.open(path, sync="normal") as bus:
+    rates: list[float] = []
+    ceilings: list[float] = []
+    fractions: list[float] = []
+    with contextlib.ExitStack() as stack:
+        path = stack.enter_context(scratch_dir())
+        base = stack.enter_context(scratch_dir())
+        bus = stack.enter_context(mmsb.open(path, sync="normal"))
         ids = bus.create_pages(4096, 1024)
         pool = make_batches(rng, ids, 1024, 16, batch, 8, False)
         for w in (1, workers):
             _leg(bus, pool, w, batch)  # compiled kernels loaded, threads started
-        for _ in range(pairs):
-            one, share = _timed_leg(bus, pool, 1, total)
-            many = _leg(bus, pool, workers, total)
-            ratios.append(many / one)
-            shares.append(share)
-    ceilings: list[float] = []
-    with scratch_dir() as base:
         procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    CEILING_CHILD,
-                    f"{base}-{i}",
-                    str(total),
-                    str(batch),
-                    str(seed + i),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
+                [sys.executable, "-c", CEILING_CHILD, f"{base}-{i}", str(total), str(batch),
+                 str(seed + i)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
             for i in range(workers)
-        ]
-        try:
-            for p in procs:
-                assert p.stdout is not None
-                if p.stdout.readline().strip() != "ready":
-                    raise RuntimeError("a ceiling process failed to start")
+        ]  # fmt: skip
+        stack.callback(_stop_children, procs, timeout)
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a ceiling process failed to start")
 
-            def run(group: list[subprocess.Popen[str]]) -> list[float]:
-                for p in group:
-                    assert p.stdin is not None
-                    p.stdin.write("go\n")
-                    p.stdin.flush()
-                return [float(p.stdout.readline()) for p in group]  # type: ignore[union-attr]
+        def run(group: list[subprocess.Popen[str]]) -> list[float]:
+            for p in group:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            return [float(p.stdout.readline()) for p in group]  # type: ignore[union-attr]
 
-            for _ in range(pairs):
-                alone = run(procs[:1])[0]
-                together = sum(run(procs))
-                ceilings.append(together / alone)
-        finally:
-            for p in procs:
-                if p.stdin is not None:
-                    p.stdin.close()
-            for p in procs:
-                try:
-                    p.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(timeout=30)
-                if p.stdout is not None:
-                    p.stdout.close()
+        def one() -> float:
+            a0 = bus.stats().log_appended_bytes
+            t0 = time.perf_counter()
+            rate, share = _timed_leg(bus, pool, 1, total)
+            took = time.perf_counter() - t0
+            shares.append(share)
+            rates.append((bus.stats().log_appended_bytes - a0) / took / 1e6)
+            return rate
+
+        legs: dict[str, Callable[[], float]] = {
+            "one": one,
+            "many": lambda: _leg(bus, pool, workers, total),
+            "alone": lambda: run(procs[:1])[0],
+            "together": lambda: sum(run(procs)),
+        }
+        for k in range(pairs):
+            names = list(legs) if k % 2 == 0 else list(legs)[::-1]
+            got = {name: legs[name]() for name in names}
+            ratios.append(got["many"] / got["one"])
+            ceilings.append(got["together"] / got["alone"])
+            fractions.append(ratios[-1] / ceilings[-1])
     speed = _paired(ratios, workers)
     ceil = _paired(ceilings, workers)
-    fraction = speed["median"] / ceil["median"] if ceil["median"] > 0 else 0.0
+    frac = float(np.median(fractions))
     serial = float(np.median(shares))
     bound = 1.0 / (serial + (1.0 - serial) / workers)
     reliable = bool(speed["reliable"] and ceil["reliable"])
@@ -312,11 +328,31 @@ def scaling(
          "deltas_per_leg": total},
         {"ratios": speed["ratios"], "spread": round(speed["spread"], 3),
          "ceiling": round(ceil["median"], 3), "ceiling_ratios": ceil["ratios"],
-         "ceiling_spread": round(ceil["spread"], 3), "fraction_of_ceiling": round(fraction, 3),
+         "ceiling_spread": round(ceil["spread"], 3), "fraction_of_ceiling": round(frac, 3),
+         "fractions": [round(f, 3) for f in fractions],
+         "log_mb_per_s": [round(r) for r in rates],
          "log_write_share": round(serial, 3), "log_write_shares": [round(s, 3) for s in shares],
          "bound_log_write": round(bound, 3), "fraction_of_bound": round(speed["median"] / bound, 3),
          "reliable": reliable},
     )  # fmt: skip
+
+
+def _stop_children(procs: list[Any], timeout: float) -> None:
+    """Close the ceiling processes' input (they exit) and wait for them, killing any that
+    hang."""
+    import subprocess
+
+    for p in procs:
+        if p.stdin is not None:
+            p.stdin.close()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=30)
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def scenarios(scale: float = 1.0) -> list[tuple[str, Callable[..., Result]]]:

@@ -52,6 +52,19 @@ def same_result_for_worker_counts(ctx: Context, batches: int, seed: int) -> bool
     return digests[0] == digests[1] and logs[0] == logs[1]
 
 
+def _rounded(v: float | None) -> int | None:
+    return None if v is None else round(v)
+
+
+def _cap(r: Result) -> str:
+    """What the log's write calls alone allowed in run ``r`` (its share of the time)."""
+    cap = r.extra["log_write_cap"]
+    if cap is None:
+        return "no time in the log write"
+    return (f"the log write alone caps it at {cap / 1e6:.2f} M/s, "
+            f"{r.value / cap:.0%} reached")  # fmt: skip
+
+
 def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     total = int(params["deltas"])
     dense_total = int(params["dense_deltas"])
@@ -105,7 +118,12 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
         "speedup_reliable": reliable,
         "speedup_ratios": scaled.extra["ratios"],
         "ceiling_ratios": scaled.extra["ceiling_ratios"],
+        "fractions_of_ceiling": scaled.extra["fractions"],
+        "log_mb_per_s_1_worker": scaled.extra["log_mb_per_s"],
         "dense64_deltas_per_s": round(dense.value),
+        "dense64_log_write_share": round(dense.extra["log_write_share"], 3),
+        "dense64_log_write_cap": _rounded(dense.extra["log_write_cap"]),
+        "dense64_without_log_write": _rounded(dense.extra["without_log_write"]),
         "floor_deltas_per_s": round(fl.value),
         "floor_ratio": round(floor_ratio, 3),
         "seed_workload_deltas_per_s": round(seed_wl.value),
@@ -117,9 +135,10 @@ def run(ctx: Context, params: dict[str, Any]) -> Outcome:
     summary = (
         f"1 worker {one.value / 1e6:.2f} M/s, 2 workers {two.value / 1e6:.2f} M/s; paired "
         f"speed-up x{speedup:.2f} against a machine ceiling of x{ceiling:.2f} "
-        f"({fraction:.0%}{'' if reliable else ', unreliable: runs spread > 30 %'}; the log "
+        f"({fraction:.0%} of it, round by round"
+        f"{'' if reliable else ', unreliable: runs spread > 30 %'}; the log "
         f"write alone caps it at x{scaled.extra['bound_log_write']:.2f}); "
-        f"64 B dense {dense.value / 1e6:.2f} M/s, "
+        f"64 B dense {dense.value / 1e6:.2f} M/s ({_cap(dense)}), "
         f"{floor_ratio:.2f}x the numpy floor, seed workload {seed_wl.value / 1e6:.2f} M/s"
     )
     notes = [f"{total:,} x 16 B range deltas, batches of {batch:,}, 4,096 x 1 KiB pages, "
