@@ -129,13 +129,16 @@ def agent_sim(
             done += 1
         bus_tps: list[float] = []
         np_tps: list[float] = []
+        write_ms: list[float] = []  # the bus's time in the log's write calls, per tick
         recomputed: list[int] = []
         for p in range(pairs):
+            w0 = bus.stats().log_write_ms
             t = time.perf_counter()
             for i in range(ticks):
                 rep = sim.tick(drifts[(done + i) % 16])
                 recomputed.append(rep.pages_recomputed)
             bus_tps.append(ticks / (time.perf_counter() - t))
+            write_ms.append((bus.stats().log_write_ms - w0) / ticks)
             t = time.perf_counter()
             for i in range(ticks):
                 ref.tick(drifts[(done + i) % 16])
@@ -147,6 +150,9 @@ def agent_sim(
     bus_med = float(np.median(bus_tps))
     np_med = float(np.median(np_tps))
     ratios = [b / n for b, n in zip(np_tps, bus_tps, strict=True)]
+    # the same ratio with the log's write calls taken out of the bus's ticks: how far the
+    # rest of the tick is from numpy, where the machine's page-cache copy is slow
+    rest = [(1e3 / b - wm) / (1e3 / n) for b, n, wm in zip(bus_tps, np_tps, write_ms, strict=True)]
     return {
         "agents": agents,
         "fields": fields,
@@ -160,6 +166,9 @@ def agent_sim(
         "bus_ticks_per_s": bus_med,
         "numpy_ticks_per_s": np_med,
         "ratio": float(np.median(ratios)),  # numpy's speed over the bus's, per pair
+        "ratio_without_log_write": float(np.median(rest)),
+        "log_write_ms_per_tick": float(np.median(write_ms)),
+        "log_write_ms_per_tick_pairs": [round(x, 3) for x in write_ms],
         "bus_ticks_per_s_pairs": [round(x, 1) for x in bus_tps],
         "numpy_ticks_per_s_pairs": [round(x, 1) for x in np_tps],
         "recomputed_per_tick": float(np.mean(recomputed)),
@@ -178,6 +187,7 @@ def scenarios(scale: float = 1.0) -> list[Callable[[], list[Result]]]:
         cond = {k: r[k] for k in ("agents", "fields", "neighbours", "sync", "pairs")}
         extra = {k: r[k] for k in ("ticks_per_segment", "warmup_ticks", "setup_s",
                                    "bus_ticks_per_s_pairs", "numpy_ticks_per_s_pairs",
+                                   "log_write_ms_per_tick_pairs", "ratio_without_log_write",
                                    "recomputed_per_tick", "identical")}  # fmt: skip
         return [
             Result("agent simulation, bus (derive_semiring + derive_many)",

@@ -305,7 +305,8 @@ def run_agents(scale: float, checks: list[str], progress: Progress) -> list[Figu
              f"{r['pairs']} interleaved pairs of {r['ticks_per_segment']} ticks, "
              "median")  # fmt: skip
     extra = {k: r[k] for k in ("ratio", "bus_ticks_per_s_pairs", "numpy_ticks_per_s_pairs",
-                               "recomputed_per_tick", "warmup_ticks")}  # fmt: skip
+                               "recomputed_per_tick", "warmup_ticks", "log_write_ms_per_tick",
+                               "ratio_without_log_write")}  # fmt: skip
     return [
         Figure("e", "MMSB", r["bus_ticks_per_s"], "ticks/s",
                f"{shape}; Bus.tick of the new states (log on, sync=normal) recomputes a "
@@ -344,8 +345,11 @@ def _agents_goal(figures: list[Figure]) -> Goal | None:
         return None
     ratio = float(f.extra["ratio"])
     met = ratio <= AGENTS_WITHIN
-    return Goal(f"(e) numpy/MMSB = {ratio:.2f}× (median of the pairs; goal ≤ "
-                f"{AGENTS_WITHIN:g}×) {'✓' if met else '✗'}", ratio, met)  # fmt: skip
+    rest = float(f.extra["ratio_without_log_write"])
+    wrote = float(f.extra["log_write_ms_per_tick"])
+    return Goal(f"(e) numpy/MMSB = {ratio:.2f}× (median of the pairs; {rest:.2f}× without "
+                f"the log's write calls, {wrote:.2f} ms a tick; goal ≤ {AGENTS_WITHIN:g}×) "
+                f"{'✓' if met else '✗'}", ratio, met)  # fmt: skip
 
 
 def _read_many_goal(figures: list[Figure]) -> Goal | None:
