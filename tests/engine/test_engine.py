@@ -79,7 +79,7 @@ def _join(pieces: list[bytes | memoryview]) -> bytes:
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 5])
-@pytest.mark.parametrize("kind", ["mixed", "range", "uniform-range"])
+@pytest.mark.parametrize("kind", ["mixed", "range", "uniform-range", "one-meta"])
 @pytest.mark.usefixtures("dirty_memory")
 def test_frame_payload_equals_codec(workers: int, kind: str) -> None:
     rng = np.random.default_rng(workers)
@@ -97,6 +97,13 @@ def test_frame_payload_equals_codec(workers: int, kind: str) -> None:
                     rows = [bytes(rng.integers(0, 256, int(k), dtype=np.uint8)) for k in
                             rng.integers(1, 16, 300)]  # fmt: skip
                     batch = mmsb.DeltaBatch.from_ranges(pids, offs, rows)
+                elif kind == "one-meta":  # one metadata entry; some rows have none
+                    data = rng.integers(0, 256, (300, 16), dtype=np.uint8)
+                    batch = mmsb.DeltaBatch.concat([
+                        mmsb.DeltaBatch.from_ranges(pids[:120], offs[:120], data[:120]),
+                        mmsb.DeltaBatch.from_ranges(pids[120:], offs[120:], data[120:],
+                                                    metadata={"k": 1}),
+                    ])  # fmt: skip
                 else:
                     data = rng.integers(0, 256, (300, 16), dtype=np.uint8)
                     batch = mmsb.DeltaBatch.from_ranges(pids, offs, data)
@@ -136,7 +143,10 @@ def _ranges(rng: np.random.Generator, ids: list[int], n: int, **kw: object) -> m
     return mmsb.DeltaBatch.from_ranges(rng.choice(ids, n), rng.integers(0, 48, n), rows, **kw)
 
 
-@pytest.mark.parametrize("case", ["ranges", "one-source", "masks", "scattered", "empty", "workers"])
+@pytest.mark.parametrize(
+    "case",
+    ["ranges", "one-source", "masks", "scattered", "empty", "first-empty", "one-meta", "workers"],
+)
 @pytest.mark.usefixtures("dirty_memory")
 def test_a_frame_of_several_batches_equals_their_concatenation(case: str) -> None:
     """``prepare`` of a sequence of batches (a tick's input rows and derived rows) builds,
@@ -168,6 +178,16 @@ def test_a_frame_of_several_batches_equals_their_concatenation(case: str) -> Non
             )  # fmt: skip
         elif case == "empty":
             c = mmsb.DeltaBatch.empty()
+        elif case == "first-empty":  # the frame's first row, and all, are the second's:
+            # no source or metadata column, and the tables name the second batch's entries
+            none = np.zeros(0, np.int64)
+            a = mmsb.DeltaBatch.from_ranges(none, none, np.zeros((0, 4), np.uint8),
+                                            metadata={"z": 0})  # fmt: skip
+            b = _ranges(rng, ids, 25, source="propagation", metadata={"n": 1})
+            c = _ranges(rng, ids, 11, source="propagation", metadata={"n": 1})
+        elif case == "one-meta":  # one metadata entry, which some rows of the batch lack
+            c = mmsb.DeltaBatch.concat([_ranges(rng, ids, 6, source="propagation"), c])
+            b = _ranges(rng, ids, 9, source="propagation")
         elif case == "workers":
             workers = 3
         parts = [a, b, c]
