@@ -517,13 +517,15 @@ def test_bench_command_writes_a_table_and_json(tmp_path: Path) -> None:
 
 def test_a_share_that_raises_leaves_no_epoch_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     from mmsb.engine import commit_kernels as ck
+    from mmsb.engine.jit import load
 
-    real = ck.check_rows
+    load(ck.__name__)  # compiled first: loading replaces the module's kernels
+    real = ck.prepare_rows
 
-    def flaky(lo: int, hi: int, *rest: object) -> int:
+    def flaky(lo: int, hi: int, *rest: object) -> tuple[int, bool]:
         if lo > 0:
             raise RuntimeError("share failed")
-        return int(real(lo, hi, *rest))
+        return real(lo, hi, *rest)  # type: ignore[no-any-return]
 
     rng = np.random.default_rng(2)
     with mmsb.open(None) as bus:
@@ -531,11 +533,45 @@ def test_a_share_that_raises_leaves_no_epoch_behind(monkeypatch: pytest.MonkeyPa
         state = bus._state
         assert state is not None
         before, h = state.epoch.copy(), bus.state_hash()
-        monkeypatch.setattr(ck, "check_rows", flaky)
+        monkeypatch.setattr(ck, "prepare_rows", flaky)
         with pytest.raises(RuntimeError, match="share failed"):
             bus.apply_batch(random_batch(rng, ids, 32, 100), workers=3)
         assert np.array_equal(state.epoch, before)
         assert bus.state_hash() == h
+
+
+def test_a_later_batch_whose_kernel_raises_leaves_no_epoch_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One share over several batches: each batch's call gives its rows their epochs.
+    When the second call raises before it ran, the first batch's epochs are taken back
+    and the second batch's pages keep theirs (nothing was assigned to take back)."""
+    from mmsb.engine import commit_kernels as ck
+    from mmsb.engine.jit import load
+
+    load(ck.__name__)  # compiled first: loading replaces the module's kernels
+    real = ck.prepare_rows
+    calls = [0]
+
+    def flaky(*args: object) -> tuple[int, bool]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("second batch failed")
+        return real(*args)  # type: ignore[no-any-return]
+
+    rng = np.random.default_rng(3)
+    with mmsb.open(None) as bus:
+        ids = bus.create_pages(30, 64).tolist()
+        state = bus._state
+        assert state is not None
+        bus.apply_batch(_ranges(rng, ids, 50))  # epochs above zero on most pages
+        before = state.epoch.copy()
+        a, b = _ranges(rng, ids, 20), _ranges(rng, ids, 20)
+        monkeypatch.setattr(ck, "prepare_rows", flaky)
+        with pytest.raises(RuntimeError, match="second batch failed"):
+            commit.prepare(state, [a, b], 1, state.next_delta_id)
+        assert calls[0] == 2
+        assert np.array_equal(state.epoch, before)
 
 
 def test_an_interrupted_apply_closes_the_bus_and_reopening_finishes_the_commit(

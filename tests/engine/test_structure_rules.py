@@ -60,6 +60,22 @@ def verdicts(batch: mmsb.DeltaBatch) -> tuple[bool, bool, bool]:
         batch.mask, len(batch.sources), len(batch.metas), MAX_PAGE_SIZE, 64, live, size,
     )  # fmt: skip
     fused = status != ck.BAD_STRUCTURE
+    # the same loop writing the frame columns and epochs as it checks comes to the same
+    # status, and gives every row with a usable page id its epoch, the damaged ones too
+    epoch = np.zeros(64, np.int64)
+    cols = (np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint32),
+            np.zeros(n, np.uint8), np.zeros(n, np.uint32))  # fmt: skip
+    col_ep = np.zeros(n, np.uint32)
+    writing, _ = ck.prepare_rows(
+        0, n, 0, batch.page_ids, batch.offsets, batch.lengths, batch.kinds, batch.pstarts,
+        batch.plens, batch.mstarts, batch.source_idx, batch.meta_idx, batch.payload.size,
+        batch.mask, len(batch.sources), len(batch.metas), MAX_PAGE_SIZE, 64, live, size, True,
+        True, *cols, True, epoch, col_ep,
+    )  # fmt: skip
+    assert writing == status
+    usable = (batch.page_ids > 0) & (batch.page_ids < 64)
+    assert np.array_equal(epoch, np.bincount(batch.page_ids[usable], minlength=64))
+    assert cols[0].tolist() == batch.page_ids.astype(np.uint64).tolist()
     return oracle, fast, fused
 
 

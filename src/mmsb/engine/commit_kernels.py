@@ -53,9 +53,65 @@ def check_rows(
     page_dtype: U8 | None = None,
     itemsize: I64 | None = None,
 ) -> int:
-    """Check rows ``[lo, hi)``: structure (as ``DeltaBatch._check_structure``), then that
-    each targets a live page and fits inside it. Returns the worst status found (structure
-    problems outrank page problems, which outrank bounds, as in the single-thread path).
+    """Check rows ``[lo, hi)`` (:func:`prepare_rows` writing nothing) and return the worst
+    status found."""
+    u64, u32 = np.empty(0, np.uint64), np.empty(0, np.uint32)
+    status, _ = prepare_rows(
+        lo, hi, lo, page_ids, offsets, lengths, kinds, pstarts, plens, mstarts, source_idx,
+        meta_idx, payload_size, mask, n_sources, n_metas, max_page_size, next_page_id, live,
+        size, False, False, u64, u32, u32, mask[:0], u32, False, size[:0], u32, dtypes,
+        page_dtype, itemsize,
+    )  # fmt: skip
+    return status
+
+
+@njit(cache=True, nogil=True)
+def prepare_rows(
+    lo: int,
+    hi: int,
+    chk: int,
+    page_ids: I64,
+    offsets: I64,
+    lengths: I64,
+    kinds: U8,
+    pstarts: I64,
+    plens: I64,
+    mstarts: I64,
+    source_idx: U16,
+    meta_idx: I32,
+    payload_size: int,
+    mask: U8,
+    n_sources: int,
+    n_metas: int,
+    max_page_size: int,
+    next_page_id: int,
+    live: npt.NDArray[np.bool_],
+    size: I64,
+    encode: bool,
+    masked: bool,
+    col_pid: U64,
+    col_off: U32,
+    col_len: U32,
+    col_kind: U8,
+    col_plen: U32,
+    epochs: bool,
+    epoch: I64,
+    col_epoch: U32,
+    dtypes: U8 | None = None,
+    page_dtype: U8 | None = None,
+    itemsize: I64 | None = None,
+) -> tuple[int, bool]:
+    """One pass over rows ``[lo, hi)`` of a batch: check those from ``chk`` on; when
+    ``encode``, write their log frame columns; when ``epochs``, give each its page's next
+    epoch, in row order, into ``col_epoch``. Returns (the worst status found, whether the
+    payload pool holds the rows back to back, so the frame can use it as it is).
+
+    The checks: structure (as ``DeltaBatch._check_structure``), then that each row targets
+    a live page and fits inside it. Structure problems outrank page problems, which outrank
+    bounds, as in the single-thread path. After a structure problem no later row is checked
+    (nothing outranks it), but columns and epochs are still written for every row, so the
+    caller takes back the epochs of all of them (:func:`undo_epochs_rows`). Epochs skip ids
+    outside ``[1, next_page_id)``, as that function does.
 
     With ``dtypes`` (the batch's payload dtype codes), ``page_dtype`` (the page table's
     dtype column) and ``itemsize`` (by code, ``mmsb.types.DTYPE_ITEMSIZE``), also the typed
@@ -69,12 +125,16 @@ def check_rows(
     per typed row; a separate pass took 2 ns (it streams page ids, offsets and lengths
     again), and a bounds check on the code here another 0.25 ns.
 
-    The structure rules are written out here rather than shared with
-    :func:`mmsb.engine.kernels.structure_ok` through a per-row helper: the helper (inlined
-    by numba or by LLVM) made the one-worker commit of 16 B deltas about 40 % slower
-    (19 -> 11.5 M/s). The tests hold both kernels and the numpy rules to the same answers."""
+    One pass rather than three (epochs, checks, frame columns): the commit path is bound by
+    reading the batch's columns, and each is read once here. The structure rules are
+    written out rather than shared with :func:`mmsb.engine.kernels.structure_ok` through a
+    per-row helper: the helper (inlined by numba or by LLVM) made the one-worker commit of
+    16 B deltas about 40 % slower (19 -> 11.5 M/s). The tests hold both kernels and the
+    numpy rules to the same answers."""
     worst = OK
+    contiguous = True
     msize = mask.size
+    last = page_ids.size
     for i in range(lo, hi):
         p = page_ids[i]
         off = offsets[i]
@@ -82,25 +142,46 @@ def check_rows(
         k = kinds[i]
         ps = pstarts[i]
         pl = plens[i]
+        if encode:
+            col_pid[i] = np.uint64(p)
+            col_off[i] = np.uint32(off)
+            col_len[i] = np.uint32(n)
+            if masked:
+                col_kind[i] = k
+                col_plen[i] = np.uint32(pl)
+            if i + 1 < last and ps + pl != pstarts[i + 1]:
+                contiguous = False
+        if epochs and 0 < p < next_page_id:
+            e = epoch[p] + 1
+            epoch[p] = e
+            col_epoch[i] = np.uint32(e)
+        if i < chk or worst == BAD_STRUCTURE:
+            continue
         if p <= 0 or k > 2 or off < 0 or n <= 0 or off + n > max_page_size:
-            return BAD_STRUCTURE
+            worst = BAD_STRUCTURE
+            continue
         if ps < 0 or pl < 0 or ps + pl > payload_size:
-            return BAD_STRUCTURE
+            worst = BAD_STRUCTURE
+            continue
         if k != 2 and pl != n:
-            return BAD_STRUCTURE
+            worst = BAD_STRUCTURE
+            continue
         if source_idx[i] >= n_sources or meta_idx[i] < -1 or meta_idx[i] >= n_metas:
-            return BAD_STRUCTURE
+            worst = BAD_STRUCTURE
+            continue
         if k != 0:
             ms = mstarts[i]
             if ms < 0 or ms + n > msize:
-                return BAD_STRUCTURE
+                worst = BAD_STRUCTURE
+                continue
             if k == 2:
                 bits = 0
                 for j in range(n):
                     if mask[ms + j]:
                         bits += 1
                 if bits != pl:
-                    return BAD_STRUCTURE
+                    worst = BAD_STRUCTURE
+                    continue
         if p >= next_page_id or not live[p]:
             worst = max(worst, BAD_PAGE)
         elif off + n > size[p]:
@@ -109,39 +190,7 @@ def check_rows(
             t = dtypes[i]
             if t != 0 and (page_dtype[p] != t or ((off | n) & (itemsize[t] - 1)) != 0):
                 worst = max(worst, BAD_TYPE)
-    return worst
-
-
-@njit(cache=True, nogil=True)
-def encode_rows(
-    lo: int,
-    hi: int,
-    page_ids: I64,
-    offsets: I64,
-    lengths: I64,
-    kinds: U8,
-    plens: I64,
-    pstarts: I64,
-    col_pid: U64,
-    col_off: U32,
-    col_len: U32,
-    col_kind: U8,
-    col_plen: U32,
-    masked: bool,
-) -> bool:
-    """Write rows ``[lo, hi)`` of the log frame's columns; return whether the payload pool
-    holds these rows back to back (so the frame can use the pool as it is)."""
-    contiguous = True
-    for i in range(lo, hi):
-        col_pid[i] = np.uint64(page_ids[i])
-        col_off[i] = np.uint32(offsets[i])
-        col_len[i] = np.uint32(lengths[i])
-        if masked:
-            col_kind[i] = kinds[i]
-            col_plen[i] = np.uint32(plens[i])
-        if i + 1 < page_ids.size and pstarts[i] + plens[i] != pstarts[i + 1]:
-            contiguous = False
-    return contiguous
+    return worst, contiguous
 
 
 @njit(cache=True, nogil=True)

@@ -76,15 +76,35 @@ def _check_columns(state: State, batch: DeltaBatch) -> None:
         _fail(state, [batch])
 
 
+def _typed(state: State, b: DeltaBatch) -> tuple[Any, Any, Any]:
+    """The type-check arguments of the check kernels: None for a batch of raw bytes only
+    (the usual case), for which the type checks are compiled out."""
+    return (b.dtypes, state.dtype, DTYPE_ITEMSIZE) if b.dtypes.any() else (None,) * 3
+
+
 def _check_rows(state: State, b: DeltaBatch, lo: int, hi: int) -> int:
     """The check kernel over rows ``[lo, hi)`` of ``b``: ``ck.OK`` or the first problem."""
-    # rows of raw bytes only (the usual case): the type checks are compiled out
-    typed = (b.dtypes, state.dtype, DTYPE_ITEMSIZE) if b.dtypes.any() else (None,) * 3
     return int(ck.check_rows(
         lo, hi, b.page_ids, b.offsets, b.lengths, b.kinds, b.pstarts, b.plens, b.mstarts,
         b.source_idx, b.meta_idx, b.payload.size, b.mask, len(b.sources), len(b.metas),
-        MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, *typed,
+        MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, *_typed(state, b),
     ))  # fmt: skip
+
+
+def _prepare_rows(
+    state: State, b: DeltaBatch, lo: int, hi: int, chk: int, epochs: bool, col_ep: Any,
+    col_pid: Any, col_off: Any, col_len: Any, col_kind: Any, col_plen: Any, masked: bool,
+) -> tuple[int, bool]:  # fmt: skip
+    """:func:`~mmsb.engine.commit_kernels.prepare_rows` over rows ``[lo, hi)`` of ``b``
+    (checked from ``chk``; with their epochs when ``epochs``): (status, contiguous)."""
+    status, contiguous = ck.prepare_rows(
+        lo, hi, chk, b.page_ids, b.offsets, b.lengths, b.kinds, b.pstarts, b.plens,
+        b.mstarts, b.source_idx, b.meta_idx, b.payload.size, b.mask, len(b.sources),
+        len(b.metas), MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, True,
+        masked, col_pid, col_off, col_len, col_kind, col_plen, epochs, state.epoch, col_ep,
+        *_typed(state, b),
+    )  # fmt: skip
+    return int(status), bool(contiguous)
 
 
 def check(state: State, batch: DeltaBatch) -> None:
@@ -162,41 +182,39 @@ def prepare(
     order = np.empty(n if shares > 1 else 0, np.int64)
     starts = np.zeros(chunks + 1, np.int64)
 
+    one = shares == 1
+
     def share(w: int) -> tuple[int, bool]:
         lo, hi = rows[w]
-        if w == 0:
-            # optimistic: a rejected batch has its epochs taken back below
-            assigned[0] = True
-            if shares == 1:
-                for b, r0 in zip(parts, bases, strict=False):  # in row order
-                    ck.epochs_for_pages(-(2**62), 2**62, state.next_page_id, state.epoch,
-                                        b.page_ids, col_ep[r0:])  # fmt: skip
-            else:
-                ck.epochs_and_buckets(state.next_page_id, state.epoch, parts[0].page_ids,
-                                      col_ep, chunks, order, starts)  # fmt: skip
+        if not one and w == 0:
+            # the epochs of every row, and the rows grouped by apply chunk; optimistic: a
+            # rejected batch has its epochs taken back below
+            assigned[0] = 1
+            ck.epochs_and_buckets(state.next_page_id, state.epoch, parts[0].page_ids,
+                                  col_ep, chunks, order, starts)  # fmt: skip
         status, contiguous = int(ck.OK), True
-        for b, r0 in zip(parts, bases, strict=False):  # this share's rows of each batch
+        for j, (b, r0) in enumerate(zip(parts, bases, strict=False)):  # in row order
             a, z = max(lo, r0) - r0, min(hi, r0 + len(b)) - r0
             if a >= z:
                 continue
-            st = _check_rows(state, b, max(a, checked - r0), z)
+            st, c = _prepare_rows(state, b, a, z, max(a, checked - r0), one, col_ep[r0:],
+                                  col_pid[r0:], col_off[r0:], col_len[r0:],
+                                  col_kind[r0:] if masked else col_kind,
+                                  col_plen[r0:] if masked else col_plen, masked)  # fmt: skip
+            if one:  # that call gave the batch's rows their epochs
+                assigned[0] = j + 1
             if status == ck.OK:
-                status = int(st)
-            contiguous = bool(ck.encode_rows(
-                a, z, b.page_ids, b.offsets, b.lengths, b.kinds, b.plens, b.pstarts,
-                col_pid[r0:], col_off[r0:], col_len[r0:], col_kind[r0:] if masked else col_kind,
-                col_plen[r0:] if masked else col_plen, masked,
-            )) and contiguous  # fmt: skip
+                status = st
+            contiguous = c and contiguous
         return status, contiguous
 
-    assigned = [False]
+    assigned = [0]  # how many of parts may have epochs assigned
     try:
         results = run_shares(share, [(w,) for w in range(shares)])
     except BaseException:
         # a share that raised (say, columns of a type the kernels cannot take) after the
         # epochs were assigned: take them back
-        if assigned[0]:
-            _undo_parts(state, parts)
+        _undo_parts(state, parts[: assigned[0]])
         raise
     if any(s != ck.OK for s, _ in results):
         _undo_parts(state, parts)
