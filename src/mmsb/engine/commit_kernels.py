@@ -194,23 +194,9 @@ def prepare_rows(
 
 
 @njit(cache=True, nogil=True)
-def epochs_for_pages(
-    plo: int, phi: int, limit: int, epoch: I64, page_ids: I64, col_epoch: U32
-) -> None:
-    """Give each row whose page is in ``[plo, phi)`` its page's next epoch, in row order,
-    writing it into the frame's epoch column. Ids outside ``[1, limit)`` are skipped (such
-    a batch is rejected, and :func:`undo_epochs_rows` skips the same rows)."""
-    for i in range(page_ids.size):
-        p = page_ids[i]
-        if plo <= p < phi and 0 < p < limit:
-            e = epoch[p] + 1
-            epoch[p] = e
-            col_epoch[i] = np.uint32(e)
-
-
-@njit(cache=True, nogil=True)
 def undo_epochs_rows(limit: int, epoch: I64, page_ids: I64) -> None:
-    """Take back :func:`epochs_for_pages` over all pages (one step back per row)."""
+    """Take back the epochs :func:`prepare_rows` or :func:`epochs_and_buckets` gave
+    (one step back per row whose id is in ``[1, limit)``)."""
     for i in range(page_ids.size):
         p = page_ids[i]
         if 0 < p < limit:
@@ -227,7 +213,7 @@ def epochs_and_buckets(
     order: I64,
     starts: I64,
 ) -> None:
-    """Give every row its page's next epoch, in row order (as :func:`epochs_for_pages` over
+    """Give every row its page's next epoch, in row order (as :func:`prepare_rows` does over
     all pages), and group the row numbers by apply chunk: chunk ``c`` is
     ``order[starts[c]:starts[c + 1]]``, in row order, and its pages are no other chunk's.
     Chunks are power-of-two ranges of page ids, so some may be empty.
