@@ -296,4 +296,4 @@ class Bus(StateView):
 
     def _tick_gc(self) -> GCReport | None:
         budget = self.tick_gc_budget_ms
-        return self._collector.gc(budget) if budget > 0 and self._committer else None
+        return self._collector.tick(budget) if budget > 0 and self._committer else None

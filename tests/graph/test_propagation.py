@@ -470,6 +470,25 @@ def test_non_data_edges_flag_instead_of_recomputing(bus: mmsb.Bus) -> None:
     assert bus.page(t).stale and bus.read(d).tolist() == [3] * 8
 
 
+def test_a_control_edge_added_after_ticks_of_data_edges_flags(bus: mmsb.Bus) -> None:
+    """The tick remembers that a graph has data edges only (per edge-table version): the
+    first edge of another kind, added later, flags from the next tick on."""
+    a, d, s = bus.create_pages(3, 8).tolist()
+    bus.derive(d, lambda x: x, [a])
+    for k in range(3):
+        bus.write(a, bytes([k]) * 8)
+        assert bus.tick().flagged == 0
+    bus.graph.add_edge(a, s, "control")
+    bus.tick()
+    bus.write(s, b"\x00")  # clears stale
+    bus.write(a, b"\x07" * 8)
+    assert bus.tick().flagged == 1 and bus.page(s).stale
+    bus.graph.remove_edge(a, s, "control")
+    bus.write(s, b"\x00")
+    bus.write(a, b"\x08" * 8)
+    assert bus.tick().flagged == 0 and not bus.page(s).stale
+
+
 # -- ticks --------------------------------------------------------------------------------
 
 

@@ -429,3 +429,36 @@ def test_a_segment_left_renamed_by_a_crash_is_removed(tmp_path: Path) -> None:
         assert r.segments_dropped == 0
         r = bus.gc(budget_ms=1.0)
         assert not r.deferred
+
+
+def test_a_ticks_eviction_scan_starts_once_per_second_of_the_access_clock(
+    tmp_path: Path,
+) -> None:
+    """The tick's step marks pages at most once per second of the access clock (a second
+    pass in that second would learn nothing); an explicit gc() is never held back, and a
+    page written since the last pass is still seen as accessed by the next."""
+    with mmsb.open(tmp_path / "b", sync="off", tick_gc_budget_ms=50.0) as bus:
+        ids = bus.create_pages(64, 4096)
+        fill(bus, ids, 4096, 7)
+        now = [0.0]
+        use_clock(bus, now)
+        col = bus._collector
+        assert isinstance(col, Collector)
+        first = bus.tick()  # a whole pass fits the budget: every page examined
+        assert first.maintenance is not None and first.maintenance.pages_examined == 64
+        for _ in range(3):  # the same second: no second pass
+            r = bus.tick()
+            assert r.maintenance is not None and r.maintenance.pages_examined == 0
+        assert col.gc(budget_ms=50.0).pages_examined == 64  # explicit: not paced
+        now[0] = 1.0  # the next second: the tick's next pass runs
+        r = bus.tick()
+        assert r.maintenance is not None and r.maintenance.pages_examined == 64
+        now[0] = 100.0
+        bus.write(int(ids[0]), b"\x01" * 8)  # written just before the next pass
+        cold = []
+        for _ in range(3):
+            r = bus.tick()
+            assert r.maintenance is not None
+            cold.append(r.maintenance.pages_evicted)
+            now[0] += 1.0
+        assert cold[0] == 63  # the pass at 100 finds all but the page written at 100 cold

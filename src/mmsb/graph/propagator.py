@@ -35,7 +35,7 @@ from mmsb.graph.tick import TickReport
 from mmsb.semiring import Semiring
 from mmsb.storage import codec
 from mmsb.storage.codec import BATCH, DELETE, GRAPH
-from mmsb.storage.edges import COMPILER, CONTROL, DATA, GPU
+from mmsb.storage.edges import COMPILER, CONTROL, DATA, GPU, EdgeTable
 from mmsb.storage.state import State
 from mmsb.types import DTYPE_NAMES, PageInfo
 from mmsb.writer.committer import Change
@@ -85,6 +85,8 @@ class Propagator:
         self._dirty_lsn = 0  # the last commit that added to _dirty
         self._seeds: list[npt.NDArray[np.int64]] = []  # parents of new derivations
         self._flags = np.zeros(0, np.uint8)  # per page: STALE | GPU_SYNC | INVALIDATED
+        # (edge table, its version, whether it has an edge that is not DATA)
+        self._flag_edges: tuple[EdgeTable, int, bool] | None = None
         self._ticks = 0
         self.after_tick: list[Callable[[TickReport], None]] = []  # e.g. the stats' histogram
         self._propagating = False  # committing a pass's derived batch: not new input
@@ -383,7 +385,7 @@ class Propagator:
             # only now: a tick that committed nothing leaves earlier changes pending
             for pending in (self._dirty, self._dirty_lo, self._dirty_hi, self._seeds):
                 pending.clear()
-            flagged = self._flag_children(np.concatenate((written, result.changed_pages)))
+            flagged = self._flag_children(written, result.changed_pages)
         elif n_in:
             flagged = self._flag_children(batch.page_ids) if batch is not None else 0
         t2 = time.perf_counter_ns()
@@ -413,17 +415,18 @@ class Propagator:
             self._events.emit("tick_done", lsn, None, report=report)
         return report
 
-    def _flag_children(self, pages: npt.NDArray[np.int64]) -> int:
+    def _flag_children(self, *written: npt.NDArray[np.int64]) -> int:
         """Set the stale / gpu-sync / invalidated flags of the control, gpu and compiler
-        children of ``pages``; emit one event per newly flagged page."""
+        children of the pages in ``written``; emit one event per newly flagged page."""
         state = self._state_of()
         edges = state.edges
-        if edges.count == 0 or pages.size == 0:
+        if edges.count == 0 or not self._has_flag_edges(edges):
+            return 0
+        pages = np.concatenate(written) if len(written) > 1 else written[0]
+        if pages.size == 0:
             return 0
         p, c, k = edges.columns()
         sel = k != DATA
-        if not sel.any():
-            return 0
         hit = np.zeros(state.next_page_id, bool)
         hit[pages] = True
         sel &= hit[p]
@@ -445,6 +448,17 @@ class Propagator:
             if new.size and self._events.wants(event):
                 self._events.emit(event, self._lsn_of(), new)
         return total
+
+    def _has_flag_edges(self, edges: EdgeTable) -> bool:
+        """Whether ``edges`` holds an edge of a kind other than DATA (remembered for the
+        table's version: a graph of data edges only, the usual case, pays for the scan
+        once, not every tick)."""
+        known = self._flag_edges
+        if known is not None and known[0] is edges and known[1] == edges.version:
+            return known[2]
+        has = bool((edges.columns()[2] != DATA).any())
+        self._flag_edges = (edges, edges.version, has)
+        return has
 
     def page(self, page_id: int) -> PageInfo:
         info = self._state_of().info(page_id)  # what StateView.page gives

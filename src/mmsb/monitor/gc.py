@@ -151,6 +151,7 @@ class Collector:
         self._evict_cursor = 1
         self._sweep_cursor = -1  # -1: marking; else the next OS page to sweep
         self._hot: npt.NDArray[np.uint8] | None = None
+        self._next_pass_at = 0  # the access clock's value a paced marking pass waits for
         self._hot_cutoff = -1
         self._hot_cold_after = -1.0
         self._moves_per_ms = 1000.0
@@ -178,7 +179,18 @@ class Collector:
             raise InvalidArgumentError(f"cold_after_s must be >= 0, got {cold_after_s!r}")
         return self.step(float(budget_ms), cold_after_s)
 
-    def step(self, budget_ms: float, cold_after_s: float | None = None) -> GCReport:
+    def tick(self, budget_ms: float) -> GCReport:
+        """The step a tick runs (``budget_ms`` checked by the options): as :meth:`gc`, but
+        a pass of the eviction scan starts at most once per second of the access clock.
+        A pass records every page's accesses up to the second it runs in, so a second
+        pass in the same second learns nothing; ticks run far more often than that, and
+        each would otherwise spend part of its budget marking the same pages again. (An
+        explicit :meth:`gc` is not paced: a caller may loop on it to evict now.)"""
+        return self.step(float(budget_ms), None, paced=True)
+
+    def step(
+        self, budget_ms: float, cold_after_s: float | None = None, *, paced: bool = False
+    ) -> GCReport:
         t0 = time.perf_counter_ns()
         c0 = time.thread_time_ns()
         deadline = t0 + int(budget_ms * 1e6)
@@ -197,7 +209,7 @@ class Collector:
         t3 = time.perf_counter_ns()
         if t3 < deadline:
             cold = self.cold_after_s if cold_after_s is None else cold_after_s
-            self._evict(state, deadline, cold, tally)
+            self._evict(state, deadline, cold, tally, paced)
         t4 = time.perf_counter_ns()
         # where the last step's time went (segments, compaction, shrink, eviction), in ns
         self.last_phases = (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
@@ -374,7 +386,9 @@ class Collector:
 
     # -- 4. evicting cold pages -------------------------------------------------------------
 
-    def _evict(self, state: State, deadline: int, cold_after_s: float, tally: _Tally) -> None:
+    def _evict(
+        self, state: State, deadline: int, cold_after_s: float, tally: _Tally, paced: bool
+    ) -> None:
         """Two alternating passes: *mark* walks the page table in chunks, noting writes
         (changed epochs) as accesses and marking the OS pages of recently used pages hot;
         *sweep* then walks the arena's OS pages in windows, advising out every run of
@@ -383,6 +397,9 @@ class Collector:
         n = state.next_page_id
         if n <= 1:
             return
+        starting = self._sweep_cursor < 0 and self._evict_cursor == 1  # a marking pass
+        if starting and paced and state.access_now < self._next_pass_at:
+            return  # a pass already ran in this second of the access clock
         left_ms = (deadline - time.perf_counter_ns()) / 1e6
         chunk = min(MAX_SCAN, max(1024, int(self._scan_per_ms * left_ms * 0.4)))
         pages = (state.arena.capacity + OS_PAGE - 1) // OS_PAGE
@@ -398,6 +415,8 @@ class Collector:
         t0 = time.perf_counter_ns()
         if self._sweep_cursor < 0:  # marking
             lo = self._evict_cursor
+            if lo == 1:
+                self._next_pass_at = state.access_now + 1
             hi = min(n, lo + chunk)
             gc_kernels.refresh_access(lo, hi, state.epoch, state.seen_epoch,
                                       state.last_access, state.access_now)  # fmt: skip
@@ -409,8 +428,11 @@ class Collector:
             tally.examined += hi - lo
             self._evict_cursor = hi
             if hi >= n:
-                self._sweep_cursor = 0 if cutoff >= 0 else -1
                 self._evict_cursor = 1
+                if cutoff >= 0:
+                    self._sweep_cursor = 0
+                else:  # too early for anything to be cold: the next pass takes a new cutoff
+                    self._hot = None
             took = max(time.perf_counter_ns() - t0, 1) / 1e6
             self._scan_per_ms = 0.7 * self._scan_per_ms + 0.3 * ((hi - lo) / took)
             return
