@@ -217,6 +217,42 @@ def test_from_ranges_with_typed_rows_takes_their_bytes() -> None:
     assert batch.page_ids.dtype == np.int64
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_from_ranges_of_a_2d_array_refuses_exactly_what_the_general_check_refuses(
+    seed: int,
+) -> None:
+    """The 2-D array path checks only the page ids and offsets (the rest is right by
+    construction); the same rows given as a list of arrays go through the general check.
+    Both refuse the same batches with the same words, and build the same columns."""
+    from mmsb.types import MAX_PAGE_SIZE
+
+    rng = np.random.default_rng(seed)
+    refused = 0
+    for _ in range(300):
+        n = int(rng.integers(1, 6))
+        width = int(rng.choice([0, 1, 8, 24]))
+        data = rng.integers(0, 256, (n, width), dtype=np.uint8)
+        pids = rng.integers(1, 9, n)
+        offs = rng.integers(0, 64, n)
+        if rng.random() < 0.6:  # one bad cell, or one at the edge of the rules
+            col = pids if rng.random() < 0.4 else offs
+            col[int(rng.integers(0, n))] = int(rng.choice(
+                [0, -1, -7, MAX_PAGE_SIZE - width, MAX_PAGE_SIZE - width + 1, MAX_PAGE_SIZE]
+            ))  # fmt: skip
+        try:
+            general = DeltaBatch.from_ranges(pids, offs, list(data))
+        except InvalidDeltaError as exc:
+            with pytest.raises(InvalidDeltaError) as fast:
+                DeltaBatch.from_ranges(pids, offs, data)
+            assert str(fast.value) == str(exc) and fast.value.rows == exc.rows
+            refused += 1
+            continue
+        batch = DeltaBatch.from_ranges(pids, offs, data)
+        for name in ("page_ids", "offsets", "lengths", "pstarts", "plens", "payload"):
+            assert np.array_equal(getattr(batch, name), getattr(general, name)), name
+    assert refused > 50
+
+
 def test_from_ranges_with_list_of_bytes_of_any_lengths() -> None:
     batch = DeltaBatch.from_ranges(
         [3, 1, 2], [0, 5, 1], [b"a", bytearray(b"bcd"), np.array([7, 8], np.uint8)],

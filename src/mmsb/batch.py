@@ -152,6 +152,7 @@ class DeltaBatch:
             lengths = np.full(n, width, dtype=np.int64)
             pstarts = np.arange(n, dtype=np.int64) * width
             dtypes = np.full(n, code, np.uint8)
+            fits = _rows_fit(pids, offs, width)
         else:
             if not isinstance(payloads, Iterable):
                 raise InvalidDeltaError(
@@ -167,6 +168,7 @@ class DeltaBatch:
             pstarts = row_starts(lengths)
             codes = [array_dtype_code(p, f"payload {i}") for i, p in enumerate(items)]
             dtypes = np.array(codes, np.uint8)
+            fits = False
         batch = cls(
             pids, offs, lengths, np.zeros(n, np.uint8), pstarts, lengths,
             np.full(n, -1, np.int64), pool, np.zeros(0, np.uint8),
@@ -174,7 +176,8 @@ class DeltaBatch:
             np.full(n, -1 if meta_json is None else 0, np.int32),
             () if meta_json is None else (meta_json,), dtypes,
         )  # fmt: skip
-        batch._check_structure()
+        if not fits:
+            batch._check_structure()  # the general check, which names the failing rows
         return batch
 
     @classmethod
@@ -492,3 +495,18 @@ def _coalesce_deltas(*deltas: Delta) -> DeltaBatch:
 _delta_module._COALESCE = _coalesce_deltas  # Delta.merge coalesces through this
 
 __all__ = ["DeltaBatch"]
+
+
+def _rows_fit(page_ids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], width: int) -> bool:
+    """For rows of one ``width`` built from a 2-D array (every other column is right by
+    construction): whether all have a valid page id and lie inside the largest page, the
+    only structure rules their caller's columns can break. Three reductions, where the
+    general check takes ten."""
+    if page_ids.size == 0:
+        return True
+    return bool(
+        width > 0
+        and page_ids.min() > 0
+        and offsets.min() >= 0
+        and offsets.max() <= MAX_PAGE_SIZE - width
+    )

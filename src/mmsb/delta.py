@@ -35,10 +35,18 @@ _PAYLOAD_CODES = {name: code for code, name in enumerate(DTYPE_NAMES)}
 def payload_dtype_name(dtype: np.dtype[Any]) -> str:
     """The name a typed payload's dtype is checked by: the numpy name for native-order
     dtypes, the type string (``'>f8'``) otherwise, so that a byte-swapped array never
-    passes for a page's native dtype."""
-    if dtype.names is not None:
-        return "record"
-    return dtype.name if dtype.isnative else dtype.str
+    passes for a page's native dtype. (Remembered per dtype: numpy computes ``name`` in
+    Python, a few microseconds a call.)"""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        native = dtype.name if dtype.isnative else dtype.str
+        name = "record" if dtype.names is not None else native
+        if len(_DTYPE_NAMES) < 256:  # record dtypes are made at will: keep a bound
+            _DTYPE_NAMES[dtype] = name
+    return name
+
+
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
 
 
 def payload_dtype_code(name: str | None, what: str = "payload") -> int:
