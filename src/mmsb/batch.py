@@ -33,6 +33,7 @@ from mmsb.delta import (
     page_dtype_codes,
     payload_dtype_code,
     row_starts,
+    rows_fit,
 )
 from mmsb.errors import InvalidDeltaError
 from mmsb.types import DTYPE_ITEMSIZE, DTYPE_NAMES, MAX_PAGE_SIZE, encode_metadata
@@ -152,7 +153,7 @@ class DeltaBatch:
             lengths = np.full(n, width, dtype=np.int64)
             pstarts = np.arange(n, dtype=np.int64) * width
             dtypes = np.full(n, code, np.uint8)
-            fits = _rows_fit(pids, offs, width)
+            fits = rows_fit(pids, offs, width)
         else:
             if not isinstance(payloads, Iterable):
                 raise InvalidDeltaError(
@@ -495,18 +496,3 @@ def _coalesce_deltas(*deltas: Delta) -> DeltaBatch:
 _delta_module._COALESCE = _coalesce_deltas  # Delta.merge coalesces through this
 
 __all__ = ["DeltaBatch"]
-
-
-def _rows_fit(page_ids: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64], width: int) -> bool:
-    """For rows of one ``width`` built from a 2-D array (every other column is right by
-    construction): whether all have a valid page id and lie inside the largest page, the
-    only structure rules their caller's columns can break. Three reductions, where the
-    general check takes ten."""
-    if page_ids.size == 0:
-        return True
-    return bool(
-        width > 0
-        and page_ids.min() > 0
-        and offsets.min() >= 0
-        and offsets.max() <= MAX_PAGE_SIZE - width
-    )

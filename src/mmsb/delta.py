@@ -320,6 +320,21 @@ def row_starts(lengths: I64) -> I64:
     return out
 
 
+def rows_fit(page_ids: I64, offsets: I64, width: int) -> bool:
+    """For rows of one ``width`` built from a 2-D array (every other column is right by
+    construction): whether all have a valid page id and lie inside the largest page, the
+    only structure rules their caller's columns can break. Three reductions, where the
+    general check takes ten."""
+    if page_ids.size == 0:
+        return True
+    return bool(
+        width > 0
+        and page_ids.min() > 0
+        and offsets.min() >= 0
+        and offsets.max() <= MAX_PAGE_SIZE - width
+    )
+
+
 def int_column(values: Any, name: str) -> I64:
     arr = np.asarray(values)
     if arr.ndim != 1:
