@@ -70,7 +70,7 @@ def verdicts(batch: mmsb.DeltaBatch) -> tuple[bool, bool, bool]:
         0, n, 0, batch.page_ids, batch.offsets, batch.lengths, batch.kinds, batch.pstarts,
         batch.plens, batch.mstarts, batch.source_idx, batch.meta_idx, batch.payload.size,
         batch.mask, len(batch.sources), len(batch.metas), MAX_PAGE_SIZE, 64, live, size, True,
-        True, *cols, True, epoch, col_ep,
+        *cols, epoch, col_ep,
     )  # fmt: skip
     assert writing == status
     usable = (batch.page_ids > 0) & (batch.page_ids < 64)

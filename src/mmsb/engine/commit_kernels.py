@@ -55,12 +55,11 @@ def check_rows(
 ) -> int:
     """Check rows ``[lo, hi)`` (:func:`prepare_rows` writing nothing) and return the worst
     status found."""
-    u64, u32 = np.empty(0, np.uint64), np.empty(0, np.uint32)
+    u32 = np.empty(0, np.uint32)
     status, _ = prepare_rows(
         lo, hi, lo, page_ids, offsets, lengths, kinds, pstarts, plens, mstarts, source_idx,
         meta_idx, payload_size, mask, n_sources, n_metas, max_page_size, next_page_id, live,
-        size, False, False, u64, u32, u32, mask[:0], u32, False, size[:0], u32, dtypes,
-        page_dtype, itemsize,
+        size, False, None, u32, u32, mask[:0], u32, None, u32, dtypes, page_dtype, itemsize,
     )  # fmt: skip
     return status
 
@@ -87,24 +86,25 @@ def prepare_rows(
     next_page_id: int,
     live: npt.NDArray[np.bool_],
     size: I64,
-    encode: bool,
     masked: bool,
-    col_pid: U64,
+    col_pid: U64 | None,
     col_off: U32,
     col_len: U32,
     col_kind: U8,
     col_plen: U32,
-    epochs: bool,
-    epoch: I64,
+    epoch: I64 | None,
     col_epoch: U32,
     dtypes: U8 | None = None,
     page_dtype: U8 | None = None,
     itemsize: I64 | None = None,
 ) -> tuple[int, bool]:
-    """One pass over rows ``[lo, hi)`` of a batch: check those from ``chk`` on; when
-    ``encode``, write their log frame columns; when ``epochs``, give each its page's next
-    epoch, in row order, into ``col_epoch``. Returns (the worst status found, whether the
-    payload pool holds the rows back to back, so the frame can use it as it is).
+    """One pass over rows ``[lo, hi)`` of a batch: check those from ``chk`` on; unless
+    ``col_pid`` is None, write their log frame columns (and, when ``masked``, the kind and
+    payload-length columns); unless ``epoch`` (the page table's column) is None, give each
+    row its page's next epoch, in row order, into ``col_epoch``. Returns (the worst status
+    found, whether the payload pool holds the rows back to back, so the frame can use it
+    as it is). A None is a type to numba: the loop it compiles for a caller that checks
+    only has neither branch in it.
 
     The checks: structure (as ``DeltaBatch._check_structure``), then that each row targets
     a live page and fits inside it. Structure problems outrank page problems, which outrank
@@ -142,7 +142,7 @@ def prepare_rows(
         k = kinds[i]
         ps = pstarts[i]
         pl = plens[i]
-        if encode:
+        if col_pid is not None:
             col_pid[i] = np.uint64(p)
             col_off[i] = np.uint32(off)
             col_len[i] = np.uint32(n)
@@ -151,7 +151,7 @@ def prepare_rows(
                 col_plen[i] = np.uint32(pl)
             if i + 1 < last and ps + pl != pstarts[i + 1]:
                 contiguous = False
-        if epochs and 0 < p < next_page_id:
+        if epoch is not None and 0 < p < next_page_id:
             e = epoch[p] + 1
             epoch[p] = e
             col_epoch[i] = np.uint32(e)

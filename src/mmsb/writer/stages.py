@@ -100,8 +100,8 @@ def _prepare_rows(
     status, contiguous = ck.prepare_rows(
         lo, hi, chk, b.page_ids, b.offsets, b.lengths, b.kinds, b.pstarts, b.plens,
         b.mstarts, b.source_idx, b.meta_idx, b.payload.size, b.mask, len(b.sources),
-        len(b.metas), MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, True,
-        masked, col_pid, col_off, col_len, col_kind, col_plen, epochs, state.epoch, col_ep,
+        len(b.metas), MAX_PAGE_SIZE, state.next_page_id, state.live, state.size, masked,
+        col_pid, col_off, col_len, col_kind, col_plen, state.epoch if epochs else None, col_ep,
         *_typed(state, b),
     )  # fmt: skip
     return int(status), bool(contiguous)
