@@ -240,10 +240,9 @@ def scaling(
 
     The figure is the median of the rounds' speed-ups; ``fraction_of_ceiling`` is the median
     of each round's speed-up over the same round's ceiling. Both halves of a round see the
-    same phase of the machine: on this kind of virtual machine the disk alternates between
-    bursts and a much slower sustained rate, which the log's appends follow once the
-    background fsync makes them wait for it (``log_mb_per_s`` gives the rate of the 1-worker
-    legs).
+    same phase of the machine: on a virtual machine whose host backs guest memory lazily,
+    the log's append (a copy into new page-cache pages) can run several times slower for
+    minutes at a time (``log_mb_per_s`` gives the 1-worker legs' log rate).
 
     * Bound: one commit's frame goes to the log in one write call, which one thread makes
       while the others wait; its share ``s`` of the 1-worker legs' time (the median) caps
