@@ -133,3 +133,87 @@ def test_threads_calling_a_kernel_first_at_once_all_get_its_result(
     assert results == [i + 4 for i in range(32)]
     assert toy.twice is held.dispatcher and "mmsb_toy_threads" in jit._loaded
     monkeypatch.delitem(sys.modules, "mmsb_toy_threads")
+
+
+COUNTING = """
+import numpy as np
+from mmsb.engine.jit import njit
+
+
+@njit(cache=False, nogil=True{opt})
+def first_diff(a, b, o):
+    for j in range(4):
+        if a[o + j] != b[o + j]:
+            return j
+    return -1
+
+
+@njit(cache=False, nogil=True{opt})
+def diffs(a, b, out):
+    for i in range(out.size):
+        out[i] = first_diff(a, b, 4 * i)
+
+
+@njit(cache=False, nogil=True{opt})
+def fresh(n):
+    return np.zeros(n)
+"""
+
+
+def _counting_module(tmp_path: Path, name: str, opt: str) -> object:
+    (tmp_path / f"{name}.py").write_text(COUNTING.format(opt=opt))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_refcounts_false_takes_numbas_reference_counting_out_of_a_kernel(tmp_path: Path) -> None:
+    import numpy as np
+
+    off = _counting_module(tmp_path, "mmsb_toy_nocount", ", refcounts=False")
+    on = _counting_module(tmp_path, "mmsb_toy_count", "")
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 3, 4000).astype(np.uint8)
+    b = rng.integers(0, 3, 4000).astype(np.uint8)
+    got, want = np.empty(1000, np.int64), np.empty(1000, np.int64)
+    off.diffs(a, b, got)  # type: ignore[attr-defined]
+    on.diffs(a, b, want)  # type: ignore[attr-defined]
+    assert np.array_equal(got, want) and (got >= 0).any() and (got < 0).any()
+
+    def counts(kernel: object) -> int:
+        llvm = kernel.inspect_llvm()  # type: ignore[attr-defined]  # (loaded: a dispatcher)
+        return sum(ir.count("NRT_incref") for ir in llvm.values())
+
+    # with counting, the per-row call increments both arrays' counts in the loop
+    assert counts(on.diffs) > 0  # type: ignore[attr-defined]
+    assert counts(off.diffs) == 0  # type: ignore[attr-defined]
+    assert on.fresh(3).tolist() == [0.0, 0.0, 0.0]  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="array"):  # making an array needs the counting
+        off.fresh(3)  # type: ignore[attr-defined]
+
+
+def test_refcounts_false_is_dropped_where_numba_does_not_take_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numba
+
+    opts = {"cache": True, "nogil": True, "refcounts": False}
+    assert jit.numba_options(numba, opts) == {"cache": True, "nogil": True, "_nrt": False}
+    assert jit.numba_options(numba, {"cache": True}) == {"cache": True}
+    assert jit._takes_nrt(numba)
+    monkeypatch.setattr(jit, "_takes_nrt", lambda numba: False)  # a numba without it
+    assert jit.numba_options(numba, opts) == {"cache": True, "nogil": True}
+
+
+def test_the_propagation_kernels_run_without_reference_counting() -> None:
+    from mmsb.engine import propkernels as pk
+
+    jit.load(pk.__name__)
+    names = [n for n, v in vars(pk).items() if hasattr(v, "targetoptions")]
+    assert "run_nodes" in names and "stage_rows" in names and "_diff" in names
+    for name in names:  # changed_rows returns new arrays: it keeps the counting
+        assert (getattr(pk, name).targetoptions.get("_nrt") is False) == (name != "changed_rows"), (
+            name
+        )
