@@ -358,37 +358,70 @@ def test_effective_workers_and_splits() -> None:
         assert all(a[1] == b[0] for a, b in itertools.pairwise(shares))
     first, second = commit._weighted_rows(100_000, 2)
     assert first[1] - first[0] < second[1] - second[0]  # the epoch pass's share is shorter
+    e = commit._EPOCH_COST  # the first share's rows and epochs cost what the second's rows do
+    assert first[1] + e * (100_000 - first[1]) == pytest.approx(second[1] - second[0], rel=1e-3)
 
 
-@pytest.mark.parametrize("chunks", [1, 2, 6, 13])
-def test_epochs_and_buckets_against_a_python_oracle(chunks: int) -> None:
+def test_epochs_rows_against_a_python_oracle() -> None:
     from mmsb.engine import commit_kernels as ck
 
-    rng = np.random.default_rng(chunks)
+    rng = np.random.default_rng(5)
     limit = 300
-    page_ids = rng.integers(1, limit, 5000).astype(np.int64)
-    page_ids[::97] = limit + 5  # past the table: skipped (such a batch is rejected anyway)
+    page_ids = rng.integers(-2, limit + 3, 5000).astype(np.int64)  # some outside [1, limit)
     epoch = rng.integers(0, 50, limit).astype(np.int64)
-    want_epoch, want_col = epoch.copy(), np.zeros(page_ids.size, np.uint32)
-    for i, p in enumerate(page_ids):
-        if 0 < p < limit:
-            want_epoch[p] += 1
-            want_col[i] = want_epoch[p]
-    col = np.zeros(page_ids.size, np.uint32)
-    order = np.empty(page_ids.size, np.int64)
-    starts = np.empty(chunks + 1, np.int64)
-    ck.epochs_and_buckets(limit, epoch, page_ids, col, chunks, order, starts)
-    assert np.array_equal(epoch, want_epoch) and np.array_equal(col, want_col)
-    valid = np.flatnonzero((page_ids > 0) & (page_ids < limit))
-    assert starts[0] == 0 and starts[-1] == valid.size
-    seen: set[int] = set()
-    for c in range(chunks):
-        rows = order[starts[c] : starts[c + 1]]
-        assert np.all(np.diff(rows) > 0)  # row order inside a chunk
-        pages = set(page_ids[rows].tolist())
-        assert not pages & seen  # no page in two chunks
-        seen |= pages
-    assert sorted(order[: valid.size].tolist()) == valid.tolist()  # every valid row once
+    for lo, hi in ((0, 5000), (1234, 4321), (700, 700)):
+        want_epoch, want_col = epoch.copy(), np.zeros(page_ids.size, np.uint32)
+        for i in range(lo, hi):
+            p = int(page_ids[i])
+            if 0 < p < limit:
+                want_epoch[p] += 1
+                want_col[i] = want_epoch[p]
+        got_epoch, col = epoch.copy(), np.zeros(page_ids.size, np.uint32)
+        ck.epochs_rows(lo, hi, limit, got_epoch, page_ids, col)
+        assert np.array_equal(got_epoch, want_epoch) and np.array_equal(col, want_col)
+        ck.undo_epochs_rows(limit, got_epoch, page_ids[lo:hi])
+        assert np.array_equal(got_epoch, epoch)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_apply_in_pages_is_the_apply_of_its_page_range(seed: int) -> None:
+    """Each worker's share (a page-id range, rows in row order) against the one-thread
+    apply of just those rows; the shares together against the whole batch's apply."""
+    from mmsb.engine import kernels
+
+    rng = np.random.default_rng(seed)
+    limit, size = 64, 32
+    n = int(rng.integers(1, 3 * kernels.APPLY_BLOCK))  # one block or several
+    pages = rng.integers(1, limit, n).astype(np.int64)
+    offs = rng.integers(0, size - 4, n).astype(np.int64)
+    lens = rng.integers(1, 5, n).astype(np.int64)
+    kinds = rng.integers(0, 3, n).astype(np.uint8)
+    mask = (rng.random(int(lens.sum())) < 0.5).astype(np.uint8)
+    mstarts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    bits = [int(mask[m : m + k].sum()) for m, k in zip(mstarts, lens, strict=True)]
+    plens = np.where(kinds == 2, bits, lens)
+    pstarts = np.concatenate([[0], np.cumsum(plens)[:-1]]).astype(np.int64)
+    payload = rng.integers(0, 256, int(plens.sum())).astype(np.uint8)
+    slots = np.arange(limit, dtype=np.int64) * size
+    base = rng.integers(0, 256, limit * size).astype(np.uint8)
+    cols = (pages, offs, lens, kinds, pstarts, mstarts, payload, mask)
+    edges = [0, 1, 17, 18, 40, limit]  # an empty range, one page, the rest
+    whole = base.copy()
+    kernels.apply_rows(whole, slots, *cols)
+    together = base.copy()
+    for plo, phi in itertools.pairwise(edges):
+        kernels.apply_in_pages(plo, phi, together, slots, *cols)
+        one = base.copy()
+        kernels.apply_in_pages(plo, phi, one, slots, *cols)
+        keep = np.flatnonzero((pages >= plo) & (pages < phi))
+        want = base.copy()
+        kernels.apply_rows_in(keep, 0, keep.size, True, want, slots, *cols)
+        assert np.array_equal(one, want), (plo, phi)
+        outside = np.ones(limit, bool)
+        outside[plo:phi] = False
+        assert np.array_equal(one.reshape(limit, size)[outside],
+                              base.reshape(limit, size)[outside])  # fmt: skip
+    assert np.array_equal(together, whole)
 
 
 def test_a_failing_share_still_waits_for_the_others() -> None:

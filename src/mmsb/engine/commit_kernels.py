@@ -6,8 +6,9 @@ Each kernel handles one worker's share of a batch and releases the GIL, so the d
 * a *row range* ``[lo, hi)`` for work that only reads shared state (checking rows, writing
   their log columns);
 * a *page range* for work that writes per-page state (arena bytes): the rows of a range of
-  page ids, in row order (grouped once by :func:`epochs_and_buckets`), so no two workers
-  write the same page and each page sees its rows in order.
+  page ids, in row order (each worker finds its own:
+  :func:`mmsb.engine.kernels.apply_in_pages`), so no two workers write the same page and
+  each page sees its rows in order.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def prepare_rows(
 
 @njit(cache=True, nogil=True)
 def undo_epochs_rows(limit: int, epoch: I64, page_ids: I64) -> None:
-    """Take back the epochs :func:`prepare_rows` or :func:`epochs_and_buckets` gave
+    """Take back the epochs :func:`prepare_rows` or :func:`epochs_rows` gave
     (one step back per row whose id is in ``[1, limit)``)."""
     for i in range(page_ids.size):
         p = page_ids[i]
@@ -204,47 +205,19 @@ def undo_epochs_rows(limit: int, epoch: I64, page_ids: I64) -> None:
 
 
 @njit(cache=True, nogil=True)
-def epochs_and_buckets(
-    limit: int,
-    epoch: I64,
-    page_ids: I64,
-    col_epoch: U32,
-    chunks: int,
-    order: I64,
-    starts: I64,
-) -> None:
-    """Give every row its page's next epoch, in row order (as :func:`prepare_rows` does over
-    all pages), and group the row numbers by apply chunk: chunk ``c`` is
-    ``order[starts[c]:starts[c + 1]]``, in row order, and its pages are no other chunk's.
-    Chunks are power-of-two ranges of page ids, so some may be empty.
-
-    One thread runs this pass: split by page range, two threads would write interleaved
-    entries of the same epoch column, and that false sharing measured 4x slower than one
-    thread. The chunks let the apply threads each walk only their own rows; filtering the
-    whole batch by page range in every thread mispredicts a branch on every other row.
-    """
-    # chunk c holds pages 1 + (c << shift) ...: a shift per row, where a division by a
-    # number known only at run time costs tens of cycles
-    shift = 0
-    while ((limit - 2) >> shift) >= chunks:
-        shift += 1
-    starts[:] = 0
-    for i in range(page_ids.size):
+def epochs_rows(lo: int, hi: int, limit: int, epoch: I64, page_ids: I64, col_epoch: U32) -> None:
+    """Give rows ``[lo, hi)`` their pages' next epochs, in row order, as :func:`prepare_rows`
+    does (ids outside ``[1, limit)`` are skipped). With several workers the first share
+    runs this over the rows the others check and encode: it reads one column, so it costs
+    about a ninth of the one pass over the same rows (0.08 against 0.71 ms for 100,000
+    rows), and only this thread writes the epoch column (two threads writing interleaved
+    entries of it measured 4x slower, from false sharing)."""
+    for i in range(lo, hi):
         p = page_ids[i]
         if 0 < p < limit:
             e = epoch[p] + 1
             epoch[p] = e
             col_epoch[i] = np.uint32(e)
-            starts[((p - 1) >> shift) + 1] += 1
-    for c in range(chunks):
-        starts[c + 1] += starts[c]
-    fill = starts[:chunks].copy()
-    for i in range(page_ids.size):
-        p = page_ids[i]
-        if 0 < p < limit:
-            c = (p - 1) >> shift
-            order[fill[c]] = i
-            fill[c] += 1
 
 
 @njit(cache=True, nogil=True)

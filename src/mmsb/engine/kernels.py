@@ -40,8 +40,8 @@ def apply_rows_in(
     payload: U8,
     mask: U8,
 ) -> None:
-    """The one apply loop: rows ``order[lo:hi]`` in that order (a chunk grouped by
-    ``commit_kernels.epochs_and_buckets``) or, unless ``indexed``, rows ``lo..hi-1``.
+    """The one apply loop: rows ``order[lo:hi]`` in that order (a block of one worker's rows,
+    found by :func:`apply_in_pages`) or, unless ``indexed``, rows ``lo..hi-1``.
     Later rows overwrite earlier ones byte for byte; kinds: 0 = range (copy), 1 = dense
     masked, 2 = sparse masked (payload holds only the bytes at set mask positions).
 
@@ -75,6 +75,45 @@ def apply_rows_in(
                 if mask[ms + j]:
                     arena[base + j] = payload[c]
                     c += np.uint64(1)
+
+
+# rows a worker of a multi-worker apply looks at per block: their numbers fit in 32 KiB
+APPLY_BLOCK = 4096
+
+
+@njit(cache=True, nogil=True)
+def apply_in_pages(
+    plo: int,
+    phi: int,
+    arena: U8,
+    slots: I64,
+    page_ids: I64,
+    offsets: I64,
+    lengths: I64,
+    kinds: U8,
+    pstarts: I64,
+    mstarts: I64,
+    payload: U8,
+    mask: U8,
+) -> None:
+    """Apply, in row order, the rows whose page id is in ``[plo, phi)``: one worker's share
+    of a multi-worker apply (the workers' page ranges do not overlap, so each page still
+    sees its rows in order). Block by block, the rows kept are listed in a small buffer
+    without a branch (the entry is written for every row, the count moves only for a row
+    kept: a branch on random page ids mispredicts on about every other row), then applied
+    by :func:`apply_rows_in`. Every worker reads the whole page-id column, at the same time
+    as the others, where grouping the rows for all of them first took one thread 0.53 ms
+    per 100,000 rows."""
+    rows = np.empty(APPLY_BLOCK, np.int64)
+    n = page_ids.size
+    for b0 in range(0, n, APPLY_BLOCK):
+        k = 0
+        for i in range(b0, min(n, b0 + APPLY_BLOCK)):
+            p = page_ids[i]
+            rows[k] = i
+            k += (p >= plo) & (p < phi)
+        apply_rows_in(rows, 0, k, True, arena, slots, page_ids, offsets, lengths, kinds,
+                      pstarts, mstarts, payload, mask)  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
