@@ -61,11 +61,12 @@ def test_gather_ranges_matches_numpy(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_changed_rows_matches_numpy(seed: int) -> None:
+@pytest.mark.parametrize("items", [(1, 2, 4, 8), (1, 3, 8, 12)])  # masks; also divisions
+def test_changed_rows_matches_numpy(seed: int, items: tuple[int, ...]) -> None:
     rng = np.random.default_rng(seed)
     n = 500
     changed = (rng.random(n) < 0.4).astype(np.uint8)
-    item = rng.choice(np.array([1, 2, 4, 8], np.int64), n)
+    item = rng.choice(np.array(items, np.int64), n)
     child = rng.permutation(10 * n)[:n].astype(np.int64)
     size = 64
     lo = rng.integers(0, size, n).astype(np.int64)
