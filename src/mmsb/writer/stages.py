@@ -196,7 +196,7 @@ def prepare(
             # (one batch) the epochs of the other shares' rows, after this share's own, so
             # in row order; the same arrays as the call above, so it cannot refuse them
             ck.epochs_rows(hi, n, state.next_page_id, state.epoch, parts[0].page_ids,
-                             col_ep)  # fmt: skip
+                           col_ep)  # fmt: skip
             assigned[0] = 1  # (also when this share had no rows of its own)
         return status, contiguous
 
