@@ -300,6 +300,28 @@ def test_recently_read_pages_are_not_cold(tmp_path: Path) -> None:
         assert evicted == 32 * 4096  # the 32 unread pages, none of the read ones
 
 
+def test_pages_read_by_read_many_are_not_cold(tmp_path: Path) -> None:
+    """``read_many`` stamps every page it copies (in its compiled copy loop)."""
+    with mmsb.open(tmp_path / "b", sync="off") as bus:
+        ids = bus.create_pages(64, 4096)
+        fill(bus, ids, 4096, 7)
+        now = [0.0]
+        use_clock(bus, now)
+        bus.gc(budget_ms=50.0)
+        now[0] = 50.0
+        bus.gc(budget_ms=50.0)  # the access clock reads 51 from here on
+        rows = bus.read_many(ids[5:25])
+        now[0] = 100.0
+        evicted = 0
+        for _ in range(100):
+            r = bus.gc(budget_ms=50.0, cold_after_s=60.0)
+            evicted += r.bytes_evicted
+            if r.bytes_evicted == 0 and evicted:
+                break
+        assert evicted == 44 * 4096  # the 44 pages read_many did not read
+        assert np.array_equal(rows, np.stack([bus.read(int(p)) for p in ids[5:25]]))
+
+
 def test_segments_covered_by_a_checkpoint_are_dropped_with_auto_compact(tmp_path: Path) -> None:
     path = tmp_path / "b"
     opts = {"sync": "off", "segment_size": 4096, "checkpoint_every": None}

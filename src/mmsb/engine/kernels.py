@@ -181,6 +181,25 @@ def gather_slots(arena: U8, starts: I64, lengths: I64, out: U8) -> None:
 
 
 @njit(cache=True, nogil=True)
+def read_pages(
+    arena: U8, slot: I64, ids: I64, size: int, out: U8, last_access: Any, now: int
+) -> None:
+    """``read_many``'s copy: page ``ids[i]`` (``size`` bytes each) to ``out[i * size:]``,
+    each page stamped with the access clock ``now`` (ids checked by the caller)."""
+    m = ids.size
+    n = np.uint64(size)
+    for i in range(m):
+        if i + AHEAD < m:
+            _prefetch(arena, slot[ids[i + AHEAD]], False)
+        p = ids[i]
+        last_access[p] = now
+        s = np.uint64(slot[p])
+        c = np.uint64(i) * n
+        for j in range(n):
+            out[c + j] = arena[s + j]
+
+
+@njit(cache=True, nogil=True)
 def same_live_pages(ids: I64, limit: int, live: Any, size: I64, dtype: Any) -> int:
     """Whether every id names a live page (``0 < id < limit``) and all have the first
     one's size and dtype code: 0 if so, 1 if an id names no live page, 2 if sizes or

@@ -55,7 +55,9 @@ class Derivation:
 
 @dataclass
 class PassResult:
-    batch: DeltaBatch | None  # the derived changes, or None when nothing changed
+    # the derived changes, or None when nothing changed; its payload may be a span of the
+    # plan's staging buffer, valid until the plan's next pass
+    batch: DeltaBatch | None
     recomputed: int  # pages whose contents were computed
     changed_pages: I64  # derived pages whose bytes changed, in topological order
 
@@ -204,7 +206,15 @@ def run_pass(
         del arena8, arena32, arena64
 
     def gather(starts: I64, lengths: I64) -> U8:
-        payload = np.empty(int(lengths.sum()), np.uint8)
+        # the rows' ranges are in node order, each inside its node's slot: when they span
+        # exactly their total length they lie back to back (the usual case: whole pages
+        # whose sizes are multiples of 8), and the payload is that span of the staging
+        # buffer itself, valid until the next pass (the tick logs and applies it first)
+        total = int(lengths.sum())
+        s0 = int(starts[0])
+        if int(starts[-1]) + int(lengths[-1]) - s0 == total:
+            return stage8[s0 : s0 + total]
+        payload = np.empty(total, np.uint8)
         pk.gather_ranges(stage8, starts, lengths, payload)
         return payload
 

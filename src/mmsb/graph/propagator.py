@@ -356,11 +356,11 @@ class Propagator:
             else:
                 cause = self._dirty_lsn if self._dirty else self._lsn_of()
             seeds = [s[s < state.next_page_id] for s in self._seeds]
-            written = np.concatenate([*self._dirty, *(b.page_ids for b in ins), *seeds])
-            lo = np.concatenate([*self._dirty_lo, *(b.offsets for b in ins),
-                                 *(np.zeros(s.size, np.int64) for s in seeds)])  # fmt: skip
-            hi = np.concatenate([*self._dirty_hi, *(b.offsets + b.lengths for b in ins),
-                                 *(state.size[s] for s in seeds)])  # fmt: skip
+            written = _join([*self._dirty, *(b.page_ids for b in ins), *seeds])
+            lo = _join([*self._dirty_lo, *(b.offsets for b in ins),
+                        *(np.zeros(s.size, np.int64) for s in seeds)])  # fmt: skip
+            hi = _join([*self._dirty_hi, *(b.offsets + b.lengths for b in ins),
+                        *(state.size[s] for s in seeds)])  # fmt: skip
             keep = written < state.next_page_id
             if not keep.all():
                 written, lo, hi = written[keep], lo[keep], hi[keep]
@@ -477,3 +477,8 @@ class Propagator:
         pid = self._state_of().require(page_id)
         if pid < self._flags.size:
             self._flags[pid] &= np.uint8(~GPU_SYNC & 0xFF)
+
+
+def _join(arrays: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+    """The arrays joined (the one array itself when there is one: read only)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)

@@ -66,10 +66,10 @@ def _fail(state: State, parts: Sequence[DeltaBatch]) -> None:
 def _check_columns(state: State, batch: DeltaBatch) -> None:
     """Every row column as long as the batch (the kernels trust it), on a little-endian
     machine (the frame's byte order)."""
-    m = len(batch)
-    cols = (batch.offsets, batch.lengths, batch.kinds, batch.pstarts, batch.plens,
-            batch.mstarts, batch.source_idx, batch.meta_idx, batch.dtypes)  # fmt: skip
-    if any(c.size != m for c in cols) or not LITTLE:
+    b = batch
+    if not (LITTLE and b.page_ids.size == b.offsets.size == b.lengths.size == b.kinds.size
+            == b.pstarts.size == b.plens.size == b.mstarts.size == b.source_idx.size
+            == b.meta_idx.size == b.dtypes.size):  # fmt: skip
         _fail(state, [batch])
 
 
@@ -240,34 +240,77 @@ def _weighted_rows(n: int, parts: int) -> list[tuple[int, int]]:
 
 class _Strings:
     """The frame's source and metadata tables for ``parts`` (joined as
-    :meth:`~mmsb.batch.DeltaBatch.concat` joins them), each row's index into them, and
-    whether either needs a column (rows that do not all share one entry)."""
+    :meth:`~mmsb.batch.DeltaBatch.concat` joins them), whether either needs a column (rows
+    that do not all share one entry), and the columns themselves, written by :meth:`fill`
+    straight into the frame, part by part (no joined copy of the index columns)."""
 
     def __init__(self, parts: Sequence[DeltaBatch]) -> None:
-        if len(parts) == 1:
-            b = parts[0]
-            self.sources, self.metas = b.sources, b.metas
-            self.source_idx, self.meta_idx = b.source_idx, b.meta_idx
-        else:
-            src: dict[str, int] = {}
-            meta: dict[str, int] = {}
-            si, mi = [], []
-            for b in parts:
-                smap = np.array([src.setdefault(x, len(src)) for x in b.sources], np.uint16)
-                mmap = np.array([meta.setdefault(x, len(meta)) for x in b.metas] + [-1],
-                                np.int32)  # fmt: skip
-                # a one-entry table (or none) leaves one valid index: no gather (the check
-                # kernel refuses any other before the frame is used)
-                m = len(b)
-                one = len(b.sources) == 1
-                si.append(np.full(m, smap[0], np.uint16) if one else smap[b.source_idx])
-                none = not b.metas
-                mi.append(np.full(m, -1, np.int32) if none else mmap[b.meta_idx])  # -1: -1
-            self.sources, self.metas = tuple(src) or ("api",), tuple(meta)
-            self.source_idx, self.meta_idx = np.concatenate(si), np.concatenate(mi)
-        idx, mdx = self.source_idx, self.meta_idx
-        self.source_col = len(self.sources) > 1 and bool((idx != idx[0]).any())
-        self.meta_col = not bool((mdx == mdx[0]).all())
+        src: dict[str, int] = {}
+        meta: dict[str, int] = {}
+        # per part: its rows' range, its index column, the map from its own table to the
+        # joined one (None: the same), and the one joined index all its rows have (None:
+        # they differ); a one-entry table (or none) leaves one valid index, the check kernel
+        # refuses any other before the frame is used
+        self._src: list[tuple[int, int, Any, Any, int | None]] = []
+        self._meta: list[tuple[int, int, Any, Any, int | None]] = []
+        r0 = 0
+        for b in parts:
+            m = len(b)
+            smap = [src.setdefault(x, len(src)) for x in b.sources]
+            mmap = [meta.setdefault(x, len(meta)) for x in b.metas]
+            if m:
+                si, mi = b.source_idx, b.meta_idx
+                one = smap[0] if len(smap) == 1 else _uniform(si, smap)
+                self._src.append((r0, r0 + m, si, _map(smap, np.uint16), one))
+                one = -1 if not mmap else _uniform(mi, [*mmap, -1])
+                self._meta.append((r0, r0 + m, mi, _map(mmap, np.int32, -1), one))
+            r0 += m
+        self.sources, self.metas = tuple(src) or ("api",), tuple(meta)
+        self.source_col = len(self.sources) > 1 and _needs_column(self._src)
+        self.meta_col = _needs_column(self._meta)
+        self.source0 = _first(self._src, 0)
+        self.meta0 = _first(self._meta, -1)
+
+    def fill(self, out: npt.NDArray[Any], metas: bool) -> None:
+        """Write the source (``metas`` False; ``out`` uint16) or metadata (int32) index
+        column of every row into ``out``."""
+        for r0, r1, idx, table, one in self._meta if metas else self._src:
+            if one is not None:
+                out[r0:r1] = one
+            elif table is None:
+                out[r0:r1] = idx
+            else:
+                np.take(table, idx, out=out[r0:r1])
+
+
+def _uniform(idx: npt.NDArray[Any], table: list[int]) -> int | None:
+    """The joined index of every row of ``idx`` (indices into ``table``) if they are all
+    one, else None (the map is one-to-one: equal before, equal after)."""
+    first = int(idx[0])
+    return None if bool((idx != first).any()) else table[first]
+
+
+def _map(table: list[int], dtype: Any, tail: int | None = None) -> Any:
+    """``table`` as an array (with ``tail`` appended: where index -1 lands), or None when it
+    maps every index to itself."""
+    if table == list(range(len(table))):
+        return None
+    return np.array(table if tail is None else [*table, tail], dtype)
+
+
+def _needs_column(cols: list[tuple[int, int, Any, Any, int | None]]) -> bool:
+    ones = {one for *_, one in cols}
+    return None in ones or len(ones) > 1
+
+
+def _first(cols: list[tuple[int, int, Any, Any, int | None]], empty: int) -> int:
+    """The joined index of the first row (``empty`` when there is none)."""
+    if not cols:
+        return empty
+    _, _, idx, table, one = cols[0]
+    if one is not None:
+        return one
+    return int(idx[0]) if table is None else int(table[int(idx[0])])
 
 
 def _undo_parts(state: State, parts: Sequence[DeltaBatch]) -> None:
@@ -301,12 +344,12 @@ def _finish(
     o_meta: int,
 ) -> list[bytes | memoryview]:
     if flags & codec.SOURCE_COL:
-        buf[o_src : o_src + 2 * n].view(np.uint16)[:] = strings.source_idx
+        strings.fill(buf[o_src : o_src + 2 * n].view(np.uint16), metas=False)
         buf[o_src + 2 * n : _pad8(o_src + 2 * n)] = 0
     if flags & codec.META_COL:
-        buf[o_meta : o_meta + 4 * n].view(np.int32)[:] = strings.meta_idx
+        strings.fill(buf[o_meta : o_meta + 4 * n].view(np.int32), metas=True)
         buf[o_meta + 4 * n : _pad8(o_meta + 4 * n)] = 0
-    src0, meta0 = int(strings.source_idx[0]), int(strings.meta_idx[0])
+    src0, meta0 = strings.source0, strings.meta0
     table = {
         "s": list(strings.sources) if flags & codec.SOURCE_COL else [strings.sources[src0]],
         "m": list(strings.metas)
