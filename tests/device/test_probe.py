@@ -52,6 +52,30 @@ def test_the_simulator_counts_when_asked_for_after_numba_was_imported() -> None:
     assert out == "True numba-cuda simulator"
 
 
+def test_the_simulator_is_known_after_numba_reads_its_environment_again() -> None:
+    """numba reads its environment again whenever it compiles a CPU kernel: once the
+    simulator variable is set back, its config flag says no simulator while ``numba.cuda``
+    stays the simulator. The probe and the device kernels go by the loaded module."""
+    out = run(
+        """
+        import os
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+        from mmsb.device import backend, probe
+        backend()
+        del os.environ["NUMBA_ENABLE_CUDASIM"]
+        from numba import njit
+        from numba.core import config
+        njit(lambda x: x + 1)(1)  # reads the environment again: the flag goes to 0
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+        probe.forget()
+        from mmsb.device import kernels
+        b = backend()
+        print(config.ENABLE_CUDASIM, b.simulator, kernels.SIMULATOR)
+        """
+    )
+    assert out == "0 True True"
+
+
 def test_without_the_simulator_a_machine_without_a_gpu_has_no_device() -> None:
     out = run(
         """

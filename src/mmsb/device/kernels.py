@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from mmsb.device.probe import loaded_as_simulator
+
 # typed as Any: numba ships no type information, and mypy reads numba.cuda's source
 cuda: Any = importlib.import_module("numba.cuda")
-_config: Any = importlib.import_module("numba.core.config")
 
-SIMULATOR = bool(_config.ENABLE_CUDASIM)
+SIMULATOR = loaded_as_simulator(cuda)
 MAX_THREADS = 256  # the largest block the kernels accept (their shared arrays' size)
 BIG: Any = np.int64(1) << np.int64(62)
 

@@ -7,11 +7,12 @@ off again: a test suite does, around tests that expect no device); it runs the s
 kernel source one thread at a time in Python, which is how the device code is tested on
 machines without a GPU.
 
-numba reads its environment once, when ``numba`` is first imported, and ``numba.cuda``
-picks the simulator or the driver when *it* is first imported. A process that imported
-numba's CPU compiler before asking for the simulator (a test suite does) has the variable
-read again here, before ``numba.cuda`` is imported; once ``numba.cuda`` is loaded its
-choice is final for the process.
+numba reads its environment when ``numba`` is first imported (and again whenever it
+compiles a CPU kernel), and ``numba.cuda`` picks the simulator or the driver when *it* is
+first imported. A process that imported numba's CPU compiler before asking for the
+simulator (a test suite does) has the variable read again here, before ``numba.cuda`` is
+imported; once ``numba.cuda`` is loaded its choice is final for the process, and
+:func:`loaded_as_simulator` tells which it made (numba's config flag may say otherwise).
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ def forget() -> None:
         _found = None
 
 
+def loaded_as_simulator(cuda: Any) -> bool:
+    """Whether the loaded ``numba.cuda`` is the simulator. Read from the module itself, not
+    from numba's config flag: numba reads its environment again whenever it compiles a CPU
+    kernel, so once the simulator variable is set back the flag says 0 while ``numba.cuda``
+    stays the simulator for the rest of the process."""
+    return str(getattr(cuda.jit, "__module__", "")).startswith("numba.cuda.simulator")
+
+
 def _load() -> Backend:
     if "numba.cuda" not in sys.modules and simulator_requested():
         config = sys.modules.get("numba.core.config")
@@ -97,13 +106,12 @@ def _load() -> Backend:
             config.reload_config()
     try:
         cuda = importlib.import_module("numba.cuda")
-        config = importlib.import_module("numba.core.config")
     except ImportError as exc:
         raise DeviceUnavailableError(
             f"gpu and unified pages need numba-cuda with its CUDA libraries, which cannot be "
             f"imported ({exc}); install them with: {INSTALL}"
         ) from exc
-    if getattr(config, "ENABLE_CUDASIM", 0):
+    if loaded_as_simulator(cuda):
         if not simulator_requested():
             raise DeviceUnavailableError(
                 "numba.cuda was loaded as the CUDA simulator but NUMBA_ENABLE_CUDASIM is no "
