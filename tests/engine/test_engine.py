@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mmsb
 from mmsb.delta import Delta
@@ -202,6 +205,16 @@ def test_a_frame_of_several_batches_equals_their_concatenation(case: str) -> Non
         assert _join(prepared.pieces) == _join(codec.encode_batch(whole, epochs, 17))
         assert prepared.epoch_col.tolist() == epochs.tolist()
         state.epoch[:] = before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(), min_size=1, max_size=4), st.lists(st.text(), max_size=4))
+def test_the_frame_string_table_is_the_json_encoders(sources: list[str], metas: list[str]) -> None:
+    """The frame builder joins the string table from each string's JSON form; the oracle is
+    ``json.dumps`` as the codec's encoder calls it (quotes, controls, non-ASCII, lone
+    surrogates included)."""
+    want = json.dumps({"s": sources, "m": metas}, separators=(",", ":")).encode()
+    assert commit._table(sources, metas) == want
 
 
 def test_a_bad_row_in_a_later_batch_is_refused_and_changes_nothing() -> None:

@@ -133,6 +133,11 @@ class Plan:
             self.stage_off[1:] = np.cumsum(sizes)[:-1]
         self.stage = np.zeros(max(int(sizes.sum()) // 8, 1), np.float64)
         self.scratch = pk.empty_scratch(max(len(ppage), 1))
+        # constant columns of a pass's batch (sliced to its rows; shared, never written)
+        self.zeros8 = np.zeros(n, np.uint8)
+        self.zeros16 = np.zeros(n, np.uint16)
+        self.no_mask = np.full(n, -1, np.int64)
+        self.group_offs: dict[int, I64] = {}  # a group's parent offsets in its gather
         # per node of a group: the group's span of nodes [gstart, gend); -1 elsewhere
         self.gstart = np.full(n, -1, np.int64)
         self.gend = np.full(n, -1, np.int64)
@@ -238,10 +243,11 @@ def pass_result(
     payload = gather(starts, lengths)
     head = '{"cause_lsn":' + str(int(cause_lsn))
     metas = tuple(head + plan.meta_parts[k] for k in names.tolist())
+    m = rows.size
+    zeros8 = plan.zeros8[:m]
     batch = DeltaBatch(
-        pages, lo_r, lengths, np.zeros(rows.size, np.uint8), pstarts, lengths.copy(),
-        np.full(rows.size, -1, np.int64), payload, np.zeros(0, np.uint8),
-        np.zeros(rows.size, np.uint16), ("propagation",), meta_idx, metas,
+        pages, lo_r, lengths, zeros8, pstarts, lengths, plan.no_mask[:m], payload, zeros8[:0],
+        plan.zeros16[:m], ("propagation",), meta_idx, metas, zeros8,
     )  # fmt: skip
     return PassResult(batch, recomputed, pages)
 
@@ -409,7 +415,9 @@ def run_group(
     psize = int(state.size[first])
     pdtype = state.np_dtype(first)
     buf = np.empty((k1 - k0) * psize, np.uint8)
-    offs = np.arange(k1 - k0, dtype=np.int64) * psize
+    offs = plan.group_offs.get(g0)
+    if offs is None or offs.size != k1 - k0 or (offs.size > 1 and int(offs[1]) != psize):
+        offs = plan.group_offs[g0] = np.arange(k1 - k0, dtype=np.int64) * psize
     pk.gather_parents(state.arena.buf, stage8, state.slot, state.size, plan.ppage, plan.pnode,
                       changed, plan.stage_off, slo, shi, k0, k1, offs, buf)  # fmt: skip
     stacked = buf.view(pdtype).reshape(m, k, psize // pdtype.itemsize)

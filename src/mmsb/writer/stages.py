@@ -18,10 +18,10 @@ produces (tests compare the two).
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import numpy as np
@@ -76,7 +76,8 @@ def _check_columns(state: State, batch: DeltaBatch) -> None:
 def _typed(state: State, b: DeltaBatch) -> tuple[Any, Any, Any]:
     """The type-check arguments of the check kernels: None for a batch of raw bytes only
     (the usual case), for which the type checks are compiled out."""
-    return (b.dtypes, state.dtype, DTYPE_ITEMSIZE) if b.dtypes.any() else (None,) * 3
+    typed = np.count_nonzero(b.dtypes)  # (cheaper than .any() on a small column)
+    return (b.dtypes, state.dtype, DTYPE_ITEMSIZE) if typed else (None,) * 3
 
 
 def _check_rows(state: State, b: DeltaBatch, lo: int, hi: int) -> int:
@@ -134,14 +135,14 @@ def prepare(
     join them first.
     """
     parts = [batch] if isinstance(batch, DeltaBatch) else list(batch)
-    if len(parts) > 1 and (workers > 1 or any(b.kinds.any() for b in parts)):
+    if len(parts) > 1 and (workers > 1 or any(np.count_nonzero(b.kinds) for b in parts)):
         parts = [DeltaBatch.concat(parts)]
     bases = [0, *itertools.accumulate(len(b) for b in parts)]
     n = bases[-1]
     for b in parts:
         _check_columns(state, b)
     strings = _Strings(parts)
-    masked = bool(parts[0].kinds.any())  # (several batches: none has masks)
+    masked = bool(np.count_nonzero(parts[0].kinds))  # (several batches: none has masks)
     flags = codec.HAS_MASKS if masked else 0
     if strings.source_col:
         flags |= codec.SOURCE_COL
@@ -350,13 +351,12 @@ def _finish(
         strings.fill(buf[o_meta : o_meta + 4 * n].view(np.int32), metas=True)
         buf[o_meta + 4 * n : _pad8(o_meta + 4 * n)] = 0
     src0, meta0 = strings.source0, strings.meta0
-    table = {
-        "s": list(strings.sources) if flags & codec.SOURCE_COL else [strings.sources[src0]],
-        "m": list(strings.metas)
-        if flags & codec.META_COL
-        else ([] if meta0 < 0 else [strings.metas[meta0]]),
-    }
-    sbytes = json.dumps(table, separators=(",", ":")).encode()
+    sources = strings.sources if flags & codec.SOURCE_COL else (strings.sources[src0],)
+    if flags & codec.META_COL:
+        metas = strings.metas
+    else:
+        metas = (strings.metas[meta0],) if meta0 >= 0 else ()
+    sbytes = _table(sources, metas)
     payloads = [p for p in (_payload(b, contiguous) for b in parts) if p.size]
     size = sum(p.size for p in payloads)
     mask_bits = 0
@@ -392,6 +392,15 @@ def _finish(
         if packed.nbytes % 8:
             pieces.append(bytes((-packed.nbytes) % 8))
     return pieces
+
+
+def _table(sources: Sequence[str], metas: Sequence[str]) -> bytes:
+    """The frame's string table: the bytes of ``json.dumps({"s": sources, "m": metas},
+    separators=(",", ":"))`` (what :func:`mmsb.storage.codec.encode_batch` writes), joined
+    from each string's JSON form without the encoder's general machinery."""
+    s = ",".join(map(encode_basestring_ascii, sources))
+    m = ",".join(map(encode_basestring_ascii, metas))
+    return f'{{"s":[{s}],"m":[{m}]}}'.encode()
 
 
 def _pack_rows(

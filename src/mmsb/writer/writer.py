@@ -379,10 +379,11 @@ class Writer:
                                  lengths, old)  # fmt: skip
         else:
             dev.gather(batch.page_ids, batch.offsets, lengths, old)
-        rows = (batch.page_ids, batch.offsets, lengths, np.zeros(n_in, np.uint8),
-                _starts(lengths), np.zeros(n_in, np.int64), old, np.zeros(0, np.uint8))  # fmt: skip
 
         def restore() -> None:  # every row's old bytes were taken before any row applied
+            zeros = np.zeros(n_in, np.int64)
+            rows = (batch.page_ids, batch.offsets, lengths, np.zeros(n_in, np.uint8),
+                    _starts(lengths), zeros, old, np.zeros(0, np.uint8))  # fmt: skip
             if dev is not None:
                 dev.apply(rows, 0, n_in)
                 return
