@@ -457,3 +457,30 @@ def test_frames_after_an_lsn_skip_older_segments(tmp_path: Path) -> None:
     reader = LogReader(str(path / "log"))
     assert [f.lsn for f in reader.frames(after_lsn=9)] == [10, 11, 12, 13]
     assert reader.end_lsn == 13
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_the_last_frame_check_reads_its_bytes_mapped_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool
+) -> None:
+    """The clean open's last-frame checksum is taken over a read-only mapping of the bytes
+    (no copy); where the file cannot be mapped it reads them. Both equal the checksum of
+    the bytes read (the oracle), for ranges that start anywhere in a page, and empty ones."""
+    import mmap
+    import zlib
+
+    from mmsb.storage import log
+
+    if not mapped:
+
+        def refuse(*args: object, **kwargs: object) -> mmap.mmap:
+            raise OSError("cannot map")
+
+        monkeypatch.setattr(log.mmap, "mmap", refuse)
+    data = np.random.default_rng(4).integers(0, 256, 3 * 4096 + 77, dtype=np.uint8).tobytes()
+    path = tmp_path / "seg"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        for start, end in ((0, len(data)), (1, 4096), (4095, 4097), (4096, 8192),
+                           (5000, len(data)), (9000, 9000)):  # fmt: skip
+            assert log._mapped_crc(f, start, end) == zlib.crc32(data[start:end]), (start, end)
