@@ -353,18 +353,23 @@ def frame_ends_log(log_dir: str, segment: str, size: int, offset: int, lsn: int)
         return False
 
 
-def _mapped_crc(f: Any, start: int, end: int) -> int:
-    """CRC-32 of bytes ``[start, end)`` of the open file ``f``, read through a read-only
-    mapping of them: no copy into a buffer first (a 7.6 MB frame: 0.34 ms against 1.0 ms
-    read and checked), where the file can be mapped; else read."""
-    if end <= start:
-        return crc32(b"")
+# from this many bytes a checksum is taken over a mapping rather than a read copy (measured
+# here: equal at 512 KiB; 1 MiB 39 against 74 us, 8 MB 0.34 against 0.95 ms)
+MAP_MIN = 1 << 20
+
+
+def _mapped_crc(f: Any, start: int, end: int, map_min: int = MAP_MIN) -> int:
+    """CRC-32 of bytes ``[start, end)`` of the open file ``f``: from ``map_min`` bytes on
+    through a read-only mapping of them (no copy into a buffer first), where the file can
+    be mapped; else read."""
     base = start - start % mmap.ALLOCATIONGRANULARITY
     try:
+        if end - start < max(map_min, 1):
+            raise ValueError("small: read it")
         m = mmap.mmap(f.fileno(), end - base, offset=base, access=mmap.ACCESS_READ)
     except (OSError, ValueError):
         f.seek(start)
-        return crc32(f.read(end - start))
+        return crc32(f.read(max(end - start, 0)))
     try:
         with memoryview(m) as view, view[start - base :] as body:
             return crc32(body)
