@@ -280,24 +280,14 @@ def test_recently_read_pages_are_not_cold(tmp_path: Path) -> None:
     with mmsb.open(tmp_path / "b", sync="off") as bus:
         ids = bus.create_pages(64, 4096)
         fill(bus, ids, 4096, 6)
-        now = [0.0]
-        use_clock(bus, now)
-        bus.gc(budget_ms=50.0)
-        now[0] = 50.0
-        bus.gc(budget_ms=50.0)  # the access clock reads 51 from here on
+        now = _access_clock_at_51(bus)
         first, tail = ids[:16].tolist(), ids[16:32].tolist()
         for i in range(TOUCH_FLUSH):  # one automatic flush stamps these
             bus.read(first[i % len(first)])
         for p in tail:  # these wait in state.touched for the collector's flush
             bus.read(p)
         now[0] = 100.0  # cold: last seen before 41 (the unread pages: at the first look)
-        evicted = 0
-        for _ in range(100):
-            r = bus.gc(budget_ms=50.0, cold_after_s=60.0)
-            evicted += r.bytes_evicted
-            if r.bytes_evicted == 0 and evicted:
-                break
-        assert evicted == 32 * 4096  # the 32 unread pages, none of the read ones
+        assert _evict_cold(bus) == 32 * 4096  # the 32 unread pages, none of the read ones
 
 
 def test_pages_read_by_read_many_are_not_cold(tmp_path: Path) -> None:
@@ -305,21 +295,33 @@ def test_pages_read_by_read_many_are_not_cold(tmp_path: Path) -> None:
     with mmsb.open(tmp_path / "b", sync="off") as bus:
         ids = bus.create_pages(64, 4096)
         fill(bus, ids, 4096, 7)
-        now = [0.0]
-        use_clock(bus, now)
-        bus.gc(budget_ms=50.0)
-        now[0] = 50.0
-        bus.gc(budget_ms=50.0)  # the access clock reads 51 from here on
+        now = _access_clock_at_51(bus)
         rows = bus.read_many(ids[5:25])
         now[0] = 100.0
-        evicted = 0
-        for _ in range(100):
-            r = bus.gc(budget_ms=50.0, cold_after_s=60.0)
-            evicted += r.bytes_evicted
-            if r.bytes_evicted == 0 and evicted:
-                break
-        assert evicted == 44 * 4096  # the 44 pages read_many did not read
+        assert _evict_cold(bus) == 44 * 4096  # the 44 pages read_many did not read
         assert np.array_equal(rows, np.stack([bus.read(int(p)) for p in ids[5:25]]))
+
+
+def _access_clock_at_51(bus: mmsb.Bus) -> list[float]:
+    """Two looks by the collector (every page seen at 1), after which the access clock
+    reads 51; returns the clock's setting, for the test to move on."""
+    now = [0.0]
+    use_clock(bus, now)
+    bus.gc(budget_ms=50.0)
+    now[0] = 50.0
+    bus.gc(budget_ms=50.0)
+    return now
+
+
+def _evict_cold(bus: mmsb.Bus) -> int:
+    """Bytes evicted by collector steps (pages unseen for 60 s) until one evicts nothing."""
+    evicted = 0
+    for _ in range(100):
+        r = bus.gc(budget_ms=50.0, cold_after_s=60.0)
+        evicted += r.bytes_evicted
+        if r.bytes_evicted == 0 and evicted:
+            break
+    return evicted
 
 
 def test_segments_covered_by_a_checkpoint_are_dropped_with_auto_compact(tmp_path: Path) -> None:
