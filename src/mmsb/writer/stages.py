@@ -261,9 +261,9 @@ class _Strings:
             mmap = [meta.setdefault(x, len(meta)) for x in b.metas]
             if m:
                 si, mi = b.source_idx, b.meta_idx
-                one = smap[0] if len(smap) == 1 else _uniform(si, smap)
+                one = smap[0] if len(smap) == 1 else _uniform(si, smap, 0)
                 self._src.append((r0, r0 + m, si, _map(smap, np.uint16), one))
-                one = -1 if not mmap else _uniform(mi, [*mmap, -1])
+                one = -1 if not mmap else _uniform(mi, mmap, -1)
                 self._meta.append((r0, r0 + m, mi, _map(mmap, np.int32, -1), one))
             r0 += m
         self.sources, self.metas = tuple(src) or ("api",), tuple(meta)
@@ -284,11 +284,15 @@ class _Strings:
                 np.take(table, idx, out=out[r0:r1])
 
 
-def _uniform(idx: npt.NDArray[Any], table: list[int]) -> int | None:
-    """The joined index of every row of ``idx`` (indices into ``table``) if they are all
-    one, else None (the map is one-to-one: equal before, equal after)."""
+def _uniform(idx: npt.NDArray[Any], table: list[int], lowest: int) -> int | None:
+    """The joined index of every row of ``idx`` (indices into ``table``; -1, where
+    ``lowest`` allows it, stays -1) if they are all one, else None (the map is one-to-one:
+    equal before, equal after). None too for an index out of range: the check kernel
+    refuses the batch before its frame is used."""
     first = int(idx[0])
-    return None if bool((idx != first).any()) else table[first]
+    if not lowest <= first < len(table) or bool((idx != first).any()):
+        return None
+    return table[first] if first >= 0 else -1
 
 
 def _map(table: list[int], dtype: Any, tail: int | None = None) -> Any:
@@ -311,7 +315,10 @@ def _first(cols: list[tuple[int, int, Any, Any, int | None]], empty: int) -> int
     _, _, idx, table, one = cols[0]
     if one is not None:
         return one
-    return int(idx[0]) if table is None else int(table[int(idx[0])])
+    first = int(idx[0])
+    if table is None or not 0 <= first < table.size:  # (out of range: refused later)
+        return first
+    return int(table[first])
 
 
 def _undo_parts(state: State, parts: Sequence[DeltaBatch]) -> None:
