@@ -294,6 +294,22 @@ def test_the_lazy_table_check_rejects_pages_outside_the_arena(deleted: bool) -> 
             check_table(bad, bad.end, "t", overlaps=False)
 
 
+def test_the_lazy_table_check_sums_ends_where_its_bound_is_past_the_arena() -> None:
+    """The largest slot plus the largest size bounds every page's end; where that bound is
+    past the arena (a large page before small ones) the ends themselves are summed: the
+    table is accepted, and a page that does reach past the end, not at the largest slot,
+    is still found."""
+    st = State(MemoryArena())
+    st.create(1, 4096, DTYPE_NAMES.index("uint8"), 0, None)
+    st.create(4, 16, DTYPE_NAMES.index("uint8"), 0, None)
+    assert int(st.slot[1:6].max()) + 4096 > st.end
+    check_table(st, st.end, "t", overlaps=False)
+    bad = copy_state(st)
+    bad.slot[1] = 100  # 100 + 4096 is past the end; the largest slot is still a small page's
+    with pytest.raises(CorruptCheckpointError, match="pages outside its arena"):
+        check_table(bad, bad.end, "t", overlaps=False)
+
+
 def test_columns_read_in_place_are_length_and_checksum_checked(tmp_path: Path) -> None:
     path = tmp_path / "c.ckpt"
     st = sample_state()

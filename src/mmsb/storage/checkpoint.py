@@ -398,7 +398,8 @@ def load_state(
             raise CorruptCheckpointError(f"checkpoint {name} metadata is invalid: {exc}") from None
         state.next_page_id = n
         state.next_delta_id = header.next_delta_id
-        state.live[0] = False
+        if state.live[0]:  # (a mapped column: writing it copies its page)
+            state.live[0] = False
         lazy = lazy and not with_arena and header.arena_file is not None
         check_table(state, header.end, name, overlaps=not lazy)
         if any(not state.is_live(k) for k in metadata):
@@ -419,7 +420,7 @@ def load_state(
             except ValueError:
                 raise CorruptCheckpointError(f"checkpoint {name} holds a cyclic graph") from None
         load_attrs(state, header.sections, read_section, name)
-        state.live_count = int(state.live[:n].sum())
+        state.live_count = int(np.count_nonzero(state.live[:n]))
         if lazy and "gap_start" in header.sections:
             load_gaps(state, read_section, header.end, name)
             state.end = header.end  # the pages' bound is checked against it above

@@ -168,7 +168,6 @@ def recover(
     t0 = time.perf_counter()
     log_dir = os.path.join(directory, layout.LOG_DIR)
     clean_path = os.path.join(directory, CLEAN_FILE)
-    clean_lsn = _recorded_lsn(clean_path)
     if not readonly and os.path.exists(clean_path):
         fast = _try_clean_open(directory, clean_path, arena, lazy)
         if fast is not None:
@@ -180,6 +179,7 @@ def recover(
             info = RecoveryInfo("clean", fast[1], 0, 0, 0, None, (), time.perf_counter() - t0,
                                 verify="full" if fast[4] is None else "lazy")  # fmt: skip
             return Recovered(fast[0], fast[1], fast[2], info, fast[3], fast[4], stale)
+    clean_lsn = _recorded_lsn(clean_path)  # (what the replay must reach, if recorded)
     done = replay(directory, arena, drop_damaged_tail=drop_damaged_tail)
     base, reader = done.base, done.reader
     skipped = [f"{os.path.basename(p)}: {msg}" for p, msg in base.rejected]
