@@ -35,13 +35,13 @@ def check_table(state: State, end: int, name: str, *, overlaps: bool = True) -> 
         if not size.size:
             return
         big = int(size.max())
-        bad = int(size.min()) <= 0 or big > MAX_PAGE_SIZE or int(slot.min()) < 0
+        outside = int(size.min()) <= 0 or big > MAX_PAGE_SIZE or int(slot.min()) < 0
         # every page ends inside the arena: the largest slot plus the largest size bounds
         # every end, without a temporary column of ends (which cost more than the other
         # reductions together); only where that bound is past the end are ends summed
-        if not bad and int(slot.max()) + big > end:
-            bad = int((slot + size).max()) > end
-        if bad:
+        if not outside and int(slot.max()) + big > end:
+            outside = int((slot + size).max()) > end
+        if outside:
             raise CorruptCheckpointError(f"checkpoint {name} has pages outside its arena")
         return
     ids = np.nonzero(state.live[:n])[0]
