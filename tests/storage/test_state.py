@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mmsb import DeltaBatch, InvalidArgumentError, InvalidDeltaError, PageNotFoundError
 from mmsb.history import copy_state
 from mmsb.storage.arena import MemoryArena
-from mmsb.storage.state import ALIGN, State, aligned
+from mmsb.storage.state import ALIGN, State, aligned, zeroed
 from mmsb.types import DTYPE_NAMES
 
 U8 = DTYPE_NAMES.index("uint8")
@@ -333,3 +333,31 @@ def test_incremental_gaps_equal_rebuilt_gaps(sequence, rnd) -> None:
         check_invariants(st_)
     for pid in sorted(live):
         assert st_.read(pid).tobytes() == bytes([1 + pid % 255]) * int(st_.size[pid])
+
+
+@pytest.mark.parametrize("n", [0, 5, 16_384, 100_000])
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64])
+def test_zeroed_columns_are_writable_zeros_of_their_own(n: int, dtype: type) -> None:
+    """``zeroed`` (an anonymous mapping from 64 KiB on) gives what ``np.zeros`` gives: the
+    dtype, the length, zeros, writable, and memory no other column shares."""
+    a, b = zeroed(n, dtype), zeroed(n, dtype)
+    assert a.dtype == np.dtype(dtype) and a.shape == (n,) and not a.any()
+    assert a.flags.writeable
+    if n:
+        a[-1] = 7
+        assert int(a[-1]) == 7 and not b.any() and not np.shares_memory(a, b)
+
+
+def test_zeroed_falls_back_to_numpy_where_nothing_can_be_mapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mmap
+
+    from mmsb.storage import state
+
+    def refuse(*args: object) -> mmap.mmap:
+        raise OSError("no memory to map")
+
+    monkeypatch.setattr(state.mmap, "mmap", refuse)
+    col = zeroed(100_000, np.uint32)
+    assert col.shape == (100_000,) and not col.any() and col.flags.writeable

@@ -76,6 +76,29 @@ def test_normal_syncs_an_idle_writer_within_the_interval(tmp_path: Path, fsyncs:
         assert "fdatasync" in fsyncs
 
 
+def test_the_sync_thread_starts_with_the_first_commit(tmp_path: Path) -> None:
+    """An open that only reads starts no sync thread (nothing to sync); the first frame
+    appended starts it, once, and it then syncs within the interval on its own."""
+    with mmsb.open(tmp_path / "b", sync="normal") as bus:
+        pid = bus.create_page(64)
+    with mmsb.open(tmp_path / "b", sync="normal", sync_interval=0.01) as bus:
+        syncer = bus._session.syncer
+        assert syncer is not None and not syncer.started
+        bus.read(pid)
+        assert not syncer.started
+        bus.write(pid, b"first")
+        assert syncer.started
+        thread = syncer._thread
+        bus.write(pid, b"second")
+        assert syncer._thread is thread
+        log = bus._committer.log
+        assert log is not None
+        deadline = time.monotonic() + 30.0
+        while log.unsynced and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert log.unsynced == 0
+
+
 def test_failed_background_fsync_stops_further_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,7 +51,7 @@ from mmsb.storage import layout
 from mmsb.storage.arena import Arena
 from mmsb.storage.edges import EdgeTable
 from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
-from mmsb.storage.state import State
+from mmsb.storage.state import State, zeroed
 from mmsb.storage.tablecheck import check_table, load_attrs, load_gaps
 
 MAGIC = b"MMSBCKP1"
@@ -377,8 +377,8 @@ def load_state(
         mapped = None if with_arena else sections.map_columns(n)
         if mapped is not None:  # the table's columns are the file's pages, copy-on-write
             state = State(arena, capacity=1)  # (its own columns are replaced at once)
-            mapped["last_access"] = np.zeros(n, np.uint32)
-            mapped["seen_epoch"] = np.zeros(n, np.uint32)
+            mapped["last_access"] = zeroed(n, np.uint32)
+            mapped["seen_epoch"] = zeroed(n, np.uint32)
             for cname, col in mapped.items():
                 setattr(state, cname, col)
         else:

@@ -94,6 +94,9 @@ class LogWriter:
         self._retired: list[int] = []  # descriptors of full segments awaiting their fsync
         # a background syncer's early wake-up, called once ``backlog_limit`` bytes are unsynced
         self.on_backlog: Callable[[], None] | None = None
+        # called once, after the first frame this writer appends (then cleared): a syncer
+        # starts its thread there, so an open that never commits starts none
+        self.on_first_append: Callable[[], None] | None = None
         self.backlog_limit = 0
         self.preallocate = preallocate
         # compression="zstd": payloads of MIN_COMPRESS bytes or more are stored compressed
@@ -275,6 +278,9 @@ class LogWriter:
         self.last_frame = offset
         self.appended += size
         self.written += size
+        if self.on_first_append is not None:
+            first, self.on_first_append = self.on_first_append, None
+            first()
         if self.on_backlog is not None and self.appended - self.synced >= self.backlog_limit:
             self.on_backlog()
         return offset
@@ -423,7 +429,19 @@ class PeriodicSync:
         self._wake = threading.Event()
         writer.backlog_limit = backlog
         writer.on_backlog = self._wake.set
-        self._thread = Helper(self._run)
+        # the thread starts with the first frame appended (nothing to sync before it): a
+        # clean open that only reads never pays for it (0.05-0.09 ms of the open)
+        self._thread: Helper | None = None
+        writer.on_first_append = self._start
+
+    def _start(self) -> None:
+        if self._thread is None and not self._stop.is_set():
+            self._thread = Helper(self._run)
+
+    @property
+    def started(self) -> bool:
+        """Whether the thread was started (by the first frame appended)."""
+        return self._thread is not None
 
     def run_once(self) -> None:
         """One sync step (what the thread does each interval). A failure stops the thread;
@@ -444,8 +462,10 @@ class PeriodicSync:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.stop()
+        if self._thread is not None:
+            self._thread.stop()
         self.writer.on_backlog = None
+        self.writer.on_first_append = None
 
 
 _FALLOC_FL_KEEP_SIZE = 1
