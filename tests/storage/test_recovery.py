@@ -287,6 +287,41 @@ def test_a_lazy_open_finds_damage_in_the_background_and_checkpoints_past_it(
         assert again.recovery.mode == "replay" and again.state_hash() == want
 
 
+@pytest.mark.parametrize("damage", [None, "header", "payload"])
+def test_a_mapped_scan_reads_what_a_read_scan_reads(tmp_path: Path, damage: str | None) -> None:
+    """``LogReader(mapped=True)`` (the lazy open's background check) yields the frames a
+    scan of the segments read into memory yields (the oracle), byte for byte, and raises
+    the same error at the same frame; ``ends`` scans a segment as if it ended there."""
+    path = tmp_path / "bus"
+    build_history(path, commits=20)
+    all_frames = frames(path)
+    if damage is not None:
+        frame = all_frames[len(all_frames) // 2]
+        extra = 12 if damage == "header" else FRAME_HEADER_SIZE + frame.payload.nbytes // 2
+        flip(path / "log" / frame.segment, frame.offset + extra)
+
+    def scan(**kw: object) -> tuple[list[tuple[int, int, str, int, bytes]], str]:
+        got = []
+        try:
+            for f in LogReader(str(path / "log"), **kw).frames():  # type: ignore[arg-type]
+                got.append((f.lsn, f.type, f.segment, f.offset, bytes(f.payload)))
+        except mmsb.CorruptLogError as exc:
+            return got, str(exc)
+        return got, ""
+
+    read, mapped = scan(), scan(mapped=True)
+    assert mapped == read and read[0]
+    assert bool(read[1]) == (damage is not None)
+    if damage is None:  # the newest segment cut after its first frame: the frames up to it
+        newest = [f for f in all_frames if f.segment == all_frames[-1].segment]
+        assert len(newest) >= 2
+        keep = len(all_frames) - len(newest) + 1
+        cut = {newest[0].segment: newest[0].offset + newest[0].size}
+        for mode in (False, True):
+            got, err = scan(mapped=mode, ends=cut)
+            assert not err and got == read[0][:keep]
+
+
 @pytest.mark.parametrize("change", ["arena grew", "log grew", "log cut", "no record"])
 def test_a_lazy_open_checks_in_full_when_its_evidence_does_not_hold(
     tmp_path: Path, change: str

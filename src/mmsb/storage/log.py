@@ -173,9 +173,24 @@ class LogReader:
     With ``drop_damaged_tail=True`` (``mmsb.open(..., recovery="truncate")``) such a final
     frame is treated as torn instead, and :attr:`torn` names its LSN."""
 
-    def __init__(self, log_dir: str, *, drop_damaged_tail: bool = False) -> None:
+    def __init__(
+        self,
+        log_dir: str,
+        *,
+        drop_damaged_tail: bool = False,
+        mapped: bool = False,
+        ends: dict[str, int] | None = None,
+    ) -> None:
+        """``mapped``: each segment is scanned through a read-only mapping instead of being
+        read into memory whole (no copy, no transient buffer the size of a segment), for a
+        scan whose caller drops each frame before the next; ``ends``: segment name -> the
+        bytes of it to scan, as if the file ended there (a segment a live writer appends to:
+        what lies past a size taken before it appended may be cut off again, and a mapped
+        read of a cut-off page is fatal)."""
         self.log_dir = log_dir
         self.drop_damaged_tail = drop_damaged_tail
+        self.mapped = mapped
+        self.ends = ends or {}
         self.segments = list_segments(log_dir)
         self.torn: TornTail | None = None
         self.end_lsn = 0  # last good LSN seen by the last scan
@@ -211,7 +226,7 @@ class LogReader:
     ) -> Iterator[Frame]:
         name = os.path.basename(path)
         with open(path, "rb") as f:
-            data = f.read()
+            data = _segment_bytes(f, self.mapped, self.ends.get(name))
         size = len(data)
         view = memoryview(data)
 
@@ -308,6 +323,20 @@ class LogReader:
             yield Frame(ftype, flags, lsn, ts, payload, name, pos, length)
             expected += 1
             pos = stop
+
+
+def _segment_bytes(f: Any, mapped: bool, limit: int | None) -> Any:
+    """The bytes of the open segment ``f`` (at most ``limit``): a read-only mapping where
+    ``mapped`` and the file can be mapped, else read."""
+    if mapped:
+        size = os.fstat(f.fileno()).st_size
+        n = size if limit is None else min(size, limit)
+        if n > 0:
+            try:
+                return mmap.mmap(f.fileno(), n, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                pass
+    return f.read() if limit is None else f.read(limit)
 
 
 def fsync_dir(path: str) -> None:

@@ -116,7 +116,9 @@ class WriterSession:
             s.seq.publish(rec.lsn, rec.timestamp)
             s.stale = rec.stale
             if rec.unverified is not None:
-                s.after_open = AfterOpen(path, rec.unverified, s.checkpointer)
+                # (no frame appended yet: the current segment ends where the check may read)
+                s.after_open = AfterOpen(path, rec.unverified, s.checkpointer,
+                                         {log.name: log.pos})  # fmt: skip
         except BaseException as exc:
             with contextlib.suppress(Exception):  # the open's own error is the one to report
                 s.release()
@@ -207,8 +209,16 @@ class AfterOpen:
     checkpointer is asked for a checkpoint at the next commit, after which recovery no
     longer needs those frames."""
 
-    def __init__(self, path: str, unverified: tuple[int, int], checkpointer: Checkpointer) -> None:
+    def __init__(
+        self, path: str, unverified: tuple[int, int], checkpointer: Checkpointer,
+        ends: dict[str, int] | None = None,
+    ) -> None:  # fmt: skip
         self.path, self.unverified = path, unverified
+        # the segments it maps read-only rather than reads whole (a transient buffer the
+        # size of a segment, copied in while the open's caller goes on: 0.6-0.7 ms of a
+        # 100,000-page open measured with it beside the open), each up to its size at open
+        # where the writer may append (and cut a failed append off) meanwhile
+        self.ends = ends
         self.checkpointer = checkpointer
         self.error: CorruptLogError | None = None
         self.done = threading.Event()
@@ -226,7 +236,9 @@ class AfterOpen:
 
     def _check(self, after: int, upto: int) -> None:
         try:
-            for frame in LogReader(os.path.join(self.path, layout.LOG_DIR)).frames(after_lsn=after):
+            reader = LogReader(os.path.join(self.path, layout.LOG_DIR), mapped=True,
+                               ends=self.ends)  # fmt: skip
+            for frame in reader.frames(after_lsn=after):
                 if frame.lsn >= upto or self._stopping:
                     break
         except CorruptLogError as exc:
