@@ -12,7 +12,8 @@ import pytest
 
 import mmsb
 from mmsb.engine import checksum, crc
-from mmsb.storage.logwriter import LogWriter, PeriodicSync
+from mmsb.storage.logsync import PeriodicSync
+from mmsb.storage.logwriter import LogWriter
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 4, 7])

@@ -25,7 +25,8 @@ from mmsb.batch import DeltaBatch
 from mmsb.errors import ClusterError, CorruptLogError, InvalidArgumentError
 from mmsb.storage import codec, layout
 from mmsb.storage.log import LogReader, truncate_segment
-from mmsb.storage.logwriter import LogWriter, PeriodicSync
+from mmsb.storage.logsync import PeriodicSync
+from mmsb.storage.logwriter import LogWriter
 
 SYNC_MODES = ("always", "normal", "off")
 

@@ -30,7 +30,8 @@ from mmsb.storage.arena import FileArena
 from mmsb.storage.checkpoint import log_bytes_since_checkpoint, write_state
 from mmsb.storage.lock import WriterLock
 from mmsb.storage.log import LogReader
-from mmsb.storage.logwriter import LogWriter, PeriodicSync
+from mmsb.storage.logsync import PeriodicSync
+from mmsb.storage.logwriter import LogWriter
 from mmsb.storage.manifest import Manifest
 from mmsb.storage.readers import ReaderSafeArena
 from mmsb.storage.recovery import recover
