@@ -415,8 +415,8 @@ def run_group(
     psize = int(state.size[first])
     pdtype = state.np_dtype(first)
     buf = np.empty((k1 - k0) * psize, np.uint8)
-    offs = plan.group_offs.get(g0)
-    if offs is None or offs.size != k1 - k0 or (offs.size > 1 and int(offs[1]) != psize):
+    offs = plan.group_offs.get(g0)  # (a plan's groups and page sizes never change)
+    if offs is None:
         offs = plan.group_offs[g0] = np.arange(k1 - k0, dtype=np.int64) * psize
     pk.gather_parents(state.arena.buf, stage8, state.slot, state.size, plan.ppage, plan.pnode,
                       changed, plan.stage_off, slo, shi, k0, k1, offs, buf)  # fmt: skip

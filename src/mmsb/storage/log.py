@@ -328,15 +328,27 @@ class LogReader:
 def _segment_bytes(f: Any, mapped: bool, limit: int | None) -> Any:
     """The bytes of the open segment ``f`` (at most ``limit``): a read-only mapping where
     ``mapped`` and the file can be mapped, else read."""
+    end = os.fstat(f.fileno()).st_size if limit is None else limit
+    return _file_bytes(f, 0, end, mapped)[0]
+
+
+def _file_bytes(f: Any, start: int, end: int, mapped: bool) -> tuple[Any, int]:
+    """Bytes ``[start, end)`` of the open file ``f`` (fewer where the file is shorter) and
+    where ``start`` lies in what is returned: a read-only mapping (from the page boundary
+    at or before ``start``) where ``mapped`` and the file can be mapped, else the bytes
+    read."""
     if mapped:
-        size = os.fstat(f.fileno()).st_size
-        n = size if limit is None else min(size, limit)
-        if n > 0:
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        size = min(os.fstat(f.fileno()).st_size, end)
+        if size > start:
             try:
-                return mmap.mmap(f.fileno(), n, access=mmap.ACCESS_READ)
+                m = mmap.mmap(f.fileno(), size - base, offset=base, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
                 pass
-    return f.read() if limit is None else f.read(limit)
+            else:
+                return m, start - base
+    f.seek(start)
+    return f.read(max(end - start, 0)), 0
 
 
 def fsync_dir(path: str) -> None:
@@ -391,16 +403,11 @@ def _mapped_crc(f: Any, start: int, end: int, map_min: int = MAP_MIN) -> int:
     """CRC-32 of bytes ``[start, end)`` of the open file ``f``: from ``map_min`` bytes on
     through a read-only mapping of them (no copy into a buffer first), where the file can
     be mapped; else read."""
-    base = start - start % mmap.ALLOCATIONGRANULARITY
+    data, at = _file_bytes(f, start, end, end - start >= map_min)
+    if isinstance(data, bytes):
+        return crc32(data)
     try:
-        if end - start < max(map_min, 1):
-            raise ValueError("small: read it")
-        m = mmap.mmap(f.fileno(), end - base, offset=base, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        f.seek(start)
-        return crc32(f.read(max(end - start, 0)))
-    try:
-        with memoryview(m) as view, view[start - base :] as body:
+        with memoryview(data) as view, view[at:] as body:
             return crc32(body)
     finally:
-        m.close()
+        data.close()
