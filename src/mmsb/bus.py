@@ -105,7 +105,8 @@ class Bus(StateView):
             self._collector = Collector(d, state, c, retention=opts.retention,
                                         auto_compact=opts.auto_compact,
                                         on_segments_dropped=h.forget_index,
-                                        checkpoints=lambda: w.checkpointer.changes)  # fmt: skip
+                                        checkpoints=lambda: w.checkpointer.changes,
+                                        unlinker=w.unlinker)  # fmt: skip
             h.before_export = c.log.sync
         self._state, self._lsn, self._last_ts = state, lsn, ts
         self.recovery: RecoveryInfo = info

@@ -33,7 +33,7 @@ import mmsb.graph.propagator as propagator
 from mmsb.engine import kernels
 from mmsb.engine.driver import effective_workers
 from mmsb.storage import codec, layout, relayout
-from mmsb.storage.log import LogReader
+from mmsb.storage.log import LogReader, list_segments
 from mmsb.storage.logwriter import LogWriter
 from mmsb.storage.seqlock import SeqPublisher
 from mmsb.storage.state import State
@@ -86,8 +86,8 @@ def log_frames(path: Path) -> list[tuple[int, int]]:
 
 
 def log_bytes(path: Path) -> int:
-    log_dir = path / layout.LOG_DIR
-    return sum(os.path.getsize(log_dir / name) for name in os.listdir(log_dir))
+    # (segments only: a file renamed for removal leaves on the unlinker's thread)
+    return sum(os.path.getsize(p) for _, p in list_segments(str(path / layout.LOG_DIR)))
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 A step (:meth:`Collector.step`, called by ``Bus.gc`` and the tick's maintenance phase)
 does what fits in its budget, in this order:
 
-1. **Log segments** wholly covered by the oldest kept checkpoint are unlinked (one per
-   step, on a helper thread so a large unlink never stalls the writer) when the bus was
-   opened with ``auto_compact=True``; otherwise history is kept and the step says so.
+1. **Log segments** wholly covered by the oldest kept checkpoint are dropped (one per
+   step: renamed, then unlinked by the writer's :class:`~mmsb.storage.unlinker.Unlinker`
+   on its thread, so a large unlink never stalls the writer) when the bus was opened
+   with ``auto_compact=True``; otherwise history is kept and the step says so.
 2. **Compaction** of the arena once free gaps hold at least ``min_free_fraction`` of it:
    pages at the top move down into the lowest gaps that fit (the rule in
    :mod:`mmsb.engine.gc_kernels`). Each step's moves are logged first as one RELAYOUT
@@ -13,9 +14,11 @@ does what fits in its budget, in this order:
    is itself incremental: a chunk of the page table per step finds the pages above the
    packed size, then one step orders them by slot (a direct-address table, no sort, when
    page sizes are similar); a plan is dropped if the layout changes meanwhile.
-3. **Shrinking** ``arena.bin`` to the capacity the packed end needs, unless a reader
-   process maps it (then the shrink is deferred: truncating under a reader's mapping
-   would kill it with SIGBUS).
+3. **Shrinking** ``arena.bin`` to the capacity the packed end needs, a piece sized to the
+   budget left (1-8 MiB, from the measured cost of earlier pieces) per step. Deferred
+   while a reader process maps it (truncating under a reader's mapping would kill it
+   with SIGBUS) and while a removed file is being unlinked (on a file system with online
+   discard the truncate would wait behind that file's discards).
 4. **Eviction** of cold pages: runs of live pages not accessed for ``cold_after_s``
    seconds are dropped from this process's resident memory with ``madvise``. The mapping
    is shared and file-backed, so their bytes stay in the file and page cache and fault
@@ -27,11 +30,8 @@ pages are copied before their old slot is cleared.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,13 +49,15 @@ from mmsb.storage.log import list_segments
 from mmsb.storage.readers import readers_attached
 from mmsb.storage.retention import Retention
 from mmsb.storage.state import State
+from mmsb.storage.unlinker import Unlinker
 from mmsb.writer.committer import Committer
 
 I64 = npt.NDArray[np.int64]
 OS_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MAX_SCAN = 16_384  # page-table rows looked at per step, whatever the speed estimate says
 MAX_SWEEP = 1_024  # OS pages advised out per step (4 MiB of 4 KiB pages)
-MAX_SHRINK = 8 << 20  # bytes cut from the arena file per step
+MAX_SHRINK = 8 << 20  # bytes cut from the arena file per step, at most ...
+MIN_SHRINK = 1 << 20  # ... and at least, when a step has budget left for it
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Collector:
         auto_compact: bool,
         on_segments_dropped: Callable[[], None],
         checkpoints: Callable[[], int],
+        unlinker: Unlinker | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
@@ -144,8 +147,8 @@ class Collector:
         self._scan: _Scan | None = None
         self._settled_version = -1  # layout already as packed as the rule gets it
         self._free_cache = (-1, 0)  # (layout_version, free bytes)
-        self._doomed: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._unlinker: threading.Thread | None = None  # started once, on first need
+        # removes dropped segments off the step (the writer's, shared with compaction)
+        self.unlinker = Unlinker() if unlinker is None else unlinker
         self._history_noted = -1  # oldest checkpoint LSN whose kept segments were reported
         self._swept_leftovers = False
         self._evict_cursor = 1
@@ -157,6 +160,7 @@ class Collector:
         self._moves_per_ms = 1000.0
         self._last_moves = 128
         self._scan_per_ms = 200_000.0
+        self._shrink_per_ms = float(4 << 20)  # arena bytes a truncate frees per ms
         self.last_phases: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.steps = 0  # steps run and their summed pauses (for Bus.stats)
         self.pause_ns = 0
@@ -205,7 +209,7 @@ class Collector:
         elif self._plan is not None:
             tally.deferred.append("compaction: budget spent before its turn")
         t2 = time.perf_counter_ns()
-        self._shrink(state, tally)
+        self._shrink(state, deadline, tally)
         t3 = time.perf_counter_ns()
         if t3 < deadline:
             cold = self.cold_after_s if cold_after_s is None else cold_after_s
@@ -234,14 +238,16 @@ class Collector:
     # -- 1. log segments ------------------------------------------------------------------
 
     def _drop_segments(self, tally: _Tally) -> None:
-        if not self._doomed.empty():
-            return  # the last dropped segment is still being unlinked
+        unlinker = self.unlinker
+        if unlinker.busy:
+            return  # the last dropped file is still being unlinked
         log_dir = os.path.join(self.path, layout.LOG_DIR)
-        if not self._swept_leftovers:  # segments renamed for unlinking before a crash
+        if not self._swept_leftovers:  # files renamed for unlinking before a crash
             self._swept_leftovers = True
-            for name in os.listdir(log_dir):
-                if name.endswith(layout.SEGMENT_SUFFIX + layout.DROP_SUFFIX):
-                    _unlink_quietly(os.path.join(log_dir, name))
+            unlinker.sweep(log_dir)
+            unlinker.sweep(os.path.join(self.path, layout.CKPT_DIR))
+            if unlinker.busy:
+                return
         r = self.retention
         # the checkpoints written or removed so far: where the rules look at nothing else
         # and the last step found nothing to drop, the directories need no listing
@@ -254,16 +260,9 @@ class Collector:
             return
         path, size = found
         self.on_segments_dropped()
-        # rename first (cheap, atomic), so the segment is gone from the log at once
-        doomed = path + layout.DROP_SUFFIX
-        os.replace(path, doomed)
-        self._doomed.put(doomed)
-        if self._unlinker is None:
-            self._unlinker = threading.Thread(
-                target=_unlink_forever, args=(self._doomed,), name="mmsb-gc-unlink",
-                daemon=True,
-            )  # fmt: skip
-            self._unlinker.start()
+        # renamed here (cheap, atomic: the segment is gone from the log at once), unlinked
+        # on the unlinker's thread (freeing its blocks may take milliseconds)
+        unlinker.drop(path)
         tally.segments += 1
         tally.log_bytes += size
 
@@ -367,22 +366,37 @@ class Collector:
 
     # -- 3. shrinking the arena file -------------------------------------------------------
 
-    def _shrink(self, state: State, tally: _Tally) -> None:
+    def _shrink(self, state: State, deadline: int, tally: _Tally) -> None:
         arena = state.arena
         target = grown_capacity(0, max(state.end, 1))
         if target >= arena.capacity or not hasattr(arena, "shrink"):
             return
-        # a bounded piece per step: truncating frees page cache and disk blocks, which
-        # takes time in proportion to the bytes cut
-        target = max(target, arena.capacity - MAX_SHRINK)
+        if self.unlinker.busy:
+            # the truncate would free blocks behind the removal's (a file system with
+            # online discard waits for the device on each): a later step does it
+            tally.deferred.append("arena shrink: a removed file's blocks are being freed")
+            return
+        left_ms = (deadline - time.perf_counter_ns()) / 1e6
+        if left_ms <= 0:
+            tally.deferred.append("arena shrink: budget spent before its turn")
+            return
+        # a piece sized to the budget left: truncating frees page cache and disk blocks,
+        # which takes time in proportion to the bytes cut
+        piece = int(self._shrink_per_ms * left_ms * 0.5) // MIN_SHRINK * MIN_SHRINK
+        target = max(target, arena.capacity - min(MAX_SHRINK, max(MIN_SHRINK, piece)))
         if readers_attached(self.path):
             tally.deferred.append(
                 f"arena shrink of {arena.capacity - target} bytes (reader processes attached)"
             )
             return
         before = arena.capacity
+        t0 = time.perf_counter_ns()
         arena.shrink(target)
-        tally.shrunk += before - arena.capacity
+        took_ms = max((time.perf_counter_ns() - t0) / 1e6, 1e-3)
+        cut = before - arena.capacity
+        tally.shrunk += cut
+        if cut:
+            self._shrink_per_ms = 0.7 * self._shrink_per_ms + 0.3 * (cut / took_ms)
 
     # -- 4. evicting cold pages -------------------------------------------------------------
 
@@ -471,14 +485,3 @@ def order_plan(state: State, scan: _Scan) -> _Plan:
         idx = np.argsort(-state.slot[ids], kind="stable")
         gc_kernels.take(ids, idx.astype(np.int64, copy=False), order)
     return _Plan(order, scan.version)
-
-
-def _unlink_forever(doomed: queue.SimpleQueue[str]) -> None:
-    while True:
-        path = doomed.get()
-        _unlink_quietly(path)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -38,6 +38,7 @@ from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
 from mmsb.storage.replay import copy_state
 from mmsb.storage.retention import Retention
 from mmsb.storage.state import State
+from mmsb.storage.unlinker import Unlinker
 from mmsb.types import CheckpointInfo, CompactInfo
 from mmsb.writer.committer import Committer
 
@@ -81,6 +82,7 @@ class Checkpointer:
         retention: Retention,
         auto_compact: bool,
         on_compacted: Callable[[], None],
+        unlinker: Unlinker | None = None,
     ) -> None:
         self.path = path
         self.state = state
@@ -90,6 +92,9 @@ class Checkpointer:
         self.retention = retention  # which checkpoints compact() keeps
         self.auto_compact = auto_compact
         self.on_compacted = on_compacted  # segments were removed: history indexes are stale
+        # removes what compaction drops off the caller's thread (the writer's, shared
+        # with the collector)
+        self.unlinker = Unlinker() if unlinker is None else unlinker
         # why the last automatic checkpoint written in the background failed (None: it did
         # not); the log still holds every commit, so nothing is lost
         self.last_error: BaseException | None = None
@@ -249,8 +254,10 @@ class Checkpointer:
 
     def compact(self) -> CompactInfo:
         """Drop checkpoints beyond the newest ``keep`` and the log segments wholly covered
-        by the oldest kept one. History before it becomes unavailable. A failed removal
-        raises :class:`~mmsb.errors.StorageIOError`; what was removed was covered."""
+        by the oldest kept one. History before it becomes unavailable. Each file is renamed
+        out of the bus's listings here and unlinked on the unlinker's thread (its blocks
+        are freed soon after, at the latest by a clean close). A failed rename raises
+        :class:`~mmsb.errors.StorageIOError`; what was removed was covered."""
         self.join()  # its temporary file must not be taken for debris
         try:
             return self._compact()
@@ -264,21 +271,22 @@ class Checkpointer:
     def _compact(self) -> CompactInfo:
         ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
         log_dir = os.path.join(self.path, layout.LOG_DIR)
+        drop = self.unlinker.drop
         ckpts = list_checkpoints(ckpt_dir)
         kept = self.retention.kept(self.path, self.committer.timestamp)
         removed_ck = 0
         for _, path in ckpts[len(kept) :]:
-            os.unlink(path)
+            drop(path)
             removed_ck += 1
         for name in os.listdir(ckpt_dir):
             if name.endswith((layout.CORRUPT_SUFFIX, layout.TMP_SUFFIX)):
-                os.unlink(os.path.join(ckpt_dir, name))
+                drop(os.path.join(ckpt_dir, name))
         oldest = kept[-1][0] if kept else 0
         removed = nbytes = 0
         for (_, path), (next_first, _) in itertools.pairwise(list_segments(log_dir)):
             if next_first - 1 <= oldest:  # every frame in this segment is <= oldest
                 nbytes += os.path.getsize(path)
-                os.unlink(path)
+                drop(path)
                 removed += 1
         if removed or removed_ck:
             fsync_dir(log_dir)

@@ -37,6 +37,7 @@ from mmsb.storage.readers import ReaderSafeArena
 from mmsb.storage.recovery import recover
 from mmsb.storage.seqlock import SeqPublisher
 from mmsb.storage.snapstore import SnapWriter
+from mmsb.storage.unlinker import Unlinker
 from mmsb.types import RecoveryInfo
 from mmsb.writer.checkpointer import Checkpointer
 from mmsb.writer.committer import Committer
@@ -54,6 +55,8 @@ class WriterSession:
         self.seq: SeqPublisher | None = None
         self.syncer: PeriodicSync | None = None  # sync="normal": the background fsync
         self.after_open: AfterOpen | None = None  # a lazy open's background log check
+        # unlinks what GC and compaction drop, off the writer's thread
+        self.unlinker = Unlinker()
         self.stale: str | None = None  # the clean-shutdown file set aside by the open
         # set by open() once recovery has run
         self.committer: Committer
@@ -109,6 +112,7 @@ class WriterSession:
                 path, rec.state, s.committer, sync=opts.sync != "off",
                 every=opts.checkpoint_every, retention=opts.retention,
                 auto_compact=opts.auto_compact, on_compacted=on_compacted,
+                unlinker=s.unlinker,
             )  # fmt: skip
             s.committer.after_publish.append(s.checkpointer.after_commit)
             s.recovery = rec.info
@@ -134,6 +138,7 @@ class WriterSession:
         return s
 
     def _stop_background(self) -> None:
+        self.unlinker.close(wait=False)  # (after close()'s own wait: nothing left)
         if self.after_open is not None:
             self.after_open.stop()
         if hasattr(self, "checkpointer"):
@@ -144,11 +149,13 @@ class WriterSession:
 
     def close(self) -> None:
         """Clean shutdown: the log synced and closed, the arena flushed, the clean-shutdown
-        state written (the next open skips recovery), every resource released. Where the log
-        cannot be closed cleanly (a failed fsync, now or before) the bus closes as after a
-        crash and the error is raised; where the arena cannot be flushed or the state
-        written, the typed error is raised and the next open replays the log."""
+        state written (the next open skips recovery), the files dropped by GC or compaction
+        unlinked, every resource released. Where the log cannot be closed cleanly (a failed
+        fsync, now or before) the bus closes as after a crash and the error is raised; where
+        the arena cannot be flushed or the state written, the typed error is raised and the
+        next open replays the log."""
         try:
+            self.unlinker.close(wait=True)
             self._stop_background()
             c, state = self.committer, self.writer.state
             try:
