@@ -7,6 +7,7 @@ GC steps, and checks that replaying the log reproduces the compacted layout exac
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +491,64 @@ def test_a_ticks_eviction_scan_starts_once_per_second_of_the_access_clock(
             cold.append(r.maintenance.pages_evicted)
             now[0] += 1.0
         assert cold[0] == 63  # the pass at 100 finds all but the page written at 100 cold
+
+
+def _top_half_deleted(bus: mmsb.Bus, pages: int, size: int) -> dict[int, bytes]:
+    ids = bus.create_pages(pages, size)
+    oracle = fill(bus, ids, size, 5)
+    bus.delete_pages(ids[pages // 2 :].tolist())  # the top half: the end drops at once
+    for p in ids[pages // 2 :].tolist():
+        del oracle[p]
+    return oracle
+
+
+def test_the_arena_shrink_waits_while_a_removed_file_is_unlinked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncate queued behind another file's block frees (online discard) stalled GC
+    steps for 15-25 ms: while the unlinker works, the step defers the shrink."""
+    from mmsb.storage import unlinker as unlinker_mod
+
+    path = tmp_path / "b"
+    with mmsb.open(path, sync="off") as bus:
+        oracle = _top_half_deleted(bus, 4096, 1024)
+        col = collector(bus)
+        size = os.path.getsize(path / "arena.bin")
+        gate = threading.Event()
+        real = os.unlink
+
+        def held(p: str) -> None:
+            assert gate.wait(10)
+            real(p)
+
+        monkeypatch.setattr(unlinker_mod.os, "unlink", held)
+        junk = tmp_path / "junk"
+        junk.write_bytes(b"j")
+        col.unlinker.drop(str(junk))
+        r = bus.gc(budget_ms=1.0, cold_after_s=3600)
+        assert any("being freed" in d for d in r.deferred), r
+        assert r.arena_bytes_shrunk == 0 and os.path.getsize(path / "arena.bin") == size
+        gate.set()
+        assert col.unlinker.wait(10)
+        r = bus.gc(budget_ms=1.0, cold_after_s=3600)
+        assert r.arena_bytes_shrunk > 0 and os.path.getsize(path / "arena.bin") < size
+        check_pages(bus, oracle)
+
+
+def test_the_arena_shrinks_by_a_piece_sized_to_the_budget(tmp_path: Path) -> None:
+    """The piece cut per step follows the measured cost of earlier pieces: at least
+    MIN_SHRINK, at most MAX_SHRINK."""
+    from mmsb.monitor.gc import MAX_SHRINK, MIN_SHRINK
+
+    path = tmp_path / "b"
+    with mmsb.open(path, sync="off") as bus:
+        oracle = _top_half_deleted(bus, 8192, 4096)  # 16 MiB to shrink
+        col = collector(bus)
+        cuts = []
+        for per_ms in (1.0, 1e12, 1.0):
+            col._shrink_per_ms = per_ms  # (each shrink updates the estimate)
+            cuts.append(bus.gc(budget_ms=1.0, cold_after_s=3600).arena_bytes_shrunk)
+        assert cuts == [MIN_SHRINK, MAX_SHRINK, MIN_SHRINK], cuts
+        assert col._shrink_per_ms > 1.0  # measured: 0.3 of the last piece's rate
+        run_gc(bus)
+        check_pages(bus, oracle)

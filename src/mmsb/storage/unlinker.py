@@ -20,7 +20,6 @@ thread that still has the file open or mapped keeps reading its bytes until it l
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import threading
@@ -122,6 +121,4 @@ class Unlinker:
             return
         if wait:
             self.wait(timeout)
-        self._queue.put(None)
-        with contextlib.suppress(RuntimeError):
-            helper.stop(0 if not wait else timeout)
+        self._queue.put(None)  # the thread ends after what is queued before it
