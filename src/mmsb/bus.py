@@ -103,10 +103,9 @@ class Bus(StateView):
             self._checkpointer = w.checkpointer
             state, lsn, ts, info = w.writer.state, c.lsn, c.timestamp, w.recovery
             self._collector = Collector(d, state, c, retention=opts.retention,
-                                        auto_compact=opts.auto_compact,
+                                        auto_compact=opts.auto_compact, unlinker=w.unlinker,
                                         on_segments_dropped=h.forget_index,
-                                        checkpoints=lambda: w.checkpointer.changes,
-                                        unlinker=w.unlinker)  # fmt: skip
+                                        checkpoints=lambda: w.checkpointer.changes)  # fmt: skip
             h.before_export = c.log.sync
         self._state, self._lsn, self._last_ts = state, lsn, ts
         self.recovery: RecoveryInfo = info
