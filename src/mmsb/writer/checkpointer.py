@@ -34,7 +34,7 @@ from mmsb.errors import LogWriteError, StorageIOError, storage_error
 from mmsb.storage import layout
 from mmsb.storage.bgthread import Helper
 from mmsb.storage.checkpoint import checkpoint_name, list_checkpoints, write_state
-from mmsb.storage.log import SEG_HEADER_SIZE, fsync_dir, list_segments
+from mmsb.storage.log import SEG_HEADER_SIZE, list_segments
 from mmsb.storage.replay import copy_state
 from mmsb.storage.retention import Retention
 from mmsb.storage.state import State
@@ -288,7 +288,6 @@ class Checkpointer:
                 nbytes += os.path.getsize(path)
                 drop(path)
                 removed += 1
-        if removed or removed_ck:
-            fsync_dir(log_dir)
+        if removed or removed_ck:  # (the unlinker fsyncs the directories after its unlinks)
             self.on_compacted()
         return CompactInfo(removed, nbytes, removed_ck, oldest)

@@ -56,7 +56,7 @@ class WriterSession:
         self.syncer: PeriodicSync | None = None  # sync="normal": the background fsync
         self.after_open: AfterOpen | None = None  # a lazy open's background log check
         # unlinks what GC and compaction drop, off the writer's thread
-        self.unlinker = Unlinker()
+        self.unlinker = Unlinker()  # (open() sets its sync mode)
         self.stale: str | None = None  # the clean-shutdown file set aside by the open
         # set by open() once recovery has run
         self.committer: Committer
@@ -108,6 +108,7 @@ class WriterSession:
                 log.defer_roll_sync = True  # full segments are synced by the thread
                 s.syncer = PeriodicSync(log, opts.sync_interval)
             s.writer = Writer(rec.state, s.committer, cpu_fallback=opts.cpu_fallback)
+            s.unlinker.sync = opts.sync != "off"
             s.checkpointer = Checkpointer(
                 path, rec.state, s.committer, sync=opts.sync != "off",
                 every=opts.checkpoint_every, retention=opts.retention,
