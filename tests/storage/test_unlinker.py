@@ -204,3 +204,23 @@ def test_a_crash_like_close_leaves_drop_files_that_the_next_writer_sweeps(
         assert col.unlinker.wait(10)
         assert not list(path.rglob("*.drop"))
         assert again.verify().ok
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_the_directory_is_fsynced_after_the_unlink_on_the_helper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    synced: list[tuple[str, int]] = []
+    monkeypatch.setattr(unlinker_mod, "fsync_dir",
+                        lambda d: synced.append((d, threading.get_ident())))  # fmt: skip
+    f = tmp_path / "d.seg"
+    f.write_bytes(b"d")
+    u = Unlinker(sync=sync)
+    u.drop(str(f))
+    assert u.wait(10)
+    if sync:
+        assert synced == [(str(tmp_path), synced[0][1])]
+        assert synced[0][1] != threading.get_ident()
+    else:
+        assert synced == []
+    u.close()
