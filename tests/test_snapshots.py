@@ -96,6 +96,37 @@ def test_read_many_in_a_snapshot_checks_its_input(tmp_path: Path) -> None:
             assert snap.read_many([]).shape == (0, 0)
 
 
+def test_read_many_of_a_past_commit_equals_its_reads(tmp_path: Path) -> None:
+    """``at()`` snapshots (replayed, and the head's copy) gather as of their commit: one
+    ``read`` per id is the oracle, taken after the bus has moved on."""
+    with mmsb.open(tmp_path / "b", sync="off") as bus:
+        ids = bus.create_pages(12, 64, dtype="float64")
+        bus.rename_page(int(ids[3]), "third")
+        for k in range(4):
+            for i, pid in enumerate(ids.tolist()):
+                fill(bus, pid, 100.0 * k + i)
+        past = bus.at(bus.lsn - 12)  # replayed from the log
+        head = bus.at()  # a copy of the head
+        order = np.random.default_rng(0).integers(0, ids.size, 40)
+        want_past = np.stack([past.read(int(ids[j])) for j in order])
+        want_head = np.stack([head.read(int(ids[j])) for j in order])
+        for pid in ids.tolist():
+            fill(bus, pid, -1.0)  # the live bus moves on
+        got = past.read_many(ids[order])
+        assert got.dtype == np.float64 and np.array_equal(got, want_past)
+        assert np.array_equal(head.read_many(ids[order]), want_head)
+        assert np.array_equal(
+            past.read_many(["third", int(ids[0])]),
+            np.stack([past.read(int(ids[3])), past.read(int(ids[0]))]),
+        )
+        assert not np.array_equal(want_past, want_head)
+        with pytest.raises(mmsb.PageNotFoundError):
+            past.read_many([int(ids[0]), 999])
+        past.close()
+        with pytest.raises(mmsb.BusClosedError):
+            past.read_many(ids)
+
+
 def test_closed_snapshots_cost_the_writer_nothing(tmp_path: Path) -> None:
     with mmsb.open(tmp_path / "b", sync="off") as bus:
         p = bus.create_page(4096)

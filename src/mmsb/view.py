@@ -52,6 +52,11 @@ class StateView:
         """
         return self._live_state().read(page_id)
 
+    def read_many(self, page_ids: npt.ArrayLike) -> npt.NDArray[Any]:
+        """Copies of several pages of one size and dtype as a 2-D array, a row per id in
+        the order given, from one compiled gather (as :meth:`mmsb.Bus.read_many`)."""
+        return self._live_state().read_many(page_ids)
+
     def device_view(self, page_id: int | str) -> Any:
         """The bytes of a ``gpu`` or ``unified`` page where they live, as a device array
         of the page's dtype, no copy (a numba device array: ``__cuda_array_interface__``
