@@ -319,8 +319,10 @@ class Writer:
 
         Order: validate -> append one log frame (fsync when ``sync="always"``) -> apply to
         the arena -> publish the new LSN. ``workers`` > 1 splits checking, encoding and
-        applying across that many threads, by page (see :mod:`mmsb.writer.stages`); the
-        bytes, epochs and log frame are the same for every worker count.
+        applying across that many threads, by page (see :mod:`mmsb.writer.stages`), and
+        the apply runs while the frame is appended (readers wait for the publication; a
+        refused append puts every row's old bytes back); the bytes, epochs and log frame
+        are the same for every worker count.
         """
         state, c = self.state, self.committer
         workers = check_workers(workers)
@@ -340,14 +342,39 @@ class Writer:
             stages.undo(state, batch)
             raise
 
+        restore = None
+        if prepared.shares > 1 and state.dev is None:
+            # several workers: they apply while this thread appends the frame, staged as a
+            # tick's inputs are (readers wait, pinned snapshots keep the pages), each row's
+            # old bytes saved first so that a refused append puts them back
+            ostarts, old = _starts(batch.lengths), np.empty(int(batch.lengths.sum()), np.uint8)
+            c.stage(batch.page_ids)
+            try:
+                running = stages.start_apply(state, batch, prepared, old, ostarts)
+            except BaseException:
+                stages.undo(state, batch)
+                c.unstage()
+                raise
+
+            def restore() -> None:
+                error = running.wait()  # no worker writes any more
+                if error is not None:  # a share stopped part way: its saves are partial
+                    c.fail_stop(error)
+                    raise error
+                kernels.undo_rows(state.arena.buf, state.slot, batch.page_ids, batch.offsets,
+                                  batch.lengths, ostarts, old)  # fmt: skip
+
         def apply() -> None:
-            stages.apply(state, batch, prepared)
+            if restore is None:
+                stages.apply(state, batch, prepared)
+            else:
+                running.result()
             state.next_delta_id = first + n
 
         lsn, ts, _ = c.commit(
             BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, batch), crc=crc,
-            pages=batch.page_ids, first_delta_id=first, count=n, lo=batch.offsets,
-            hi=batch.offsets + batch.lengths,
+            restore=restore, pages=batch.page_ids, first_delta_id=first, count=n,
+            lo=batch.offsets, hi=batch.offsets + batch.lengths,
         )  # fmt: skip
         return Commit(lsn, first, first + n - 1, n, ts)
 
