@@ -348,12 +348,15 @@ class Writer:
             # tick's inputs are (readers wait, pinned snapshots keep the pages), each row's
             # old bytes saved first so that a refused append puts them back
             ostarts, old = _starts(batch.lengths), np.empty(int(batch.lengths.sum()), np.uint8)
-            c.stage(batch.page_ids)
+            staged = False
             try:
+                c.stage(batch.page_ids)
+                staged = True
                 running = stages.start_apply(state, batch, prepared, old, ostarts)
             except BaseException:
                 stages.undo(state, batch)
-                c.unstage()
+                if staged:
+                    c.unstage()
                 raise
 
             def restore() -> None:
