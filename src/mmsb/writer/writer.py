@@ -320,9 +320,9 @@ class Writer:
         Order: validate -> append one log frame (fsync when ``sync="always"``) -> apply to
         the arena -> publish the new LSN. ``workers`` > 1 splits checking, encoding and
         applying across that many threads, by page (see :mod:`mmsb.writer.stages`), and
-        the apply runs while the frame is appended (readers wait for the publication; a
-        refused append puts every row's old bytes back); the bytes, epochs and log frame
-        are the same for every worker count.
+        (unless ``sync="always"``) the apply runs while the frame is appended: readers
+        then wait for the append as well, and a refused append puts every row's old bytes
+        back. The bytes, epochs and log frame are the same for every worker count.
         """
         state, c = self.state, self.committer
         workers = check_workers(workers)
@@ -343,10 +343,11 @@ class Writer:
             raise
 
         restore = None
-        if prepared.shares > 1 and state.dev is None:
+        if prepared.shares > 1 and state.dev is None and not c.sync_always:
             # several workers: they apply while this thread appends the frame, staged as a
             # tick's inputs are (readers wait, pinned snapshots keep the pages), each row's
-            # old bytes saved first so that a refused append puts them back
+            # old bytes saved first so that a refused append puts them back (not with
+            # sync="always": readers would wait for the fsync too)
             ostarts, old = _starts(batch.lengths), np.empty(int(batch.lengths.sum()), np.uint8)
             staged = False
             try:
