@@ -319,9 +319,9 @@ def test_options_are_checked() -> None:
         mmsb.open(None, snapshot_memory="big")
 
 
-def test_a_pinned_snapshot_keeps_its_pages_through_an_overlapped_commit(tmp_path: Path) -> None:
-    """Two workers apply while the frame is appended (staged): a snapshot pinned before
-    still sees the old bytes of every page after the commit; the bus sees the new ones."""
+def test_a_pinned_snapshot_keeps_its_pages_through_a_two_worker_commit(tmp_path: Path) -> None:
+    """Two workers apply a batch by page range: a snapshot pinned before still sees the
+    old bytes of every page after the commit; the bus sees the new ones."""
     with mmsb.open(tmp_path / "b", sync="off") as bus:
         ids = bus.create_pages(512, 256)
         rng = np.random.default_rng(3)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,58 +157,6 @@ def test_a_failed_background_fsync_stops_the_next_commit_and_closes_the_bus(
         bus.read(acked.page)
     assert not (path / layout.CLEAN_FILE).exists()
     acked.check(path)
-
-
-def test_a_failed_background_fsync_stops_a_two_worker_commit_after_its_workers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With several workers the apply starts before the frame's append; when the log has
-    failed meanwhile, the staged rows are put back (the workers waited for) before the
-    bus closes, and the reopened bus holds every acknowledged commit and nothing else."""
-    path = tmp_path / "b"
-    bus = mmsb.open(path, sync="normal", sync_interval=3600.0, checkpoint_every=None)
-    ids = bus.create_pages(256, 64)
-    bus.apply_batch(mmsb.DeltaBatch.from_ranges(ids, np.zeros(256, np.int64),
-                                                np.full((256, 64), 5, np.uint8)))  # fmt: skip
-    digest = bus.state_hash()
-    syncer = bus._session.syncer  # type: ignore[union-attr]
-    assert syncer is not None
-    with monkeypatch.context() as m:
-        m.setattr(os, "fdatasync", failing(os.fdatasync, os_error(EIO), always))
-        syncer.run_once()
-    rows = 40_000  # two shares
-    rng = np.random.default_rng(0)
-    batch = mmsb.DeltaBatch.from_ranges(ids[rng.integers(0, 256, rows)],
-                                        rng.integers(0, 48, rows).astype(np.int64),
-                                        np.full((rows, 16), 9, np.uint8))  # fmt: skip
-    from mmsb.engine import kernels
-
-    real = kernels.apply_in_pages
-    done: list[bool] = []
-
-    def slow_share(*args: object) -> None:  # still running when the append is refused
-        time.sleep(0.3)
-        real(*args)
-        done.append(True)
-
-    c = bus._committer
-    assert c is not None
-    close_bus = c._on_fail_stop
-    shares_done_at_close: list[int] = []
-
-    def on_fail_stop(cause: BaseException) -> None:
-        shares_done_at_close.append(len(done))
-        close_bus(cause)
-
-    c._on_fail_stop = on_fail_stop
-    monkeypatch.setattr(kernels, "apply_in_pages", slow_share)
-    with pytest.raises(LogSyncError, match="background fsync of the log failed"):
-        bus.apply_batch(batch, workers=2)
-    assert bus.closed
-    assert shares_done_at_close == [2]  # no worker was still writing when the bus closed
-    bus.close()
-    with mmsb.open(path, sync="off") as again:
-        assert again.state_hash() == digest
 
 
 @pytest.mark.parametrize("then", ["sync_now", "close", "checkpoint"])

@@ -313,11 +313,9 @@ CASES = [
     Case("apply_batch_1_worker", codec.BATCH, wide,
          lambda bus, ctx: bus.apply_batch(ctx["batch"], workers=1), (stages, "apply"),
          batch_done),
-    # (two workers apply on pool threads while the frame is appended: a share's kernel
-    # call fails there, and the commit sees it when it waits for the shares)
     Case("apply_batch_2_workers", codec.BATCH, wide,
-         lambda bus, ctx: bus.apply_batch(ctx["batch"], workers=2),
-         (kernels, "apply_in_pages"), batch_done),
+         lambda bus, ctx: bus.apply_batch(ctx["batch"], workers=2), (stages, "apply"),
+         batch_done),
     Case("add_edge", codec.GRAPH, with_pairs([(0, 1)]),
          lambda bus, ctx: bus.graph.add_edge(*ctx["pairs"][0]),
          (propagator, "apply_edges"), edges_are(True)),

@@ -24,7 +24,7 @@ MAX_WORKERS = 64
 # below this many rows per worker a share costs more to hand over than it saves
 MIN_ROWS_PER_WORKER = 8192
 
-_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count (negative: start_shares)
+_pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
@@ -45,7 +45,7 @@ def _pool(extra: int) -> ThreadPoolExecutor:
     with _pools_lock:
         pool = _pools.get(extra)
         if pool is None:
-            pool = _pools[extra] = ThreadPoolExecutor(abs(extra), thread_name_prefix="mmsb-worker")
+            pool = _pools[extra] = ThreadPoolExecutor(extra, thread_name_prefix="mmsb-worker")
         return pool
 
 
@@ -74,37 +74,6 @@ def run_shares(fn: Callable[..., Any], shares: Sequence[tuple[Any, ...]]) -> lis
     if error is not None:
         raise error
     return first + rest
-
-
-class Running:
-    """Shares started by :func:`start_shares`."""
-
-    def __init__(self, futures: list[Future[Any]]) -> None:
-        self._futures = futures
-
-    def wait(self) -> BaseException | None:
-        """Wait for every share; the first error one raised (None when all returned)."""
-        error: BaseException | None = None
-        for f in self._futures:
-            try:
-                f.result()
-            except BaseException as exc:
-                error = error or exc
-        return error
-
-    def result(self) -> None:
-        """Wait for every share; raise the first error."""
-        error = self.wait()
-        if error is not None:
-            raise error
-
-
-def start_shares(fn: Callable[..., Any], shares: Sequence[tuple[Any, ...]]) -> Running:
-    """Start ``fn(*s)`` for every share on pool threads (a pool of ``len(shares)``, apart
-    from :func:`run_shares`'s) and return at once: the caller works meanwhile, then waits
-    with :meth:`Running.wait` or :meth:`Running.result` before it goes on."""
-    pool = _pool(-len(shares))
-    return Running([pool.submit(fn, *s) for s in shares])
 
 
 def row_splits(rows: int, parts: int) -> list[tuple[int, int]]:

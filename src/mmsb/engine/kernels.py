@@ -95,8 +95,6 @@ def apply_in_pages(
     mstarts: I64,
     payload: U8,
     mask: U8,
-    old: U8 | None = None,
-    ostarts: I64 | None = None,
 ) -> None:
     """Apply, in row order, the rows whose page id is in ``[plo, phi)``: one worker's share
     of a multi-worker apply (the workers' page ranges do not overlap, so each page still
@@ -105,11 +103,7 @@ def apply_in_pages(
     kept: a branch on random page ids mispredicts on about every other row), then applied
     by :func:`apply_rows_in`. Every worker reads the whole page-id column, at the same time
     as the others, where grouping the rows for all of them first took one thread 0.53 ms
-    per 100,000 rows.
-
-    With ``old``: each block's rows first copy the bytes they are about to overwrite to
-    ``old[ostarts[i]:]``, so that :func:`undo_rows` (rows in reverse order) can put back
-    what the arena held before the first of them."""
+    per 100,000 rows."""
     rows = np.empty(APPLY_BLOCK, np.int64)
     n = page_ids.size
     for b0 in range(0, n, APPLY_BLOCK):
@@ -118,30 +112,8 @@ def apply_in_pages(
             p = page_ids[i]
             rows[k] = i
             k += (p >= plo) & (p < phi)
-        if old is not None:  # noqa: SIM102 (two plain tests: numba prunes each for None)
-            if ostarts is not None:
-                for t in range(k):
-                    i = rows[t]
-                    base = np.uint64(slots[page_ids[i]] + offsets[i])
-                    o = np.uint64(ostarts[i])
-                    for j in range(np.uint64(lengths[i])):
-                        old[o + j] = arena[base + j]
         apply_rows_in(rows, 0, k, True, arena, slots, page_ids, offsets, lengths, kinds,
                       pstarts, mstarts, payload, mask)  # fmt: skip
-
-
-@njit(cache=True, nogil=True)
-def undo_rows(
-    arena: U8, slots: I64, page_ids: I64, offsets: I64, lengths: I64, ostarts: I64, old: U8
-) -> None:
-    """Put back the bytes :func:`apply_in_pages` saved in ``old``, rows in reverse order:
-    each row restores what was there just before it, so after the first row the arena
-    holds what it held before any of them (whenever each row's bytes were saved)."""
-    for i in range(page_ids.size - 1, -1, -1):
-        base = np.uint64(slots[page_ids[i]] + offsets[i])
-        o = np.uint64(ostarts[i])
-        for j in range(np.uint64(lengths[i])):
-            arena[base + j] = old[o + j]
 
 
 @njit(cache=True, nogil=True)

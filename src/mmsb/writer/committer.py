@@ -154,6 +154,8 @@ class Committer:
         ``restore()``, given after :meth:`stage`, takes back the arena changes staged."""
         if self.failure is not None:
             raise BusClosedError(f"the bus closed itself after a failed commit ({self.failure})")
+        if self.log.failed:  # an earlier fsync failed: close, raise
+            self.log.raise_if_failed(self.fail_stop)
         lsn = self.lsn + 1
         ts = max(int(self.clock()), self.timestamp)
         log = self.log
@@ -164,13 +166,8 @@ class Committer:
                 undo()
             if self._staging:
                 assert restore is not None, "a staged commit needs restore()"
-                restore()  # (it first waits for any thread still applying)
+                restore()
                 self.unstage()
-
-        if log.failed:  # an earlier fsync failed: take back what was staged, close, raise
-            if self._staging:
-                take_back()
-            log.raise_if_failed(self.fail_stop)
 
         try:
             off = log.append(ftype, lsn, ts, pieces, crc=crc)

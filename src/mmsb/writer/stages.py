@@ -31,7 +31,7 @@ from mmsb.batch import DeltaBatch
 from mmsb.delta import row_starts
 from mmsb.engine import commit_kernels as ck
 from mmsb.engine import kernels
-from mmsb.engine.driver import Running, effective_workers, row_splits, run_shares, start_shares
+from mmsb.engine.driver import effective_workers, row_splits, run_shares
 from mmsb.errors import InvalidDeltaError
 from mmsb.storage import codec
 from mmsb.storage.state import State
@@ -431,26 +431,16 @@ def undo(state: State, batch: DeltaBatch | Sequence[DeltaBatch]) -> None:
     _undo_parts(state, [batch] if isinstance(batch, DeltaBatch) else batch)
 
 
-def _page_ranges(state: State, batch: DeltaBatch, shares: int, *saving: Any) -> list[Any]:
-    """The arguments of ``shares`` :func:`~mmsb.engine.kernels.apply_in_pages` calls,
-    each the rows of one range of page ids (found by the thread itself), in row order."""
+def _apply_page_ranges(state: State, batch: DeltaBatch, shares: int) -> None:
+    """Write a prepared batch into the arena on ``shares`` threads, each the rows of one
+    range of page ids (found by the thread itself), in row order."""
     limit = state.next_page_id
     edges = [1 + (limit - 1) * w // shares for w in range(shares)] + [limit]
     args: tuple[Any, ...] = (
         state.arena.buf, state.slot, batch.page_ids, batch.offsets, batch.lengths,
-        batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask, *saving,
+        batch.kinds, batch.pstarts, batch.mstarts, batch.payload, batch.mask,
     )  # fmt: skip
-    return [(edges[w], edges[w + 1], *args) for w in range(shares)]
-
-
-def start_apply(
-    state: State, batch: DeltaBatch, prepared: Prepared, old: Any, ostarts: Any
-) -> Running:
-    """Start writing a prepared host batch into the arena on ``prepared.shares`` pool
-    threads and return (the caller appends the frame meanwhile); each row first saves the
-    bytes it overwrites in ``old`` at ``ostarts``, for :func:`~mmsb.engine.kernels.undo_rows`."""
-    return start_shares(kernels.apply_in_pages,
-                        _page_ranges(state, batch, prepared.shares, old, ostarts))  # fmt: skip
+    run_shares(kernels.apply_in_pages, [(edges[w], edges[w + 1], *args) for w in range(shares)])
 
 
 def apply(state: State, batch: DeltaBatch, prepared: Prepared | None = None) -> None:
@@ -462,7 +452,7 @@ def apply(state: State, batch: DeltaBatch, prepared: Prepared | None = None) -> 
         state.dev.apply_batch(batch)
         return
     if prepared is not None and prepared.shares > 1:
-        run_shares(kernels.apply_in_pages, _page_ranges(state, batch, prepared.shares))
+        _apply_page_ranges(state, batch, prepared.shares)
         return
     kernels.apply_rows_in(
         _NO_ORDER, 0, len(batch), False, state.arena.buf, state.slot, batch.page_ids,

@@ -319,10 +319,8 @@ class Writer:
 
         Order: validate -> append one log frame (fsync when ``sync="always"``) -> apply to
         the arena -> publish the new LSN. ``workers`` > 1 splits checking, encoding and
-        applying across that many threads, by page (see :mod:`mmsb.writer.stages`), and
-        (unless ``sync="always"``) the apply runs while the frame is appended: readers
-        then wait for the append as well, and a refused append puts every row's old bytes
-        back. The bytes, epochs and log frame are the same for every worker count.
+        applying across that many threads, by page (see :mod:`mmsb.writer.stages`); the
+        bytes, epochs and log frame are the same for every worker count.
         """
         state, c = self.state, self.committer
         workers = check_workers(workers)
@@ -342,43 +340,14 @@ class Writer:
             stages.undo(state, batch)
             raise
 
-        restore = None
-        if prepared.shares > 1 and state.dev is None and not c.sync_always:
-            # several workers: they apply while this thread appends the frame, staged as a
-            # tick's inputs are (readers wait, pinned snapshots keep the pages), each row's
-            # old bytes saved first so that a refused append puts them back (not with
-            # sync="always": readers would wait for the fsync too)
-            ostarts, old = _starts(batch.lengths), np.empty(int(batch.lengths.sum()), np.uint8)
-            staged = False
-            try:
-                c.stage(batch.page_ids)
-                staged = True
-                running = stages.start_apply(state, batch, prepared, old, ostarts)
-            except BaseException:
-                stages.undo(state, batch)
-                if staged:
-                    c.unstage()
-                raise
-
-            def restore() -> None:
-                error = running.wait()  # no worker writes any more
-                if error is not None:  # a share stopped part way: its saves are partial
-                    c.fail_stop(error)
-                    raise error
-                kernels.undo_rows(state.arena.buf, state.slot, batch.page_ids, batch.offsets,
-                                  batch.lengths, ostarts, old)  # fmt: skip
-
         def apply() -> None:
-            if restore is None:
-                stages.apply(state, batch, prepared)
-            else:
-                running.result()
+            stages.apply(state, batch, prepared)
             state.next_delta_id = first + n
 
         lsn, ts, _ = c.commit(
             BATCH, prepared.pieces, apply, undo=lambda: stages.undo(state, batch), crc=crc,
-            restore=restore, pages=batch.page_ids, first_delta_id=first, count=n,
-            lo=batch.offsets, hi=batch.offsets + batch.lengths,
+            pages=batch.page_ids, first_delta_id=first, count=n, lo=batch.offsets,
+            hi=batch.offsets + batch.lengths,
         )  # fmt: skip
         return Commit(lsn, first, first + n - 1, n, ts)
 
