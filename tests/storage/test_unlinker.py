@@ -224,3 +224,19 @@ def test_the_directory_is_fsynced_after_the_unlink_on_the_helper(
     else:
         assert synced == []
     u.close()
+
+
+def test_compaction_alone_removes_what_an_earlier_writer_left(tmp_path: Path) -> None:
+    """A bus that never runs a GC step still loses a crash's leftovers: its compaction
+    sweeps the log and checkpoint directories first (once per writer)."""
+    path = tmp_path / "b"
+    with mmsb.open(path, sync="off", checkpoint_every=None) as bus:
+        bus.create_pages(4, 64)
+        leftovers = [path / "log" / ("0" * 19 + "1.seg.drop"),
+                     path / "ckpt" / ("0" * 19 + "1.ckpt.drop")]  # fmt: skip
+        for f in leftovers:
+            f.write_bytes(b"left")
+        bus.compact()
+        assert bus._checkpointer is not None
+        assert bus._checkpointer.unlinker.wait(10)
+        assert not any(f.exists() for f in leftovers)

@@ -150,7 +150,6 @@ class Collector:
         # removes dropped segments off the step (the writer's, shared with compaction)
         self.unlinker = Unlinker() if unlinker is None else unlinker
         self._history_noted = -1  # oldest checkpoint LSN whose kept segments were reported
-        self._swept_leftovers = False
         self._evict_cursor = 1
         self._sweep_cursor = -1  # -1: marking; else the next OS page to sweep
         self._hot: npt.NDArray[np.uint8] | None = None
@@ -239,15 +238,10 @@ class Collector:
 
     def _drop_segments(self, tally: _Tally) -> None:
         unlinker = self.unlinker
+        unlinker.sweep_leftovers(self.path)  # files renamed for unlinking before a crash
         if unlinker.busy:
             return  # the last dropped file is still being unlinked
         log_dir = os.path.join(self.path, layout.LOG_DIR)
-        if not self._swept_leftovers:  # files renamed for unlinking before a crash
-            self._swept_leftovers = True
-            unlinker.sweep(log_dir)
-            unlinker.sweep(os.path.join(self.path, layout.CKPT_DIR))
-            if unlinker.busy:
-                return
         r = self.retention
         # the checkpoints written or removed so far: where the rules look at nothing else
         # and the last step found nothing to drop, the directories need no listing

@@ -30,7 +30,8 @@ from mmsb.storage.bgthread import Helper
 from mmsb.storage.log import fsync_dir
 
 # how long a clean close waits for the removals still queued; what is left then stays as
-# ``*.drop`` files, which the next writer's first GC step or compaction sweeps
+# ``*.drop`` files, which the next writer's first GC step or compaction sweeps (see
+# Unlinker.sweep_leftovers)
 CLOSE_WAIT_S = 60.0
 
 
@@ -45,6 +46,7 @@ class Unlinker:
         self._pending = 0  # queued or being unlinked
         self._helper: Helper | None = None
         self._closed = False
+        self._swept = False  # the bus's leftovers queued (see sweep_leftovers)
         self.removed = 0  # files unlinked, and the last failure (the file stays as .drop)
         self.last_error: OSError | None = None
 
@@ -70,6 +72,15 @@ class Unlinker:
         for name in sorted(names):
             self._put(os.path.join(directory, name))
         return len(names)
+
+    def sweep_leftovers(self, bus_dir: str) -> None:
+        """Once per unlinker (so per writer): :meth:`sweep` the log and checkpoint
+        directories of the bus at ``bus_dir``. GC and compaction call it before they drop
+        anything, so a bus that does either removes what an earlier writer left."""
+        if not self._swept:
+            self._swept = True
+            self.sweep(os.path.join(bus_dir, layout.LOG_DIR))
+            self.sweep(os.path.join(bus_dir, layout.CKPT_DIR))
 
     def _put(self, path: str) -> None:
         with self._cond:

@@ -271,6 +271,7 @@ class Checkpointer:
     def _compact(self) -> CompactInfo:
         ckpt_dir = os.path.join(self.path, layout.CKPT_DIR)
         log_dir = os.path.join(self.path, layout.LOG_DIR)
+        self.unlinker.sweep_leftovers(self.path)  # what an earlier writer left renamed
         drop = self.unlinker.drop
         ckpts = list_checkpoints(ckpt_dir)
         kept = self.retention.kept(self.path, self.committer.timestamp)
